@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Both create .venv when it is missing; the install step is skipped once done.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The CPU wheel of this pin lies on the project's machines; a GPU user can run
+# `make TORCH_SPEC='torch>=2.4' setup` (pyproject keeps the range open).
+TORCH_SPEC ?= torch==2.13.0
+HOME_DIR ?= .candleray
+
+.PHONY: setup demo test lint bench mlflow-ui clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/candleray demo
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(STAMP)
+	$(BIN)/python bench/train_throughput.py
+
+mlflow-ui: $(STAMP)
+	mkdir -p $(HOME_DIR)
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(abspath $(HOME_DIR))/mlflow.db
+
+clean:
+	rm -rf $(HOME_DIR) .pytest_cache .ruff_cache

@@ -1,0 +1,23 @@
+"""Configuration: YAML files in this folder, loaded once into typed frozen objects."""
+
+from conf.loader import config_from_dict, flatten, load_config, to_dict
+from conf.schema import (
+    CcxtConfig,
+    CheckpointConfig,
+    Config,
+    DataConfig,
+    FeatureConfig,
+    LabelConfig,
+    ModelConfig,
+    RayConfig,
+    RunConfig,
+    SyntheticConfig,
+    TrackingConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "CcxtConfig", "CheckpointConfig", "Config", "DataConfig", "FeatureConfig", "LabelConfig",
+    "ModelConfig", "RayConfig", "RunConfig", "SyntheticConfig", "TrackingConfig", "TrainConfig",
+    "config_from_dict", "flatten", "load_config", "to_dict",
+]

@@ -1,0 +1,131 @@
+"""Typed, frozen configuration. YAML in ``conf/`` is read once into these objects.
+
+Each section is a frozen dataclass; the loader (``conf.loader``) rejects unknown keys
+and wrong types with the key's dotted path. After loading, config is passed explicitly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "candleray"  # model name: names the ModelActor, MLflow experiment and registered model
+    seed: int = 7
+    home: str = ".candleray"  # relative paths below are resolved against this folder's parent (cwd)
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str | None = None  # None: start a local cluster; "auto" or "ray://host:10001" for a cluster
+    namespace: str = "candleray"
+    num_cpus: int | None = 2  # only for a local cluster
+    actor_num_cpus: float = 0.5
+    actor_num_gpus: float = 0.0
+    max_restarts: int = 3
+    call_timeout_s: float = 120.0  # deadline for every call the platform makes into an actor
+    detached: bool = False  # keep the ModelActor alive after the driver exits (for Serve)
+    torch_threads: int = 0  # 0: leave torch's default; >0 pins intra-op threads in the actor
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    length: int = 4000
+    seed: int = 11
+    volatility: float = 0.004  # per-bar std of the noise in log-price
+    ar: float = -0.45  # planted pattern: next return leans against the last one
+    cycle_period: int = 24  # planted pattern: a cycle in returns with this period (bars)
+    cycle_amplitude: float = 0.003
+    start: str = "2024-01-01"
+
+
+@dataclass(frozen=True)
+class CcxtConfig:
+    limit: int = 1000  # candles per request (exchange max)
+    max_retries: int = 5
+    backoff_s: float = 0.5  # first wait; doubles each retry
+    backoff_max_s: float = 10.0
+    timeout_ms: int = 10000
+    options: dict = field(default_factory=dict)  # passed to the ccxt exchange constructor (keys from env)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # "source:SYMBOL[@timeframe]"; source is sample, synthetic or any ccxt exchange id
+    symbols: tuple[str, ...] = ("sample:EURUSD", "synthetic:SYN0")
+    timeframe: str = "1h"  # default timeframe of symbols that do not name one (samples keep their own)
+    extra_timeframes: tuple[str, ...] = ()  # higher timeframes aligned onto the base candles
+    since: str | None = None  # ISO date; None: from the start of what the source has
+    until: str | None = None
+    cache_dir: str = "cache"  # below run.home
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    ccxt: CcxtConfig = field(default_factory=CcxtConfig)
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    pivot_bars: int = 3  # a pivot needs this many bars on each side; confirmed that many bars later
+    move_threshold: float = 0.0005  # |next close / close - 1| above this is BUY/SELL, else HOLD
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    window: int = 32  # candles per model input
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    d_model: int = 64
+    n_heads: int = 4
+    n_layers: int = 2
+    dim_feedforward: int = 128
+    dropout: float = 0.1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 64
+    epochs: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    candle_loss_weight: float = 1.0
+    action_loss_weight: float = 1.0
+    hard_sample_weight: float = 0.5  # extra per-sample weight, proportional to the sample's normalised loss
+    wrong_direction_weight: float = 0.5  # extra weight when the predicted close direction is wrong
+    holdout_fraction: float = 0.2  # last part of each symbol's history, kept out of training
+    trend_window: int = 50  # steps compared for the improving/flat/degrading trend
+    batches_per_call: int = 8  # batches per call into the ModelActor during batch training
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    uri: str = "checkpoints"  # local folder (below run.home) or an fsspec URI (s3://, gs://, file://)
+    every_steps: int = 200
+    keep_last: int = 3  # plus the best, which is always kept
+    on_best: bool = True
+    best_metric: str = "total_loss"  # lower is better
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str | None = None  # None: sqlite:///<run.home>/mlflow.db ; or http://host:5000
+    enabled: bool = True
+    log_every_steps: int = 10
+    register_best: bool = True
+    log_checkpoints: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    labels: LabelConfig = field(default_factory=LabelConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -1,0 +1,54 @@
+"""The one exception hierarchy of candleray.
+
+Every error a user can cause says what was wrong, what is allowed, and how to
+fix it. Third-party errors (ccxt, Ray, MLflow, torch) are translated at the
+boundary that calls them: ``raise SomeCandlerayError(msg) from exc``.
+"""
+
+from __future__ import annotations
+
+
+class CandlerayError(Exception):
+    """Base class of every error candleray raises on purpose."""
+
+
+class ConfigError(CandlerayError):
+    """A configuration file or override is wrong (unknown key, wrong type, bad value)."""
+
+
+class CandleValidationError(CandlerayError):
+    """A candle frame breaks the schema; the message names symbol, row and rule."""
+
+    def __init__(self, message: str, *, symbol: str = "?", row: object = None, rule: str = "") -> None:
+        super().__init__(message)
+        self.symbol = symbol
+        self.row = row
+        self.rule = rule
+
+
+class DataSourceError(CandlerayError):
+    """Market data could not be obtained (unknown symbol, exchange error, bad answer)."""
+
+
+class TemporaryError(DataSourceError):
+    """A failure that may pass if retried (network, rate limit, 5xx, timeout)."""
+
+
+class InvalidInputError(CandlerayError):
+    """A batch, window or request that the model refuses; nothing was changed."""
+
+
+class ActorCallTimeout(CandlerayError):
+    """A call into an actor missed its deadline; the message names the call."""
+
+
+class CheckpointError(CandlerayError):
+    """A checkpoint could not be written, found or loaded."""
+
+
+class TrackingError(CandlerayError):
+    """MLflow refused a write or could not be reached."""
+
+
+class BacktestError(CandlerayError):
+    """A backtest was asked for with inputs it cannot run on."""
