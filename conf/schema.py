@@ -34,9 +34,9 @@ class SyntheticConfig:
     length: int = 4000
     seed: int = 11
     volatility: float = 0.004  # per-bar std of the noise in log-price
-    ar: float = -0.45  # planted pattern: next return leans against the last one
+    ar: float = -0.5  # planted pattern: next return leans against the last one
     cycle_period: int = 24  # planted pattern: a cycle in returns with this period (bars)
-    cycle_amplitude: float = 0.003
+    cycle_amplitude: float = 0.005
     start: str = "2024-01-01"
 
 

@@ -111,7 +111,7 @@ def validate_candles(df: pd.DataFrame, symbol: str = "?") -> pd.DataFrame:
     for mask, rule, what in _check:
         if mask.any():
             _fail(symbol, df, mask, rule, what)
-    t = df.index.asi8
+    t = df.index.as_unit("ns").asi8
     d = np.diff(t)
     if (d == 0).any():
         _fail(symbol, df, np.r_[False, d == 0], "unique-timestamps", "timestamp repeats the previous row")
@@ -132,7 +132,7 @@ class Gap:
 def find_gaps(df: pd.DataFrame, timeframe: str) -> list[Gap]:
     """Report gaps larger than one bar. Gaps are reported, never filled."""
     step = timeframe_seconds(timeframe) * 1_000_000_000
-    t = df.index.asi8
+    t = df.index.as_unit("ns").asi8
     if len(t) < 2:
         return []
     d = np.diff(t)
@@ -144,7 +144,7 @@ def infer_timeframe(df: pd.DataFrame) -> str:
     """The most common bar spacing, as a timeframe string (for series without metadata)."""
     if len(df) < 2:
         raise CandleValidationError("cannot infer a timeframe from fewer than 2 candles", rule="timeframe")
-    sec = int(pd.Series(np.diff(df.index.asi8)).mode().iloc[0] // 1_000_000_000)
+    sec = int(pd.Series(np.diff(df.index.as_unit("ns").asi8)).mode().iloc[0] // 1_000_000_000)
     for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
         if sec % size == 0:
             return f"{sec // size}{unit}"
@@ -174,7 +174,7 @@ def align_higher_timeframe(base: pd.DataFrame, base_tf: str, higher: pd.DataFram
     close_time_h = higher.index + timeframe_offset(higher_tf)
     close_time_b = base.index + timeframe_offset(base_tf)
     # position of the last higher candle whose close time <= base close time
-    pos = np.searchsorted(close_time_h.asi8, close_time_b.asi8, side="right") - 1
+    pos = np.searchsorted(close_time_h.as_unit("ns").asi8, close_time_b.as_unit("ns").asi8, side="right") - 1
     vals = higher.to_numpy(dtype="float64")
     out = np.full((len(base), len(COLUMNS)), np.nan)
     ok = pos >= 0

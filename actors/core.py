@@ -1,0 +1,244 @@
+"""ModelCore: the logic of the ModelActor, as a plain class that tests can drive without Ray.
+
+It owns the trainer (model, optimizer, step, history), the checkpoint store and the MLflow
+tracker. It is not thread-safe for training and does not need to be: the Ray actor runs its
+training methods one at a time. Readers (metrics, snapshots) only see values published at
+the end of a step or call — references swapped whole, never the live training tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from conf import Config, flatten, to_dict
+from pipelines.checkpoints import CheckpointInfo, CheckpointStore
+from pipelines.dataset import Dataset
+from pipelines.errors import CandlerayError, InvalidInputError
+from pipelines.features import n_features
+from pipelines.model import ModelSpec, resolve_device
+from pipelines.trainer import Trainer, check_batch
+from pipelines.version import code_version
+
+log = logging.getLogger(__name__)
+
+
+def spec_from_config(cfg: Config) -> ModelSpec:
+    return ModelSpec.from_config(cfg.model, n_features(len(cfg.data.extra_timeframes)), cfg.features.window)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Weights at one version. ``generation`` changes on every (re)start of the actor."""
+
+    generation: str
+    version: int
+    state: dict[str, torch.Tensor]
+    spec: dict[str, Any]
+
+
+class _TrackingWorker:
+    """Runs MLflow writes on one background thread so a slow store never stalls training."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._q: queue.Queue = queue.Queue()
+        self.errors = 0
+        self.last_error = ""
+        self.tracker: Any = None
+        self._make = make
+        self._thread = threading.Thread(target=self._run, name="mlflow-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            fn = self._q.get()
+            try:
+                if self.tracker is None:
+                    self.tracker = self._make()
+                fn(self.tracker)
+            except Exception as exc:  # the writer must outlive a failing store; errors are counted
+                self.errors += 1
+                self.last_error = str(exc)
+                log.warning("MLflow write failed: %s", exc)
+            finally:
+                self._q.task_done()
+
+    def submit(self, fn: Callable[[Any], None]) -> None:
+        self._q.put(fn)
+
+    def join(self, timeout: float = 60.0) -> None:
+        deadline = time.time() + timeout
+        while self._q.unfinished_tasks and time.time() < deadline:
+            time.sleep(0.01)
+
+
+class ModelCore:
+    def __init__(self, cfg: Config, *, tracker_factory: Callable[..., Any] | None = None) -> None:
+        self.cfg = cfg
+        self.spec = spec_from_config(cfg)
+        self.generation = uuid.uuid4().hex[:12]
+        if cfg.ray.torch_threads > 0:
+            torch.set_num_threads(cfg.ray.torch_threads)
+        self.device = resolve_device(cfg.model.device)
+        self.trainer = Trainer(self.spec, cfg.train, self.device, seed=cfg.run.seed)
+        self.store = CheckpointStore(f"{cfg.checkpoint.uri.rstrip('/')}/{cfg.run.name}", cfg.checkpoint.keep_last)
+        self.run_id: str | None = None
+        self.restored_from: int | None = None
+        self.data_window: dict[str, Any] = {}
+        restored = self.store.load_latest_good()
+        if restored is not None:
+            state, meta = restored
+            self.trainer.load_state(state)
+            self.run_id = meta.get("mlflow_run_id")
+            self.data_window = meta.get("data", {})
+            self.restored_from = self.trainer.step
+            log.info("restored %s from checkpoint step %d", cfg.run.name, self.trainer.step)
+        self._tracking = self._start_tracking(tracker_factory) if cfg.tracking.enabled else None
+        self._publish()
+
+    # -- tracking ---------------------------------------------------------------------------
+    def _start_tracking(self, factory: Callable[..., Any] | None) -> _TrackingWorker:
+        if factory is None:
+            from pipelines.tracking import Tracker as factory  # noqa: N813 - a class used as a factory
+        cfg = self.cfg
+        run_id = self.run_id
+        if run_id is None:  # create the run now so its id is in the first checkpoint's metadata
+            tracker = factory(cfg.tracking.uri, cfg.run.name, run_name=f"{cfg.run.name}-{self.generation}",
+                              tags={"candleray.code_version": code_version()},
+                              log_every_steps=cfg.tracking.log_every_steps)
+            self.run_id = tracker.run_id
+            tracker.log_params(flatten(to_dict(cfg)))
+            tracker.log_dict(to_dict(cfg), "config/resolved.yaml")
+            worker = _TrackingWorker(lambda: tracker)
+        else:
+            worker = _TrackingWorker(lambda: factory(cfg.tracking.uri, cfg.run.name, run_id=run_id,
+                                                     log_every_steps=cfg.tracking.log_every_steps))
+        return worker
+
+    def _track(self, fn: Callable[[Any], None]) -> None:
+        if self._tracking is not None:
+            self._tracking.submit(fn)
+
+    def flush_tracking(self) -> dict[str, Any]:
+        """Wait until every queued MLflow write is done; report errors seen so far."""
+        if self._tracking is None:
+            return {"enabled": False}
+        self._track(lambda t: t.flush())
+        self._tracking.join()
+        return {"enabled": True, "run_id": self.run_id, "errors": self._tracking.errors,
+                "last_error": self._tracking.last_error}
+
+    # -- publishing -------------------------------------------------------------------------
+    def _publish(self) -> None:
+        """Swap in a new snapshot and metrics summary (whole references; readers never see a torn one)."""
+        self.snapshot = Snapshot(self.generation, self.trainer.step, self.trainer.weights_cpu(), self.spec.to_dict())
+        self.summary = {**self.trainer.summary(), "generation": self.generation, "version": self.trainer.step,
+                        "restored_from": self.restored_from, "device": str(self.device), "pid": os.getpid(),
+                        "mlflow_run_id": self.run_id}
+
+    # -- training ---------------------------------------------------------------------------
+    def _after_step(self, m: dict[str, float], kind: str) -> None:
+        step = self.trainer.step
+        self._track(lambda t, m=m, s=step: t.log_metrics(m, s))
+        cfg = self.cfg.checkpoint
+        best = cfg.on_best and step % self.cfg.train.trend_window == 0 and self.trainer.is_new_best(cfg.best_metric)
+        if best or step % cfg.every_steps == 0:
+            self.save_checkpoint(kind=kind, is_best=best)
+        if step % self.cfg.tracking.log_every_steps == 0:
+            self.summary = {**self.summary, **self.trainer.summary(), "version": step}
+
+    def train_batch(self, x: Any, y_candle: Any, y_action: Any, kind: str = "manual") -> dict[str, Any]:
+        m = self.trainer.train_step(x, y_candle, y_action)
+        self._after_step(m, kind)
+        self._publish()
+        return {**m, "step": self.trainer.step, "version": self.trainer.step}
+
+    def train_samples(self, data: Dataset, indices: Any = None, batch_size: int | None = None,
+                      kind: str = "batch") -> list[dict[str, float]]:
+        """Train on ``data[indices]`` in order, ``batch_size`` at a time. All of it is checked first."""
+        idx = np.arange(len(data)) if indices is None else np.asarray(indices, dtype=np.int64)
+        if len(idx) == 0:
+            raise InvalidInputError("no samples to train on; pass at least one index")
+        if idx.min() < 0 or idx.max() >= len(data):
+            raise InvalidInputError(f"sample indices must lie in [0, {len(data) - 1}]")
+        check_batch(self.spec, data.x[idx], data.y_candle[idx], data.y_action[idx])
+        bs = batch_size or self.cfg.train.batch_size
+        out = []
+        for s in range(0, len(idx), bs):
+            b = idx[s:s + bs]
+            m = self.trainer.train_step(data.x[b], data.y_candle[b], data.y_action[b])
+            self._after_step(m, kind)
+            out.append(m)
+        self._publish()
+        return out
+
+    def train_epochs(self, data: Dataset, epochs: int, batch_size: int | None = None, seed: int = 0,
+                     kind: str = "batch") -> list[dict[str, float]]:
+        """``epochs`` shuffled passes; returns the mean metrics of each epoch."""
+        rng = np.random.default_rng(seed)
+        out = []
+        for _ in range(epochs):
+            ms = self.train_samples(data, rng.permutation(len(data)), batch_size, kind)
+            out.append({k: float(np.mean([m[k] for m in ms])) for k in ms[0]})
+        return out
+
+    def set_data_window(self, window: dict[str, Any]) -> None:
+        """Record which data the model is trained on (goes into every checkpoint's metadata)."""
+        self.data_window = dict(window)
+        self._track(lambda t, w=dict(window): t.log_dict(w, "data/window.json"))
+
+    def log_evaluation(self, metrics: dict[str, float], step: int | None = None,
+                       artifacts: dict[str, dict] | None = None) -> None:
+        s = self.trainer.step if step is None else step
+        self._track(lambda t: t.log_metrics(metrics, s))
+        for name, payload in (artifacts or {}).items():
+            self._track(lambda t, n=name, p=payload: t.log_dict(p, n))
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self, kind: str = "manual", is_best: bool = False) -> dict[str, Any]:
+        meta = {"step": self.trainer.step, "kind": kind, "is_best": is_best, "metrics": self.trainer.rolling(),
+                "config": to_dict(self.cfg), "data": self.data_window, "code_version": code_version(),
+                "mlflow_run_id": self.run_id, "generation": self.generation}
+        info = self.store.save(self.trainer.state(), meta)
+        if self.cfg.tracking.log_checkpoints and self.store.fs.protocol in ("file", ("file", "local")):
+            path, art = info.path, "checkpoints"
+            if is_best and self.cfg.tracking.register_best:
+                self._track(lambda t: t.register_model_version(self.cfg.run.name, path, alias="best"))
+            else:
+                self._track(lambda t: t.log_artifact(path, art))
+        return info.to_dict()
+
+    def load_checkpoint(self, path: str | None = None) -> dict[str, Any]:
+        """Load a listed checkpoint (default: the newest good one) into the training weights."""
+        if path is None:
+            got = self.store.load_latest_good()
+            if got is None:
+                raise CandlerayError(f"no checkpoint under {self.store.uri}; train first or pass a path")
+            state, meta = got
+        else:
+            state, meta = self.store.load(path)
+        self.trainer.load_state(state)
+        self._publish()
+        return {"step": self.trainer.step, "kind": meta.get("kind"), "file": meta.get("file")}
+
+    def list_checkpoints(self) -> list[dict[str, Any]]:
+        return [i.to_dict() for i in self.store.list()]
+
+    def best_checkpoint(self) -> CheckpointInfo | None:
+        return self.store.best()
+
+    def close(self) -> None:
+        if self._tracking is not None:
+            self.flush_tracking()
+            self._track(lambda t: t.set_terminated("FINISHED"))
+            self._tracking.join()
