@@ -1,0 +1,257 @@
+"""A local HTTP server that speaks enough of Binance's spot REST API for ccxt.
+
+Only two routes: ``GET /api/v3/exchangeInfo`` (what ``ccxt.binance.load_markets``
+reads when told to load spot markets only) and ``GET /api/v3/klines`` (what
+``fetch_ohlcv`` calls). Candles come from a deterministic series, so a test can
+compute exactly what a fetch must return; ``startTime`` / ``endTime`` / ``limit``
+are honoured as Binance does, so pagination is real.
+
+Faults are scripted per route with :meth:`FakeBinance.plan`; each request to that
+route takes the next entry (``"ok"`` once the plan is used up):
+
+- ``"429"`` / ``"418"``: rate limited, with ``Retry-After`` and Binance's JSON body
+- ``"500"``, ``"502"``, ``"503"``, ``"504"``: a gateway error page (HTML, not JSON)
+- ``"timeout"``: sleep ``slow_s`` (longer than the client timeout), then answer
+- ``"badjson"``: status 200, ``application/json``, a truncated JSON body
+- ``"html200"``: status 200, an HTML page instead of JSON
+- ``"reset"``: close the connection without an answer
+- ``"badrequest"``: 400 with Binance's JSON error ``-1100`` (a client error, not temporary)
+- ``"ok"``: answer normally
+
+Every request is recorded in :attr:`FakeBinance.requests`. ``bars`` (how many candles
+exist) and ``page_cap`` (most rows per answer) may be changed while serving.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import ccxt
+import numpy as np
+import pandas as pd
+
+_INTERVAL_MS = {"1m": 60_000, "5m": 300_000, "15m": 900_000, "1h": 3_600_000, "4h": 14_400_000,
+                "1d": 86_400_000}
+_FAULTS = {"ok", "429", "418", "500", "502", "503", "504", "timeout", "badjson", "html200", "reset",
+           "badrequest"}
+_ROUTES = ("klines", "exchangeInfo")
+
+
+@dataclass(frozen=True)
+class Request:
+    route: str  # "klines", "exchangeInfo" or the raw path of anything else
+    params: dict[str, str]
+    fault: str
+
+
+def _market(base: str, quote: str) -> dict:
+    return {
+        "symbol": base + quote, "status": "TRADING", "baseAsset": base, "baseAssetPrecision": 8,
+        "quoteAsset": quote, "quotePrecision": 8, "quoteAssetPrecision": 8,
+        "orderTypes": ["LIMIT", "MARKET"], "isSpotTradingAllowed": True,
+        "isMarginTradingAllowed": False, "permissions": ["SPOT"],
+        "filters": [
+            {"filterType": "PRICE_FILTER", "minPrice": "0.01", "maxPrice": "1000000.00",
+             "tickSize": "0.01"},
+            {"filterType": "LOT_SIZE", "minQty": "0.00001", "maxQty": "9000.0",
+             "stepSize": "0.00001"},
+        ],
+    }
+
+
+class FakeBinance:
+    """Binance spot REST on 127.0.0.1:<ephemeral port>, serving ``bars`` candles from ``start``."""
+
+    def __init__(self, *, start: pd.Timestamp, bars: int, interval: str = "1h",
+                 pairs: Iterable[tuple[str, str]] = (("BTC", "USDT"), ("ETH", "USDT")),
+                 slow_s: float = 1.0) -> None:
+        self.start_ms = int(pd.Timestamp(start).value // 1_000_000)
+        self.bars = bars  # tests may grow this to simulate time passing on the exchange
+        self.interval = interval
+        self.step_ms = _INTERVAL_MS[interval]
+        self.pairs = tuple(pairs)
+        self.slow_s = slow_s
+        self.page_cap = 1000  # most rows per answer, whatever the client asks (Binance: 1000)
+        self.requests: list[Request] = []
+        self._plans: dict[str, deque[str]] = {r: deque() for r in _ROUTES}
+        self._lock = threading.Lock()
+        self._httpd: ThreadingHTTPServer | None = None  # bound on __enter__
+
+    # -- lifecycle --------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("FakeBinance is not serving; use it as a context manager")
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> FakeBinance:
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    # -- scripting and inspection -----------------------------------------------------------
+    def plan(self, faults: Iterable[str], route: str = "klines") -> None:
+        """Queue faults for the next requests to ``route`` ("klines" or "exchangeInfo")."""
+        faults = list(faults)
+        unknown = sorted(set(faults) - _FAULTS)
+        if unknown or route not in _ROUTES:
+            raise ValueError(f"unknown fault(s) {unknown} or route {route!r}; "
+                             f"faults are {sorted(_FAULTS)}, routes are {list(_ROUTES)}")
+        with self._lock:
+            self._plans[route].extend(faults)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            for q in self._plans.values():
+                q.clear()
+
+    def calls(self, route: str = "klines") -> list[Request]:
+        with self._lock:
+            return [r for r in self.requests if r.route == route]
+
+    def _next_fault(self, route: str, params: dict[str, str]) -> str:
+        with self._lock:
+            q = self._plans.get(route)
+            fault = q.popleft() if q else "ok"
+            self.requests.append(Request(route, params, fault))
+            return fault
+
+    # -- the data ---------------------------------------------------------------------------
+    def open_ms(self, i: int) -> int:
+        return self.start_ms + i * self.step_ms
+
+    def kline(self, symbol: str, i: int) -> list:
+        """Bar ``i`` of ``symbol`` in Binance's array format (prices as strings)."""
+        base = (100.0 if symbol.startswith("BTC") else 20.0) * (1 + 0.0005 * i)
+        o = base * (1 + 0.01 * math.sin(i / 5))
+        c = base * (1 + 0.01 * math.sin((i + 1) / 5))
+        h = max(o, c) * 1.002
+        low = min(o, c) * 0.998
+        v = 10.0 + (i * 37) % 11
+        t = self.open_ms(i)
+        f = "{:.8f}".format
+        return [t, f(o), f(h), f(low), f(c), f(v), t + self.step_ms - 1, f(v * c), 100 + i % 7,
+                f(v / 2), f(v * c / 2), "0"]
+
+    def expected(self, symbol: str, first: int, last: int) -> pd.DataFrame:
+        """Bars ``first..last`` (inclusive) as the candle schema, parsed as ccxt parses them."""
+        rows = [self.kline(symbol, i) for i in range(first, last + 1)]
+        idx = pd.to_datetime(np.array([r[0] for r in rows], dtype="int64"), unit="ms", utc=True)
+        vals = np.array([[float(x) for x in r[1:6]] for r in rows], dtype="float64").reshape(-1, 5)
+        return pd.DataFrame(vals, index=pd.DatetimeIndex(idx, name="time"),
+                            columns=["open", "high", "low", "close", "volume"])
+
+    def klines(self, params: dict[str, str]) -> tuple[int, object]:
+        symbol = params.get("symbol", "")
+        if symbol not in {b + q for b, q in self.pairs}:
+            return 400, {"code": -1121, "msg": "Invalid symbol."}
+        if params.get("interval") != self.interval:
+            return 400, {"code": -1120, "msg": "Invalid interval."}
+        limit = min(int(params.get("limit", 500)), self.page_cap)
+        end = self.bars - 1
+        if "endTime" in params:
+            end = min(end, (int(params["endTime"]) - self.start_ms) // self.step_ms)
+        if "startTime" in params:
+            first = max(0, -(-(int(params["startTime"]) - self.start_ms) // self.step_ms))
+        else:  # Binance answers the most recent bars
+            first = max(0, end - limit + 1)
+        last = min(end, first + limit - 1)
+        return 200, [self.kline(symbol, i) for i in range(first, last + 1)]
+
+    def exchange_info(self) -> dict:
+        return {"timezone": "UTC", "serverTime": self.open_ms(self.bars), "rateLimits": [],
+                "exchangeFilters": [], "symbols": [_market(b, q) for b, q in self.pairs]}
+
+
+def _handler_for(server: FakeBinance) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
+            pass
+
+        def _send(self, status: int, body: bytes, ctype: str, headers: dict | None = None) -> None:
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
+                pass
+
+        def _json(self, status: int, obj: object, headers: dict | None = None) -> None:
+            self._send(status, json.dumps(obj).encode(), "application/json;charset=UTF-8",
+                       headers)
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            parts = urlsplit(self.path)
+            params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+            route = {"/api/v3/klines": "klines", "/api/v3/exchangeInfo": "exchangeInfo"}.get(
+                parts.path, parts.path)
+            fault = server._next_fault(route, params)
+            if route not in _ROUTES:
+                self._json(404, {"code": -1, "msg": f"fake exchange has no route {parts.path}"})
+                return
+            if fault in ("429", "418"):
+                self._json(int(fault), {"code": -1003, "msg": "Too many requests; banned."},
+                           {"Retry-After": "1"})
+                return
+            if fault in ("500", "502", "503", "504"):
+                self._send(int(fault), f"<html><body>{fault} gateway error</body></html>".encode(),
+                           "text/html")
+                return
+            if fault == "badrequest":
+                self._json(400, {"code": -1100, "msg": "Illegal characters found in a parameter."})
+                return
+            if fault == "reset":
+                self.close_connection = True
+                return
+            if fault == "timeout":
+                time.sleep(server.slow_s)
+            if fault == "badjson":
+                self._send(200, b'[[1700000000000,"100.0","101.0",', "application/json")
+                return
+            if fault == "html200":
+                self._send(200, b"<html><body>maintenance</body></html>", "text/html")
+                return
+            if route == "exchangeInfo":
+                self._json(200, server.exchange_info())
+            else:
+                self._json(*server.klines(params))
+
+    return Handler
+
+
+def binance_client(server: FakeBinance, *, timeout_ms: int = 500) -> ccxt.binance:
+    """A real ``ccxt.binance`` whose every API URL points at ``server``; spot markets only."""
+    ex = ccxt.binance({
+        "enableRateLimit": False,
+        "timeout": timeout_ms,
+        # only GET /api/v3/exchangeInfo in load_markets (no fapi/dapi/sapi requests)
+        "options": {"fetchMarkets": {"types": ["spot"]}, "fetchMargins": False},
+    })
+    local = urlsplit(server.url)
+    api = {}
+    for name, url in ex.urls["api"].items():
+        p = urlsplit(url)
+        api[name] = urlunsplit((local.scheme, local.netloc, p.path, p.query, p.fragment))
+    ex.urls["api"] = api
+    return ex
