@@ -93,6 +93,8 @@ class ModelCore:
         self.trainer = Trainer(self.spec, cfg.train, self.device, seed=cfg.run.seed)
         self.store = CheckpointStore(f"{cfg.checkpoint.uri.rstrip('/')}/{cfg.run.name}", cfg.checkpoint.keep_last)
         self.run_id: str | None = None
+        self._registered_best: int | None = None
+        self._local_store = self.store.fs.protocol in ("file", ("file", "local"))
         self.restored_from: int | None = None
         self.data_window: dict[str, Any] = {}
         restored = self.store.load_latest_good()
@@ -129,10 +131,24 @@ class ModelCore:
         if self._tracking is not None:
             self._tracking.submit(fn)
 
+    def _register_best(self) -> None:
+        """Register the best checkpoint (alias ``best``) unless it already is.
+
+        Done when tracking is flushed rather than at every new best: early in training the
+        best moves every few dozen steps, and each registration uploads a checkpoint.
+        """
+        best = self.store.best()
+        if (best is None or best.step == self._registered_best or not self._local_store
+                or not self.cfg.tracking.register_best):
+            return
+        self._registered_best = best.step
+        self._track(lambda t, p=best.path: t.register_model_version(self.cfg.run.name, p, alias="best"))
+
     def flush_tracking(self) -> dict[str, Any]:
-        """Wait until every queued MLflow write is done; report errors seen so far."""
+        """Register the best checkpoint, wait until every queued MLflow write is done."""
         if self._tracking is None:
             return {"enabled": False}
+        self._register_best()
         self._track(lambda t: t.flush())
         self._tracking.join()
         return {"enabled": True, "run_id": self.run_id, "errors": self._tracking.errors,
@@ -210,12 +226,8 @@ class ModelCore:
                 "config": to_dict(self.cfg), "data": self.data_window, "code_version": code_version(),
                 "mlflow_run_id": self.run_id, "generation": self.generation}
         info = self.store.save(self.trainer.state(), meta)
-        if self.cfg.tracking.log_checkpoints and self.store.fs.protocol in ("file", ("file", "local")):
-            path, art = info.path, "checkpoints"
-            if is_best and self.cfg.tracking.register_best:
-                self._track(lambda t: t.register_model_version(self.cfg.run.name, path, alias="best"))
-            else:
-                self._track(lambda t: t.log_artifact(path, art))
+        if self.cfg.tracking.log_checkpoints and self._local_store and not is_best:
+            self._track(lambda t, p=info.path: t.log_artifact(p, "checkpoints"))
         return info.to_dict()
 
     def load_checkpoint(self, path: str | None = None) -> dict[str, Any]:
@@ -238,6 +250,7 @@ class ModelCore:
         return self.store.best()
 
     def close(self) -> None:
+        """Flush MLflow (registering the best checkpoint) and mark the run finished."""
         if self._tracking is not None:
             self.flush_tracking()
             self._track(lambda t: t.set_terminated("FINISHED"))

@@ -37,9 +37,13 @@ def _parser() -> argparse.ArgumentParser:
 def _progress_bar(total_batches: int, epochs: int) -> tuple[Any, Any]:
     from tqdm import tqdm
 
-    bar = tqdm(total=total_batches * epochs, unit="batch", dynamic_ncols=True, file=sys.stderr)
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=total_batches * epochs, unit="batch", dynamic_ncols=True, file=sys.stderr, disable=not tty)
 
     def update(epoch: int, done: int, m: dict[str, float]) -> None:
+        if not tty and done == total_batches:  # no terminal: one line per epoch
+            print(f"epoch {epoch + 1}/{epochs}: loss {m['total_loss']:.3f} dir_acc {m['candle_accuracy']:.2f} "
+                  f"action_acc {m['action_accuracy']:.2f}", file=sys.stderr)
         bar.n = epoch * total_batches + done
         bar.set_description(f"epoch {epoch + 1}/{epochs}")
         bar.set_postfix(loss=f"{m['total_loss']:.3f}", dir_acc=f"{m['candle_accuracy']:.2f}",
@@ -62,7 +66,7 @@ def cmd_train(cfg: Config, *, show_table: bool = False) -> dict[str, Any]:
     split = prepare(cfg)
     print(f"data: {len(split.train.symbols)} symbols, {len(split.train)} training windows, "
           f"{len(split.holdout)} held-out windows ({time.time() - t0:.1f}s)")
-    init_ray(cfg)
+    owns_ray = init_ray(cfg)
     client = ModelClient.connect(cfg)
     start = client.call("metrics")
     if start.get("restored_from"):
@@ -93,7 +97,8 @@ def cmd_train(cfg: Config, *, show_table: bool = False) -> dict[str, Any]:
         _print_table(table)
     if not cfg.ray.detached:
         client.call("close")
-    ray.shutdown()
+    if owns_ray:
+        ray.shutdown()
     return {"table": table, "epochs": epochs, "checkpoint": ckpt, "tracking": tracking}
 
 

@@ -11,9 +11,10 @@ from conf import Config
 log = logging.getLogger(__name__)
 
 
-def init_ray(cfg: Config) -> None:
+def init_ray(cfg: Config) -> bool:
+    """Connect; True if this call started/joined Ray (and so should shut it down)."""
     if ray.is_initialized():
-        return
+        return False
     kwargs: dict = {"namespace": cfg.ray.namespace, "include_dashboard": False,
                     "logging_level": logging.WARNING, "log_to_driver": True}
     if cfg.ray.address:
@@ -21,3 +22,4 @@ def init_ray(cfg: Config) -> None:
     else:
         kwargs["num_cpus"] = cfg.ray.num_cpus
     ray.init(**kwargs)
+    return True
