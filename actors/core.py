@@ -168,8 +168,10 @@ class ModelCore:
         self._track(lambda t, m=m, s=step: t.log_metrics(m, s))
         cfg = self.cfg.checkpoint
         best = cfg.on_best and step % self.cfg.train.trend_window == 0 and self.trainer.is_new_best(cfg.best_metric)
-        if best or step % cfg.every_steps == 0:
-            self.save_checkpoint(kind=kind, is_best=best)
+        periodic = step % cfg.every_steps == 0
+        if best or periodic:
+            # off-cadence best checkpoints stay local; the best is registered in MLflow on flush
+            self.save_checkpoint(kind=kind, is_best=best, upload=periodic)
         if step % self.cfg.tracking.log_every_steps == 0:
             self.summary = {**self.summary, **self.trainer.summary(), "version": step}
 
@@ -221,12 +223,12 @@ class ModelCore:
             self._track(lambda t, n=name, p=payload: t.log_dict(p, n))
 
     # -- checkpoints ------------------------------------------------------------------------
-    def save_checkpoint(self, kind: str = "manual", is_best: bool = False) -> dict[str, Any]:
+    def save_checkpoint(self, kind: str = "manual", is_best: bool = False, upload: bool = True) -> dict[str, Any]:
         meta = {"step": self.trainer.step, "kind": kind, "is_best": is_best, "metrics": self.trainer.rolling(),
                 "config": to_dict(self.cfg), "data": self.data_window, "code_version": code_version(),
                 "mlflow_run_id": self.run_id, "generation": self.generation}
         info = self.store.save(self.trainer.state(), meta)
-        if self.cfg.tracking.log_checkpoints and self._local_store and not is_best:
+        if self.cfg.tracking.log_checkpoints and self._local_store and upload:
             self._track(lambda t, p=info.path: t.log_artifact(p, "checkpoints"))
         return info.to_dict()
 

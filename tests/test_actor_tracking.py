@@ -1,0 +1,63 @@
+"""What a user sees in MLflow after training through the ModelActor: sqlite and a real server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from actors import ModelClient, spec_from_config
+
+pytestmark = [pytest.mark.ray]
+
+
+def train_and_flush(cfg, steps=30):
+    client = ModelClient.connect(cfg)
+    spec = spec_from_config(cfg)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, spec.window, spec.n_features)).astype(np.float32)
+    yc, ya = rng.standard_normal((16, 5)).astype(np.float32), rng.integers(0, 3, 16)
+    for _ in range(steps):
+        client.call("train_batch", x, yc, ya, "batch")
+    client.call("save_checkpoint", "batch")
+    client.call("log_evaluation", {"holdout_dir_acc": 0.6})
+    status = client.call("flush_tracking")
+    client.call("close")
+    ray.kill(client.handle, no_restart=True)
+    return status
+
+
+def check_run(uri: str, cfg, status) -> None:
+    assert status["enabled"] and status["errors"] == 0, status
+    mc = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    exp = mc.get_experiment_by_name(cfg.run.name)
+    assert exp is not None  # one experiment per model name
+    run = mc.get_run(status["run_id"])
+    assert run.data.params["model.d_model"] == str(cfg.model.d_model)
+    assert run.data.params["train.batch_size"] == str(cfg.train.batch_size)
+    assert run.data.tags["candleray.code_version"]
+    for key in ("total_loss", "candle_loss", "action_loss", "candle_accuracy", "action_accuracy", "lr"):
+        hist = mc.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in hist] == list(range(1, 31)), key
+        assert all(np.isfinite(m.value) for m in hist)
+    assert run.data.metrics["holdout_dir_acc"] == 0.6
+    arts = {a.path for a in mc.list_artifacts(run.info.run_id)}
+    assert {"checkpoints", "config"} <= arts
+    ckpts = [a.path for a in mc.list_artifacts(run.info.run_id, "checkpoints")]
+    assert any(p.endswith("ckpt-000000020.pt") for p in ckpts)  # every_steps=10, keep_last=3
+    best = mc.get_model_version_by_alias(cfg.run.name, "best")
+    assert best.run_id == run.info.run_id
+    assert run.info.status == "FINISHED"
+
+
+def test_actor_metrics_checkpoints_and_best_in_sqlite_store(ray_cluster, make_cfg):
+    cfg = make_cfg("tracking.enabled=true", "checkpoint.every_steps=10", "train.trend_window=10")
+    check_run(cfg.tracking.uri, cfg, train_and_flush(cfg))
+
+
+@pytest.mark.slow
+def test_actor_against_a_real_mlflow_server(ray_cluster, make_cfg, server_uri):
+    cfg = make_cfg("tracking.enabled=true", f"tracking.uri={server_uri}", "checkpoint.every_steps=10",
+                   "train.trend_window=10")
+    check_run(server_uri, cfg, train_and_flush(cfg))
