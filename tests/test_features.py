@@ -2,7 +2,13 @@ import numpy as np
 import pandas as pd
 
 from conf.schema import SyntheticConfig
-from pipelines.features import candle_targets, denormalise, higher_timeframes, make_windows, n_features
+from pipelines.features import (
+    candle_targets,
+    denormalise,
+    higher_timeframes,
+    make_windows,
+    n_features,
+)
 from pipelines.sources.synthetic import generate
 
 
