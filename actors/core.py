@@ -87,6 +87,10 @@ class ModelCore:
         self.cfg = cfg
         self.spec = spec_from_config(cfg)
         self.generation = uuid.uuid4().hex[:12]
+        if cfg.tracking.enabled and cfg.tracking.uri.startswith(("http://", "https://")):
+            # MLflow's defaults retry a dead server for minutes; fail a write fast and count it
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         if cfg.ray.torch_threads > 0:
             torch.set_num_threads(cfg.ray.torch_threads)
         self.device = resolve_device(cfg.model.device)
