@@ -15,27 +15,30 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import requests
 import sqlalchemy.exc
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from sqlalchemy.engine import make_url
 
 from conf import flatten
 from pipelines.errors import ConfigError, TrackingError
-
-try:
-    import fcntl
-except ImportError:  # Windows: no lock; start the first process alone on a fresh store
-    fcntl = None  # type: ignore[assignment]
+from pipelines.mlflow_util import (
+    _chunks,
+    _cut,
+    _error_code,
+    _init_lock,
+    _is_transient,
+    _param_text,
+    _redact,
+    _sqlite_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,15 +51,12 @@ _METRICS_PER_BATCH = 1000
 # refuse for length is sent again cut to 500.
 _PARAM_VALUE_LIMIT = 6000
 _OLD_PARAM_VALUE_LIMIT = 500
-_CUT_MARK = "..."
 # Metrics kept while the store is unreachable; past this the oldest are dropped.
 _MAX_PENDING_METRICS = 100_000
 # MLflow already waits 20 s on a busy sqlite file (PRAGMA busy_timeout); a write that still
 # finds it locked (e.g. a reader upgrading to a writer) gets these few extra tries.
 _LOCK_RETRY_DELAYS_S = (0.2, 0.5, 1.0)
 _END_STATUSES = ("FINISHED", "FAILED", "KILLED")
-# Errors that may pass on a later flush; anything else (a bad key, a refused value) never will.
-_TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED"}
 _BACKEND_ERRORS = (
     MlflowException,
     requests.exceptions.RequestException,
@@ -446,75 +446,3 @@ class Tracker:
         except TrackingError as exc:  # another process registered it first
             if _error_code(exc.__cause__) != "RESOURCE_ALREADY_EXISTS":
                 raise
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    """The db file of a sqlite URI, its folder created; None for other stores.
-
-    The experiment's artifacts then go to ``<db folder>/artifacts``: MLflow 3 would root them
-    at ``./mlruns`` of whatever the creating process's cwd was. A tracking server chooses its
-    own artifact location.
-    """
-    if not uri.startswith("sqlite:"):
-        return None
-    database = make_url(uri).database  # sqlite:///rel.db → rel.db, sqlite:////abs.db → /abs.db
-    if not database or database == ":memory:":
-        return None
-    path = Path(database).resolve()  # relative to cwd, as SQLAlchemy reads it
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@contextmanager
-def _init_lock(db_path: Path | None) -> Iterator[None]:
-    """Hold an exclusive lock on ``<db>.init.lock`` (POSIX; elsewhere no lock)."""
-    if db_path is None or fcntl is None:
-        yield
-        return
-    with open(db_path.with_name(db_path.name + ".init.lock"), "a") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
-
-
-def _param_text(key: str, value: object, limit: int) -> str:
-    text = str(value)
-    if len(text) > limit:
-        logger.warning(
-            "MLflow param %r is %d characters; logging its first %d",
-            key,
-            len(text),
-            limit - len(_CUT_MARK),
-        )
-    return _cut(text, limit)
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - len(_CUT_MARK)] + _CUT_MARK
-
-
-def _chunks(items: Sequence[T], size: int) -> Iterator[list[T]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
-
-
-def _error_code(exc: BaseException | None) -> str | None:
-    return exc.error_code if isinstance(exc, MlflowException) else None
-
-
-def _is_transient(exc: BaseException | None) -> bool:
-    if isinstance(exc, MlflowException):
-        return exc.error_code in _TRANSIENT_CODES
-    return exc is not None
-
-
-def _redact(uri: str) -> str:
-    """The URI without a password, for messages and logs."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
