@@ -2,6 +2,7 @@
 
 from conf.loader import config_from_dict, flatten, load_config, to_dict
 from conf.schema import (
+    BacktestConfig,
     CcxtConfig,
     CheckpointConfig,
     Config,
@@ -17,7 +18,7 @@ from conf.schema import (
 )
 
 __all__ = [
-    "CcxtConfig", "CheckpointConfig", "Config", "DataConfig", "FeatureConfig", "LabelConfig",
+    "BacktestConfig", "CcxtConfig", "CheckpointConfig", "Config", "DataConfig", "FeatureConfig", "LabelConfig",
     "ModelConfig", "RayConfig", "RunConfig", "SyntheticConfig", "TrackingConfig", "TrainConfig",
     "config_from_dict", "flatten", "load_config", "to_dict",
 ]

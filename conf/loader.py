@@ -7,6 +7,7 @@ path) < dotted overrides from the command line (``model.d_model=128``).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import types
 import typing
 from pathlib import Path
@@ -83,6 +84,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, (datetime.date, datetime.datetime)):  # YAML reads 2024-01-01 as a date
+            return value.isoformat()
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {type(value).__name__} {value!r}")
         return value

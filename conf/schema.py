@@ -119,6 +119,27 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class BacktestConfig:
+    """Model-driven backtests (``candleray backtest``); see pipelines/backtest/model_driven.py."""
+
+    cash: float = 10_000.0  # starting cash of each symbol; the portfolio view splits it evenly
+    commission: float = 0.0  # fraction of traded value per side (0.001 = 0.1 %)
+    fill: str = "next_open"  # next_open | close
+    direction: str = "long_only"  # long_only | long_short
+    units: str = "fractional"  # fractional | whole (whole units of a 60k BTC never fill on 10k cash)
+    at_end: str = "mark"  # mark | close
+    bars_per_year: float | None = None  # None: inferred from each symbol's candles
+    confidence: float = 0.5  # act on the most likely action only if its probability >= this, else HOLD
+    inference_batch: int = 256  # windows per forward pass; on CPU a few hundred is fastest (more on a GPU)
+    walk_forward: str = "none"  # none | pivots_only | every_candle: train a private copy as it goes
+    retrain_every: int = 256  # walk-forward chunk: bars predicted between training rounds
+    retrain_epochs: int = 1  # passes over the newly known samples at each training round
+    task_num_cpus: float = 0.5  # Ray CPUs per symbol task (fractional, so tasks fit on 2 cores)
+    since: str | None = None  # ISO date; None: data.since
+    until: str | None = None  # ISO date; None: data.until
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -129,3 +150,4 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    backtest: BacktestConfig = field(default_factory=BacktestConfig)

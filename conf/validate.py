@@ -6,7 +6,10 @@ import dataclasses
 import re
 from pathlib import Path
 
+import pandas as pd
+
 from conf.schema import Config
+from pipelines.backtest.config import check_backtest_config
 from pipelines.candles import timeframe_seconds
 from pipelines.errors import ConfigError
 
@@ -39,6 +42,14 @@ def check(cfg: Config) -> None:
     _need(cfg.ray.call_timeout_s > 0, f"ray.call_timeout_s={cfg.ray.call_timeout_s} must be > 0")
     _need(cfg.ray.max_restarts >= -1, "ray.max_restarts must be >= -1 (-1: restart forever)")
     _need(len(cfg.data.symbols) >= 1, "data.symbols is empty; name at least one, e.g. [sample:EURUSD]")
+    check_backtest_config(cfg.backtest)  # checked where the values are defined
+    for key in ("since", "until"):
+        value = getattr(cfg.data, key)
+        if value is not None:
+            try:
+                pd.Timestamp(value)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"data.{key}={value!r} is not an ISO date; use e.g. 2024-01-01") from exc
     base = timeframe_seconds(cfg.data.timeframe)
     for tf in cfg.data.extra_timeframes:
         _need(timeframe_seconds(tf) > base,

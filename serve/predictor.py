@@ -52,8 +52,11 @@ class Predictor:
         return True
 
     @torch.no_grad()
-    def predict(self, x: Any, batch_size: int = 4096) -> Prediction:
-        """x (B, T, F) windows → Prediction. Bad shapes or values raise InvalidInputError."""
+    def predict(self, x: Any, batch_size: int = 256) -> Prediction:
+        """x (B, T, F) windows → Prediction. Bad shapes or values raise InvalidInputError.
+
+        On CPU a few hundred windows per pass is fastest (larger batches fault in fresh pages).
+        """
         check_batch(self.spec, x)
         xs = np.asarray(x, dtype=np.float32)
         cands, probs = [], []

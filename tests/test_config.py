@@ -58,3 +58,15 @@ def test_unknown_profile_lists_the_choices():
 def test_round_trip_through_plain_dict():
     cfg = load_config("demo", resolve_paths=False)
     assert config_from_dict(to_dict(cfg)) == cfg
+
+
+def test_yaml_dates_become_iso_strings():
+    cfg = load_config(overrides=["data.since=2024-01-01", "backtest.until=2024-03-01"])
+    assert cfg.data.since == "2024-01-01" and cfg.backtest.until == "2024-03-01"
+
+
+def test_bad_backtest_values_name_the_key():
+    with pytest.raises(ConfigError, match="backtest.walk_forward"):
+        load_config(overrides=["backtest.walk_forward=sometimes"])
+    with pytest.raises(ConfigError, match="data.since"):
+        load_config(overrides=["data.since=soon"])

@@ -5,6 +5,10 @@
 
 The semantics are explicit (``BacktestSpec``); docs/BACKTEST.md defines each one and every
 statistic, and how the defaults match ``backtesting`` 0.6.6.
+
+Model-driven and parallel backtests live in submodules (they import torch and Ray, the
+simulator does not): ``model_driven.backtest_model``, ``runner.run_backtests``,
+``weights.resolve_weights``, ``portfolio.combine``, ``report.write_json`` / ``log_mlflow``.
 """
 
 from pipelines.backtest.result import TRADE_COLUMNS, BacktestResult, TradeLedger

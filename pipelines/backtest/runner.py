@@ -1,0 +1,155 @@
+"""Many symbols in parallel: one Ray task per (symbol, range), gathered as they finish.
+
+The weights go into the object store once (``ray.put``) and every task gets the same ref.
+Each task loads its candles and runs ``backtest_model`` (no Ray inside). A symbol that fails
+(unknown symbol, bad timeframe, bad data, too few bars) comes back as an outcome carrying
+its error's type and message; the others finish. Outcomes are returned in the order of the
+jobs, whatever order they finished in, with the portfolio view over the symbols that ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from conf import Config
+from pipelines.backtest.model_driven import ModelBacktest, backtest_model
+from pipelines.backtest.portfolio import Portfolio, combine
+from pipelines.backtest.weights import BacktestWeights
+from pipelines.sources import load_candles, parse_symbol
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BacktestJob:
+    """One symbol over one range; ``since``/``until`` None: ``backtest.since/until``, then ``data.*``."""
+
+    symbol: str
+    since: str | None = None
+    until: str | None = None
+
+
+@dataclass(frozen=True)
+class SymbolOutcome:
+    """The result of one job: ``backtest`` when it ran, else ``error`` and ``error_type``."""
+
+    job: BacktestJob
+    backtest: ModelBacktest | None
+    error: str | None = None
+    error_type: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.backtest is not None
+
+    @property
+    def name(self) -> str:
+        return self.backtest.symbol if self.backtest is not None else self.job.symbol
+
+
+@dataclass(frozen=True)
+class BacktestRun:
+    outcomes: tuple[SymbolOutcome, ...]
+    portfolio: Portfolio | None  # None when no symbol ran
+    weights: dict[str, Any]  # BacktestWeights.describe()
+    seconds: float
+
+    @property
+    def failed(self) -> list[SymbolOutcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+
+def jobs_for(symbols: Sequence[str], cfg: Config) -> list[BacktestJob]:
+    """One job per symbol over ``backtest.since/until`` (``data.since/until`` where unset)."""
+    since = cfg.backtest.since if cfg.backtest.since is not None else cfg.data.since
+    until = cfg.backtest.until if cfg.backtest.until is not None else cfg.data.until
+    return [BacktestJob(s, since, until) for s in symbols]
+
+
+def run_job(job: BacktestJob, weights: BacktestWeights, cfg: Config) -> ModelBacktest:
+    """Load one symbol's candles over the job's range and backtest it (plain, in this process)."""
+    spec = parse_symbol(job.symbol, cfg.data.timeframe)
+    data = dataclasses.replace(cfg.data, since=job.since, until=job.until)
+    candles = load_candles(spec, data)
+    return backtest_model(candles, weights, cfg, timeframe=spec.timeframe, symbol=spec.key)
+
+
+@ray.remote
+def _job_task(job: BacktestJob, weights: BacktestWeights, cfg: Config, torch_threads: int) -> ModelBacktest:
+    import torch
+
+    torch.set_num_threads(torch_threads)  # a worker is reused: set it for every task
+    return run_job(job, weights, cfg)
+
+
+def _failure(job: BacktestJob, exc: BaseException) -> SymbolOutcome:
+    cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None else exc
+    message = str(cause).strip() or type(cause).__name__
+    log.warning("backtest of %s failed: %s: %s", job.symbol, type(cause).__name__, message)
+    return SymbolOutcome(job, None, message, type(cause).__name__)
+
+
+def _portfolio(outcomes: Sequence[SymbolOutcome], cfg: Config) -> Portfolio | None:
+    ran = [o.backtest for o in outcomes if o.backtest is not None]
+    if not ran:
+        return None
+    curves, initial = {}, {}
+    for i, b in enumerate(ran):
+        key = b.symbol if b.symbol not in curves else f"{b.symbol}#{i}"  # one symbol over two ranges
+        curves[key], initial[key] = b.result.equity, b.result.spec.cash
+    return combine(curves, initial, cfg.backtest.cash, cfg.backtest.bars_per_year)
+
+
+def run_backtests(jobs: Sequence[BacktestJob], weights: BacktestWeights, cfg: Config, *,
+                  on_done: Callable[[SymbolOutcome, int, int], None] | None = None,
+                  torch_threads: int | None = None) -> BacktestRun:
+    """Run every job as a Ray task (``backtest.task_num_cpus`` CPUs each) and gather them.
+
+    ``on_done(outcome, n_done, n_total)`` is called as each one finishes (progress).
+    ``torch_threads``: intra-op threads per task; default: the task's CPUs, at least 1.
+    Ray must be initialised (``pipelines.cluster.init_ray``).
+    """
+    t0 = time.perf_counter()
+    ncpu = cfg.backtest.task_num_cpus
+    threads = torch_threads or max(1, math.floor(ncpu))
+    weights_ref = ray.put(weights)  # once; every task gets the same object
+    task = _job_task.options(num_cpus=ncpu)
+    index = {task.remote(job, weights_ref, cfg, threads): i for i, job in enumerate(jobs)}
+    outcomes: list[SymbolOutcome | None] = [None] * len(jobs)
+    pending = list(index)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        i = index[ready[0]]
+        try:
+            outcomes[i] = SymbolOutcome(jobs[i], ray.get(ready[0]))  # finished: returns at once
+        except ray.exceptions.RayError as exc:  # the task's own error, or its worker died
+            outcomes[i] = _failure(jobs[i], exc)
+        if on_done is not None:
+            on_done(outcomes[i], len(jobs) - len(pending), len(jobs))  # type: ignore[arg-type]
+    done = tuple(o for o in outcomes if o is not None)
+    return BacktestRun(done, _portfolio(done, cfg), weights.describe(), time.perf_counter() - t0)
+
+
+def run_in_process(jobs: Sequence[BacktestJob], weights: BacktestWeights, cfg: Config, *,
+                   on_done: Callable[[SymbolOutcome, int, int], None] | None = None) -> BacktestRun:
+    """The same as ``run_backtests``, one job after another in this process (no Ray)."""
+    from pipelines.errors import CandlerayError
+
+    t0 = time.perf_counter()
+    outcomes = []
+    for k, job in enumerate(jobs):
+        try:
+            outcomes.append(SymbolOutcome(job, run_job(job, weights, cfg)))
+        except (CandlerayError, ValueError) as exc:  # a bad symbol or data; a bug still raises
+            outcomes.append(_failure(job, exc))
+        if on_done is not None:
+            on_done(outcomes[-1], k + 1, len(jobs))
+    return BacktestRun(tuple(outcomes), _portfolio(outcomes, cfg), weights.describe(), time.perf_counter() - t0)
