@@ -31,7 +31,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/backtest_speed.py
 
 mlflow-ui: $(STAMP)
 	mkdir -p $(HOME_DIR)

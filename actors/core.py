@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
-import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from conf import Config, flatten, to_dict
+from actors.tracking_writer import start_writer
+from conf import Config, to_dict
 from pipelines.checkpoints import CheckpointInfo, CheckpointStore
 from pipelines.dataset import Dataset
 from pipelines.errors import CandlerayError, InvalidInputError
@@ -47,50 +45,13 @@ class Snapshot:
     spec: dict[str, Any]
 
 
-class _TrackingWorker:
-    """Runs MLflow writes on one background thread so a slow store never stalls training."""
-
-    def __init__(self, make: Callable[[], Any]) -> None:
-        self._q: queue.Queue = queue.Queue()
-        self.errors = 0
-        self.last_error = ""
-        self.tracker: Any = None
-        self._make = make
-        self._thread = threading.Thread(target=self._run, name="mlflow-writer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            fn = self._q.get()
-            try:
-                if self.tracker is None:
-                    self.tracker = self._make()
-                fn(self.tracker)
-            except Exception as exc:  # the writer must outlive a failing store; errors are counted
-                self.errors += 1
-                self.last_error = str(exc)
-                log.warning("MLflow write failed: %s", exc)
-            finally:
-                self._q.task_done()
-
-    def submit(self, fn: Callable[[Any], None]) -> None:
-        self._q.put(fn)
-
-    def join(self, timeout: float = 60.0) -> None:
-        deadline = time.time() + timeout
-        while self._q.unfinished_tasks and time.time() < deadline:
-            time.sleep(0.01)
-
-
 class ModelCore:
-    def __init__(self, cfg: Config, *, tracker_factory: Callable[..., Any] | None = None) -> None:
+    def __init__(self, cfg: Config, *, writer: str = "thread",
+                 tracker_factory: Callable[..., Any] | None = None) -> None:
+        """``writer``: ``process`` (a Ray actor; used by the ModelActor) or ``thread`` (no Ray)."""
         self.cfg = cfg
         self.spec = spec_from_config(cfg)
         self.generation = uuid.uuid4().hex[:12]
-        if cfg.tracking.enabled and cfg.tracking.uri.startswith(("http://", "https://")):
-            # MLflow's defaults retry a dead server for minutes; fail a write fast and count it
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         if cfg.ray.torch_threads > 0:
             torch.set_num_threads(cfg.ray.torch_threads)
         self.device = resolve_device(cfg.model.device)
@@ -98,6 +59,7 @@ class ModelCore:
         self.store = CheckpointStore(f"{cfg.checkpoint.uri.rstrip('/')}/{cfg.run.name}", cfg.checkpoint.keep_last)
         self.run_id: str | None = None
         self._registered_best: int | None = None
+        self._step_metrics: list[tuple[int, dict[str, float]]] = []
         self._local_store = self.store.fs.protocol in ("file", ("file", "local"))
         self.restored_from: int | None = None
         self.data_window: dict[str, Any] = {}
@@ -109,31 +71,26 @@ class ModelCore:
             self.data_window = meta.get("data", {})
             self.restored_from = self.trainer.step
             log.info("restored %s from checkpoint step %d", cfg.run.name, self.trainer.step)
-        self._tracking = self._start_tracking(tracker_factory) if cfg.tracking.enabled else None
+        self._tracking = None
+        if cfg.tracking.enabled:  # create the run now so its id is in the first checkpoint's metadata
+            self._tracking = start_writer(cfg, self.run_id, self.generation, writer, tracker_factory)
+            self.run_id = self._tracking.run_id
         self._publish()
 
     # -- tracking ---------------------------------------------------------------------------
-    def _start_tracking(self, factory: Callable[..., Any] | None) -> _TrackingWorker:
-        if factory is None:
-            from pipelines.tracking import Tracker as factory  # noqa: N813 - a class used as a factory
-        cfg = self.cfg
-        run_id = self.run_id
-        if run_id is None:  # create the run now so its id is in the first checkpoint's metadata
-            tracker = factory(cfg.tracking.uri, cfg.run.name, run_name=f"{cfg.run.name}-{self.generation}",
-                              tags={"candleray.code_version": code_version()},
-                              log_every_steps=cfg.tracking.log_every_steps)
-            self.run_id = tracker.run_id
-            tracker.log_params(flatten(to_dict(cfg)))
-            tracker.log_dict(to_dict(cfg), "config/resolved.yaml")
-            worker = _TrackingWorker(lambda: tracker)
-        else:
-            worker = _TrackingWorker(lambda: factory(cfg.tracking.uri, cfg.run.name, run_id=run_id,
-                                                     log_every_steps=cfg.tracking.log_every_steps))
-        return worker
+    def _send_metrics(self) -> None:
+        """Hand the buffered per-step metrics to the writer thread as one task.
 
-    def _track(self, fn: Callable[[Any], None]) -> None:
+        One hand-off per ``log_every_steps`` steps (and at the end of each call), not one per
+        step: the writer shares the GIL with training, so fewer, larger writes cost less.
+        """
+        batch, self._step_metrics = self._step_metrics, []
+        if batch:
+            self._track("log_steps", batch)
+
+    def _track(self, method: str, *args: Any, **kwargs: Any) -> None:
         if self._tracking is not None:
-            self._tracking.submit(fn)
+            self._tracking.submit(method, *args, **kwargs)
 
     def _register_best(self) -> None:
         """Register the best checkpoint (alias ``best``) unless it already is.
@@ -146,21 +103,21 @@ class ModelCore:
                 or not self.cfg.tracking.register_best):
             return
         self._registered_best = best.step
-        self._track(lambda t, p=best.path: t.register_model_version(self.cfg.run.name, p, alias="best"))
+        self._track("register_model_version", self.cfg.run.name, best.path, alias="best")
 
     def flush_tracking(self) -> dict[str, Any]:
         """Register the best checkpoint, wait until every queued MLflow write is done."""
         if self._tracking is None:
             return {"enabled": False}
         self._register_best()
-        self._track(lambda t: t.flush())
-        self._tracking.join()
-        return {"enabled": True, "run_id": self.run_id, "errors": self._tracking.errors,
-                "last_error": self._tracking.last_error}
+        self._send_metrics()
+        self._track("flush")
+        return {"enabled": True, "run_id": self.run_id, **self._tracking.join()}
 
     # -- publishing -------------------------------------------------------------------------
     def _publish(self) -> None:
         """Swap in a new snapshot and metrics summary (whole references; readers never see a torn one)."""
+        self._send_metrics()
         self.snapshot = Snapshot(self.generation, self.trainer.step, self.trainer.weights_cpu(), self.spec.to_dict())
         self.summary = {**self.trainer.summary(), "generation": self.generation, "version": self.trainer.step,
                         "restored_from": self.restored_from, "device": str(self.device), "pid": os.getpid(),
@@ -169,7 +126,9 @@ class ModelCore:
     # -- training ---------------------------------------------------------------------------
     def _after_step(self, m: dict[str, float], kind: str) -> None:
         step = self.trainer.step
-        self._track(lambda t, m=m, s=step: t.log_metrics(m, s))
+        self._step_metrics.append((step, m))
+        if len(self._step_metrics) >= self.cfg.tracking.log_every_steps:
+            self._send_metrics()
         cfg = self.cfg.checkpoint
         best = cfg.on_best and step % self.cfg.train.trend_window == 0 and self.trainer.is_new_best(cfg.best_metric)
         periodic = step % cfg.every_steps == 0
@@ -217,14 +176,14 @@ class ModelCore:
     def set_data_window(self, window: dict[str, Any]) -> None:
         """Record which data the model is trained on (goes into every checkpoint's metadata)."""
         self.data_window = dict(window)
-        self._track(lambda t, w=dict(window): t.log_dict(w, "data/window.json"))
+        self._track("log_dict", dict(window), "data/window.json")
 
     def log_evaluation(self, metrics: dict[str, float], step: int | None = None,
                        artifacts: dict[str, dict] | None = None) -> None:
         s = self.trainer.step if step is None else step
-        self._track(lambda t: t.log_metrics(metrics, s))
+        self._track("log_metrics", dict(metrics), s)
         for name, payload in (artifacts or {}).items():
-            self._track(lambda t, n=name, p=payload: t.log_dict(p, n))
+            self._track("log_dict", payload, name)
 
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, kind: str = "manual", is_best: bool = False, upload: bool = True) -> dict[str, Any]:
@@ -233,7 +192,7 @@ class ModelCore:
                 "mlflow_run_id": self.run_id, "generation": self.generation}
         info = self.store.save(self.trainer.state(), meta)
         if self.cfg.tracking.log_checkpoints and self._local_store and upload:
-            self._track(lambda t, p=info.path: t.log_artifact(p, "checkpoints"))
+            self._track("log_artifact", info.path, "checkpoints")
         return info.to_dict()
 
     def load_checkpoint(self, path: str | None = None) -> dict[str, Any]:
@@ -259,5 +218,5 @@ class ModelCore:
         """Flush MLflow (registering the best checkpoint) and mark the run finished."""
         if self._tracking is not None:
             self.flush_tracking()
-            self._track(lambda t: t.set_terminated("FINISHED"))
+            self._track("set_terminated", "FINISHED")
             self._tracking.join()

@@ -27,7 +27,7 @@ READ = "read"
 class ModelActor:
     def __init__(self, cfg: Config) -> None:
         logging.basicConfig(level=logging.INFO)
-        self.core = ModelCore(cfg)
+        self.core = ModelCore(cfg, writer="process")
         self._snap_ref: tuple[tuple[str, int], Any] | None = None
 
     # -- training (default group, one at a time) --------------------------------------------

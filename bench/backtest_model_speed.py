@@ -107,13 +107,13 @@ def bench_many(cfg, weights: BacktestWeights, n_symbols: int, repeat: int) -> di
     return {"symbols": n_symbols, "seq_s": min(seq), "par_s": min(par)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bars", type=int, default=20_000)
     ap.add_argument("--symbols", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for part 1 (both sides)")
     ap.add_argument("--repeat", type=int, default=3)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     with tempfile.TemporaryDirectory() as home:
         cfg = make_config(home, args.bars)

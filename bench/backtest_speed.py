@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--bt-symbols", type=int, default=5, help="symbols backtesting.py runs in the 100-symbol case")
     ap.add_argument("--quick", action="store_true", help="1 x 10k and 10 x 2k bars")
+    ap.add_argument("--skip-model", action="store_true",
+                    help="skip part 2: model-driven backtest vs raw forward, Ray parallel vs sequential")
     args = ap.parse_args(argv)
 
     spec = BacktestSpec(cash=args.cash, commission=args.commission, direction=args.direction)
@@ -194,6 +196,12 @@ def main(argv: list[str] | None = None) -> None:
               f"{secs / ours[case]:>12.2f}x{secs / ours_table[case]:>9.2f}x  {note}")
     print("x candleray / x +table: that engine's time over candleray's (without / with the trades "
           "DataFrame); above 1 means candleray is faster")
+    if not args.skip_model:
+        # bench/ is on sys.path when this file runs as a script
+        from backtest_model_speed import main as model_main
+
+        print("\n== part 2: model-driven backtests ==")
+        model_main([])
 
 
 if __name__ == "__main__":

@@ -100,8 +100,8 @@ def snapshot_times(client, spec, n: int = 20) -> tuple[float, float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--batch", type=int, default=64)
     args = ap.parse_args()
     home = tempfile.mkdtemp(prefix="candleray-bench-")
@@ -120,16 +120,19 @@ def main() -> None:
         for _ in range(args.rounds):
             raw.append(raw_loop(spec, data, args.batch, args.steps, threads))
             act.append(actor_loop(client, cfg, data, args.steps))
-        rows.append((threads, statistics.median(raw), statistics.median(act)))
+        ratios = sorted(a / r for a, r in zip(act, raw, strict=True))  # per round: drift hits both sides
+        rows.append((threads, statistics.median(raw), statistics.median(act), ratios))
         if threads == args.threads[-1]:
             pub, fetch, load = snapshot_times(client, spec)
         client.call("close")
         ray.kill(client.handle)
     print(f"\nmodel d_model={cfg.model.d_model} layers={cfg.model.n_layers} window={cfg.features.window} "
           f"features={spec.n_features}; batch {args.batch}; {args.steps} steps x {args.rounds} rounds (median)")
-    print(f"{'threads':>8}{'raw torch samples/s':>22}{'ModelActor samples/s':>23}{'ratio':>8}")
-    for threads, raw, act in rows:
-        print(f"{threads:>8}{raw:>22.0f}{act:>23.0f}{act / raw:>8.3f}")
+    print(f"{'threads':>8}{'raw torch samples/s':>22}{'ModelActor samples/s':>23}{'ratio':>8}  per-round ratios")
+    for threads, raw, act, ratios in rows:
+        print(f"{threads:>8}{raw:>22.0f}{act:>23.0f}{statistics.median(ratios):>8.3f}  "
+              f"{' '.join(f'{r:.2f}' for r in ratios)}")
+    print("ratio: median over rounds of (actor / raw) measured back to back in the same round")
     print(f"\nweights snapshot: publish (CPU copy in the trainer) {pub:.2f} ms, "
           f"fetch via object store {fetch:.2f} ms, load into a predictor {load:.2f} ms (median of 20)")
     ray.shutdown()

@@ -97,7 +97,7 @@ class TrainConfig:
     wrong_direction_weight: float = 0.5  # extra weight when the predicted close direction is wrong
     holdout_fraction: float = 0.2  # last part of each symbol's history, kept out of training
     trend_window: int = 50  # steps compared for the improving/flat/degrading trend
-    batches_per_call: int = 8  # batches per call into the ModelActor during batch training
+    batches_per_call: int = 32  # batches per call into the ModelActor during batch training
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class CheckpointConfig:
 class TrackingConfig:
     uri: str | None = None  # None: sqlite:///<run.home>/mlflow.db ; or http://host:5000
     enabled: bool = True
-    log_every_steps: int = 10
+    log_every_steps: int = 50
     register_best: bool = True
     log_checkpoints: bool = True
 

@@ -188,9 +188,11 @@ def cmd_demo(cfg: Config, keep: bool) -> int:
     real = [s for s in table.index if s.startswith("sample:")]
     for s in real:
         r = table.loc[s]
-        verdict = "beats" if r["dir_acc"] > r["dir_acc_persistence"] else "does not beat"
+        bar = max(r["dir_acc_persistence"], 0.5) + 2 * (0.25 / r["n"]) ** 0.5  # two standard errors
+        verdict = ("beats persistence and a coin flip by more than two standard errors" if r["dir_acc"] > bar
+                   else "shows no reliable edge over persistence or a coin flip")
         print(f"{s}: direction accuracy {r['dir_acc']:.3f} vs persistence {r['dir_acc_persistence']:.3f} "
-              f"— the model {verdict} persistence on real data (an honest baseline, not a promise)")
+              f"on {int(r['n'])} held-out windows — the model {verdict}")
     print("\nBacktest of the trained model on each symbol's held-out range, plus an unseen synthetic symbol "
           "(synthetic returns come from the planted pattern: they show the pipeline works, not a market edge)")
     from pipelines.backtest.runner import BacktestJob

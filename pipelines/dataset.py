@@ -24,6 +24,13 @@ class Dataset:
     end_time: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (N,) ns, window's last bar
     symbols: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        n = len(self.x)  # arrays built by hand may leave out symbol ids and times
+        if len(self.symbol) != n:
+            self.symbol = np.zeros(n, dtype=np.int32)
+        if len(self.end_time) != n:
+            self.end_time = np.zeros(n, dtype=np.int64)
+
     def __len__(self) -> int:
         return len(self.x)
 
