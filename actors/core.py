@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 
 
 def spec_from_config(cfg: Config) -> ModelSpec:
-    return ModelSpec.from_config(cfg.model, n_features(len(cfg.data.extra_timeframes)), cfg.features.window)
+    return ModelSpec.from_config(
+        cfg.model, n_features(len(cfg.data.extra_timeframes)), cfg.features.window
+    )
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,13 @@ class Snapshot:
 
 
 class ModelCore:
-    def __init__(self, cfg: Config, *, writer: str = "thread",
-                 tracker_factory: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        writer: str = "thread",
+        tracker_factory: Callable[..., Any] | None = None,
+    ) -> None:
         """``writer``: ``process`` (a Ray actor; used by the ModelActor) or ``thread`` (no Ray)."""
         self.cfg = cfg
         self.spec = spec_from_config(cfg)
@@ -56,7 +63,9 @@ class ModelCore:
             torch.set_num_threads(cfg.ray.torch_threads)
         self.device = resolve_device(cfg.model.device)
         self.trainer = Trainer(self.spec, cfg.train, self.device, seed=cfg.run.seed)
-        self.store = CheckpointStore(f"{cfg.checkpoint.uri.rstrip('/')}/{cfg.run.name}", cfg.checkpoint.keep_last)
+        self.store = CheckpointStore(
+            f"{cfg.checkpoint.uri.rstrip('/')}/{cfg.run.name}", cfg.checkpoint.keep_last
+        )
         self.run_id: str | None = None
         self._registered_best: int | None = None
         self._step_metrics: list[tuple[int, dict[str, float]]] = []
@@ -72,8 +81,12 @@ class ModelCore:
             self.restored_from = self.trainer.step
             log.info("restored %s from checkpoint step %d", cfg.run.name, self.trainer.step)
         self._tracking = None
-        if cfg.tracking.enabled:  # create the run now so its id is in the first checkpoint's metadata
-            self._tracking = start_writer(cfg, self.run_id, self.generation, writer, tracker_factory)
+        if (
+            cfg.tracking.enabled
+        ):  # create the run now so its id is in the first checkpoint's metadata
+            self._tracking = start_writer(
+                cfg, self.run_id, self.generation, writer, tracker_factory
+            )
             self.run_id = self._tracking.run_id
         self._publish()
 
@@ -99,8 +112,12 @@ class ModelCore:
         best moves every few dozen steps, and each registration uploads a checkpoint.
         """
         best = self.store.best()
-        if (best is None or best.step == self._registered_best or not self._local_store
-                or not self.cfg.tracking.register_best):
+        if (
+            best is None
+            or best.step == self._registered_best
+            or not self._local_store
+            or not self.cfg.tracking.register_best
+        ):
             return
         self._registered_best = best.step
         self._track("register_model_version", self.cfg.run.name, best.path, alias="best")
@@ -118,10 +135,18 @@ class ModelCore:
     def _publish(self) -> None:
         """Swap in a new snapshot and metrics summary (whole references; readers never see a torn one)."""
         self._send_metrics()
-        self.snapshot = Snapshot(self.generation, self.trainer.step, self.trainer.weights_cpu(), self.spec.to_dict())
-        self.summary = {**self.trainer.summary(), "generation": self.generation, "version": self.trainer.step,
-                        "restored_from": self.restored_from, "device": str(self.device), "pid": os.getpid(),
-                        "mlflow_run_id": self.run_id}
+        self.snapshot = Snapshot(
+            self.generation, self.trainer.step, self.trainer.weights_cpu(), self.spec.to_dict()
+        )
+        self.summary = {
+            **self.trainer.summary(),
+            "generation": self.generation,
+            "version": self.trainer.step,
+            "restored_from": self.restored_from,
+            "device": str(self.device),
+            "pid": os.getpid(),
+            "mlflow_run_id": self.run_id,
+        }
 
     # -- training ---------------------------------------------------------------------------
     def _after_step(self, m: dict[str, float], kind: str) -> None:
@@ -130,7 +155,11 @@ class ModelCore:
         if len(self._step_metrics) >= self.cfg.tracking.log_every_steps:
             self._send_metrics()
         cfg = self.cfg.checkpoint
-        best = cfg.on_best and step % self.cfg.train.trend_window == 0 and self.trainer.is_new_best(cfg.best_metric)
+        best = (
+            cfg.on_best
+            and step % self.cfg.train.trend_window == 0
+            and self.trainer.is_new_best(cfg.best_metric)
+        )
         periodic = step % cfg.every_steps == 0
         if best or periodic:
             # off-cadence best checkpoints stay local; the best is registered in MLflow on flush
@@ -138,14 +167,17 @@ class ModelCore:
         if step % self.cfg.tracking.log_every_steps == 0:
             self.summary = {**self.summary, **self.trainer.summary(), "version": step}
 
-    def train_batch(self, x: Any, y_candle: Any, y_action: Any, kind: str = "manual") -> dict[str, Any]:
+    def train_batch(
+        self, x: Any, y_candle: Any, y_action: Any, kind: str = "manual"
+    ) -> dict[str, Any]:
         m = self.trainer.train_step(x, y_candle, y_action)
         self._after_step(m, kind)
         self._publish()
         return {**m, "step": self.trainer.step, "version": self.trainer.step}
 
-    def train_samples(self, data: Dataset, indices: Any = None, batch_size: int | None = None,
-                      kind: str = "batch") -> list[dict[str, float]]:
+    def train_samples(
+        self, data: Dataset, indices: Any = None, batch_size: int | None = None, kind: str = "batch"
+    ) -> list[dict[str, float]]:
         """Train on ``data[indices]`` in order, ``batch_size`` at a time. All of it is checked first."""
         idx = np.arange(len(data)) if indices is None else np.asarray(indices, dtype=np.int64)
         if len(idx) == 0:
@@ -156,15 +188,21 @@ class ModelCore:
         bs = batch_size or self.cfg.train.batch_size
         out = []
         for s in range(0, len(idx), bs):
-            b = idx[s:s + bs]
+            b = idx[s : s + bs]
             m = self.trainer.train_step(data.x[b], data.y_candle[b], data.y_action[b])
             self._after_step(m, kind)
             out.append(m)
         self._publish()
         return out
 
-    def train_epochs(self, data: Dataset, epochs: int, batch_size: int | None = None, seed: int = 0,
-                     kind: str = "batch") -> list[dict[str, float]]:
+    def train_epochs(
+        self,
+        data: Dataset,
+        epochs: int,
+        batch_size: int | None = None,
+        seed: int = 0,
+        kind: str = "batch",
+    ) -> list[dict[str, float]]:
         """``epochs`` shuffled passes; returns the mean metrics of each epoch."""
         rng = np.random.default_rng(seed)
         out = []
@@ -178,18 +216,32 @@ class ModelCore:
         self.data_window = dict(window)
         self._track("log_dict", dict(window), "data/window.json")
 
-    def log_evaluation(self, metrics: dict[str, float], step: int | None = None,
-                       artifacts: dict[str, dict] | None = None) -> None:
+    def log_evaluation(
+        self,
+        metrics: dict[str, float],
+        step: int | None = None,
+        artifacts: dict[str, dict] | None = None,
+    ) -> None:
         s = self.trainer.step if step is None else step
         self._track("log_metrics", dict(metrics), s)
         for name, payload in (artifacts or {}).items():
             self._track("log_dict", payload, name)
 
     # -- checkpoints ------------------------------------------------------------------------
-    def save_checkpoint(self, kind: str = "manual", is_best: bool = False, upload: bool = True) -> dict[str, Any]:
-        meta = {"step": self.trainer.step, "kind": kind, "is_best": is_best, "metrics": self.trainer.rolling(),
-                "config": to_dict(self.cfg), "data": self.data_window, "code_version": code_version(),
-                "mlflow_run_id": self.run_id, "generation": self.generation}
+    def save_checkpoint(
+        self, kind: str = "manual", is_best: bool = False, upload: bool = True
+    ) -> dict[str, Any]:
+        meta = {
+            "step": self.trainer.step,
+            "kind": kind,
+            "is_best": is_best,
+            "metrics": self.trainer.rolling(),
+            "config": to_dict(self.cfg),
+            "data": self.data_window,
+            "code_version": code_version(),
+            "mlflow_run_id": self.run_id,
+            "generation": self.generation,
+        }
         info = self.store.save(self.trainer.state(), meta)
         if self.cfg.tracking.log_checkpoints and self._local_store and upload:
             self._track("log_artifact", info.path, "checkpoints")
@@ -200,7 +252,9 @@ class ModelCore:
         if path is None:
             got = self.store.load_latest_good()
             if got is None:
-                raise CandlerayError(f"no checkpoint under {self.store.uri}; train first or pass a path")
+                raise CandlerayError(
+                    f"no checkpoint under {self.store.uri}; train first or pass a path"
+                )
             state, meta = got
         else:
             state, meta = self.store.load(path)

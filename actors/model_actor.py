@@ -31,15 +31,24 @@ class ModelActor:
         self._snap_ref: tuple[tuple[str, int], Any] | None = None
 
     # -- training (default group, one at a time) --------------------------------------------
-    def train_batch(self, x: Any, y_candle: Any, y_action: Any, kind: str = "manual") -> dict[str, Any]:
+    def train_batch(
+        self, x: Any, y_candle: Any, y_action: Any, kind: str = "manual"
+    ) -> dict[str, Any]:
         return self.core.train_batch(x, y_candle, y_action, kind)
 
-    def train_samples(self, data: Any, indices: Any = None, batch_size: int | None = None,
-                      kind: str = "batch") -> list[dict[str, float]]:
+    def train_samples(
+        self, data: Any, indices: Any = None, batch_size: int | None = None, kind: str = "batch"
+    ) -> list[dict[str, float]]:
         return self.core.train_samples(data, indices, batch_size, kind)
 
-    def train_epochs(self, data: Any, epochs: int, batch_size: int | None = None, seed: int = 0,
-                     kind: str = "batch") -> list[dict[str, float]]:
+    def train_epochs(
+        self,
+        data: Any,
+        epochs: int,
+        batch_size: int | None = None,
+        seed: int = 0,
+        kind: str = "batch",
+    ) -> list[dict[str, float]]:
         return self.core.train_epochs(data, epochs, batch_size, seed, kind)
 
     def save_checkpoint(self, kind: str = "manual", is_best: bool = False) -> dict[str, Any]:
@@ -51,8 +60,12 @@ class ModelActor:
     def set_data_window(self, window: dict[str, Any]) -> None:
         self.core.set_data_window(window)
 
-    def log_evaluation(self, metrics: dict[str, float], step: int | None = None,
-                       artifacts: dict[str, dict] | None = None) -> None:
+    def log_evaluation(
+        self,
+        metrics: dict[str, float],
+        step: int | None = None,
+        artifacts: dict[str, dict] | None = None,
+    ) -> None:
         self.core.log_evaluation(metrics, step, artifacts)
 
     def flush_tracking(self) -> dict[str, Any]:
@@ -130,14 +143,17 @@ class ModelClient:
             raise ActorCallTimeout(
                 f"ModelActor {self.name!r}.{method} did not answer within {t:.1f}s (ray.call_timeout_s); "
                 "the actor may be busy with a long training call or hung — inference goes on from the "
-                "last published weights; raise ray.call_timeout_s for long calls") from exc
+                "last published weights; raise ray.call_timeout_s for long calls"
+            ) from exc
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, CandlerayError):
                 raise exc.cause from None  # the user's error, not Ray's wrapper around it
             raise
         except ray.exceptions.RayActorError as exc:
-            raise CandlerayError(f"ModelActor {self.name!r} died during {method}; Ray restarts it "
-                                 f"(ray.max_restarts) from its newest checkpoint: {exc}") from exc
+            raise CandlerayError(
+                f"ModelActor {self.name!r} died during {method}; Ray restarts it "
+                f"(ray.max_restarts) from its newest checkpoint: {exc}"
+            ) from exc
 
     def call(self, method: str, *args: Any, timeout_s: float | None = None, **kwargs: Any) -> Any:
         return self.wait(self.submit(method, *args, **kwargs), method, timeout_s)

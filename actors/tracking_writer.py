@@ -28,7 +28,9 @@ from pipelines.version import code_version
 log = logging.getLogger(__name__)
 
 
-def open_tracker(cfg: Config, run_id: str | None, generation: str, factory: Callable[..., Any] | None = None) -> Any:
+def open_tracker(
+    cfg: Config, run_id: str | None, generation: str, factory: Callable[..., Any] | None = None
+) -> Any:
     """Resume ``run_id`` or create a run (logging the resolved config as params and YAML)."""
     if cfg.tracking.uri.startswith(("http://", "https://")):
         # in the writer's process: MLflow's defaults retry a dead server for minutes
@@ -39,8 +41,13 @@ def open_tracker(cfg: Config, run_id: str | None, generation: str, factory: Call
     common = {"log_every_steps": cfg.tracking.log_every_steps}
     if run_id is not None:
         return factory(cfg.tracking.uri, cfg.run.name, run_id=run_id, **common)
-    tracker = factory(cfg.tracking.uri, cfg.run.name, run_name=f"{cfg.run.name}-{generation}",
-                      tags={"candleray.code_version": code_version()}, **common)
+    tracker = factory(
+        cfg.tracking.uri,
+        cfg.run.name,
+        run_name=f"{cfg.run.name}-{generation}",
+        tags={"candleray.code_version": code_version()},
+        **common,
+    )
     tracker.log_params(flatten(to_dict(cfg)))
     tracker.log_dict(to_dict(cfg), "config/resolved.yaml")
     return tracker
@@ -118,11 +125,15 @@ class ProcessWriter:
 
         self._ray = ray
         self._timeout_s = timeout_s
-        self._actor = ray.remote(num_cpus=0, max_restarts=0)(_WriterActor).remote(cfg, run_id, generation)
+        self._actor = ray.remote(num_cpus=0, max_restarts=0)(_WriterActor).remote(
+            cfg, run_id, generation
+        )
         try:
             self.run_id = ray.get(self._actor.run_id.remote(), timeout=timeout_s)
         except ray.exceptions.RayActorError as exc:  # the Tracker refused to open: say why
-            raise TrackingError(f"could not open the MLflow run at {cfg.tracking.uri}: {exc}") from exc
+            raise TrackingError(
+                f"could not open the MLflow run at {cfg.tracking.uri}: {exc}"
+            ) from exc
 
     def submit(self, method: str, *args: Any, **kwargs: Any) -> None:
         self._actor.call.remote(method, args, kwargs)  # fire and forget; ordered per caller
@@ -130,13 +141,20 @@ class ProcessWriter:
     def join(self, timeout_s: float | None = None) -> dict[str, Any]:
         t = self._timeout_s if timeout_s is None else timeout_s
         try:
-            return self._ray.get(self._actor.status.remote(), timeout=t)  # runs after every earlier call
+            return self._ray.get(
+                self._actor.status.remote(), timeout=t
+            )  # runs after every earlier call
         except (self._ray.exceptions.GetTimeoutError, self._ray.exceptions.RayActorError) as exc:
             return {"errors": -1, "last_error": f"MLflow writer did not answer within {t}s: {exc}"}
 
 
-def start_writer(cfg: Config, run_id: str | None, generation: str, mode: str,
-                 factory: Callable[..., Any] | None = None) -> ThreadWriter | ProcessWriter:
+def start_writer(
+    cfg: Config,
+    run_id: str | None,
+    generation: str,
+    mode: str,
+    factory: Callable[..., Any] | None = None,
+) -> ThreadWriter | ProcessWriter:
     if mode == "process":
         return ProcessWriter(cfg, run_id, generation, cfg.ray.call_timeout_s)
     return ThreadWriter(open_tracker(cfg, run_id, generation, factory))

@@ -43,8 +43,17 @@ from pipelines.sources.synthetic import generate  # noqa: E402
 
 
 def make_config(home: str, bars: int):
-    return load_config(None, [f"run.home={home}", "tracking.enabled=false", "model.device=cpu",
-                              f"data.synthetic.length={bars}", "backtest.task_num_cpus=1", "backtest.confidence=0.4"])
+    return load_config(
+        None,
+        [
+            f"run.home={home}",
+            "tracking.enabled=false",
+            "model.device=cpu",
+            f"data.synthetic.length={bars}",
+            "backtest.task_num_cpus=1",
+            "backtest.confidence=0.4",
+        ],
+    )
 
 
 def random_weights(cfg) -> BacktestWeights:
@@ -61,7 +70,7 @@ def raw_forward(weights: BacktestWeights, x: np.ndarray, batch: int) -> float:
     t0 = time.perf_counter()
     with torch.no_grad():
         for s in range(0, len(xt), batch):
-            c, logits = model(xt[s:s + batch])
+            c, logits = model(xt[s : s + batch])
             torch.softmax(logits, dim=1)
     return time.perf_counter() - t0
 
@@ -71,14 +80,21 @@ def bench_one_symbol(cfg, weights: BacktestWeights, repeat: int) -> dict[str, fl
     w = all_windows(candles, cfg.data.timeframe, weights.extra_timeframes, weights.spec.window)
     batch = cfg.backtest.inference_batch
     raw, full = [], []
-    backtest_model(candles, weights, cfg, timeframe=cfg.data.timeframe)  # warm-up (allocator, kernels)
+    backtest_model(
+        candles, weights, cfg, timeframe=cfg.data.timeframe
+    )  # warm-up (allocator, kernels)
     for _ in range(repeat):
         raw.append(raw_forward(weights, w.x, batch))
         t0 = time.perf_counter()
         backtest_model(candles, weights, cfg, timeframe=cfg.data.timeframe)
         full.append(time.perf_counter() - t0)
-    return {"windows": len(w), "batch": batch, "raw_s": min(raw), "full_s": min(full),
-            "raw_4096_s": raw_forward(weights, w.x, 4096)}
+    return {
+        "windows": len(w),
+        "batch": batch,
+        "raw_s": min(raw),
+        "full_s": min(full),
+        "raw_4096_s": raw_forward(weights, w.x, 4096),
+    }
 
 
 def bench_many(cfg, weights: BacktestWeights, n_symbols: int, repeat: int) -> dict[str, float]:
@@ -87,10 +103,18 @@ def bench_many(cfg, weights: BacktestWeights, n_symbols: int, repeat: int) -> di
     jobs = [BacktestJob(f"synthetic:B{i}") for i in range(n_symbols)]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="bench")
     try:
-        small = dataclasses.replace(cfg, data=dataclasses.replace(
-            cfg.data, synthetic=dataclasses.replace(cfg.data.synthetic, length=600)))
-        run_backtests([BacktestJob("synthetic:W0"), BacktestJob("synthetic:W1")], weights, small,
-                      torch_threads=1)  # start 2 workers and import everything there
+        small = dataclasses.replace(
+            cfg,
+            data=dataclasses.replace(
+                cfg.data, synthetic=dataclasses.replace(cfg.data.synthetic, length=600)
+            ),
+        )
+        run_backtests(
+            [BacktestJob("synthetic:W0"), BacktestJob("synthetic:W1")],
+            weights,
+            small,
+            torch_threads=1,
+        )  # start 2 workers and import everything there
         seq, par = [], []
         for _ in range(repeat):
             torch.set_num_threads(1)
@@ -120,9 +144,11 @@ def main(argv: list[str] | None = None) -> None:
         cfg = make_config(home, args.bars)
         weights = random_weights(cfg)
         s = weights.spec
-        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch "
-              f"{torch.__version__}; model d_model={s.d_model} layers={s.n_layers} window={s.window} "
-              f"features={s.n_features} ({sum(v.numel() for v in weights.state.values())} parameters)")
+        print(
+            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch "
+            f"{torch.__version__}; model d_model={s.d_model} layers={s.n_layers} window={s.window} "
+            f"features={s.n_features} ({sum(v.numel() for v in weights.state.values())} parameters)"
+        )
         torch.set_num_threads(args.threads)
         one = bench_one_symbol(cfg, weights, max(5, args.repeat))
         many = bench_many(cfg, weights, args.symbols, args.repeat)
@@ -130,23 +156,41 @@ def main(argv: list[str] | None = None) -> None:
     speedup = many["seq_s"] / many["par_s"]
     rows = [
         (f"1 symbol, {one['windows']} windows, {args.threads} torch thread(s)", "", "", ""),
-        (f"  raw batched forward pass, batch {one['batch']}", f"{one['raw_s']:.2f} s", f"{raw_wps:,.0f} windows/s", ""),
-        ("  (same, batch 4096)", f"{one['raw_4096_s']:.2f} s",
-         f"{one['windows'] / one['raw_4096_s']:,.0f} windows/s", ""),
-        (f"  model-driven backtest, end to end, batch {one['batch']}", f"{one['full_s']:.2f} s",
-         f"{full_wps:,.0f} windows/s",
-         f"{full_wps / raw_wps:.2f}x of raw (goal >= 0.9)"),
+        (
+            f"  raw batched forward pass, batch {one['batch']}",
+            f"{one['raw_s']:.2f} s",
+            f"{raw_wps:,.0f} windows/s",
+            "",
+        ),
+        (
+            "  (same, batch 4096)",
+            f"{one['raw_4096_s']:.2f} s",
+            f"{one['windows'] / one['raw_4096_s']:,.0f} windows/s",
+            "",
+        ),
+        (
+            f"  model-driven backtest, end to end, batch {one['batch']}",
+            f"{one['full_s']:.2f} s",
+            f"{full_wps:,.0f} windows/s",
+            f"{full_wps / raw_wps:.2f}x of raw (goal >= 0.9)",
+        ),
         (f"{many['symbols']} symbols x {args.bars} bars, 1 torch thread per job", "", "", ""),
         ("  sequential, one process", f"{many['seq_s']:.2f} s", "", ""),
-        ("  Ray tasks, num_cpus=2, 1 CPU per task", f"{many['par_s']:.2f} s", "",
-         f"{speedup:.2f}x faster (goal >= 1.7)"),
+        (
+            "  Ray tasks, num_cpus=2, 1 CPU per task",
+            f"{many['par_s']:.2f} s",
+            "",
+            f"{speedup:.2f}x faster (goal >= 1.7)",
+        ),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"\n{'':<{width}}  {'time':>9}  {'throughput':>20}  ratio")
     for r in rows:
         print(f"{r[0]:<{width}}  {r[1]:>9}  {r[2]:>20}  {r[3]}")
-    print(f"(best of {max(5, args.repeat)} rounds for 1 symbol, {args.repeat} for {many['symbols']} symbols; "
-          f"load average at the end: {os.getloadavg()[0]:.2f})")
+    print(
+        f"(best of {max(5, args.repeat)} rounds for 1 symbol, {args.repeat} for {many['symbols']} symbols; "
+        f"load average at the end: {os.getloadavg()[0]:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,11 @@ from serve.predictor import Predictor
 
 def make_data(spec, n: int) -> Dataset:
     rng = np.random.default_rng(0)
-    return Dataset(rng.standard_normal((n, spec.window, spec.n_features)).astype(np.float32),
-                   rng.standard_normal((n, 5)).astype(np.float32) * 0.5, rng.integers(0, 3, n))
+    return Dataset(
+        rng.standard_normal((n, spec.window, spec.n_features)).astype(np.float32),
+        rng.standard_normal((n, 5)).astype(np.float32) * 0.5,
+        rng.integers(0, 3, n),
+    )
 
 
 def raw_loop(spec, data: Dataset, batch: int, steps: int, threads: int) -> float:
@@ -46,7 +49,7 @@ def raw_loop(spec, data: Dataset, batch: int, steps: int, threads: int) -> float
     perm = np.random.default_rng(1).permutation(len(data))
 
     def step(i: int) -> None:
-        b = torch.from_numpy(perm[(i * batch) % (len(perm) - batch):][:batch])
+        b = torch.from_numpy(perm[(i * batch) % (len(perm) - batch) :][:batch])
         pred, logits = model(x[b])
         loss = F.smooth_l1_loss(pred, yc[b]) + F.cross_entropy(logits, ya[b])
         opt.zero_grad(set_to_none=True)
@@ -106,13 +109,22 @@ def main() -> None:
     args = ap.parse_args()
     home = tempfile.mkdtemp(prefix="candleray-bench-")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads "
-          f"available, torch {torch.__version__}, ray {ray.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads "
+        f"available, torch {torch.__version__}, ray {ray.__version__}"
+    )
     rows = []
     for threads in args.threads:
-        cfg = load_config(overrides=[f"run.home={home}", f"run.name=bench-t{threads}",
-                                     f"train.batch_size={args.batch}", f"ray.torch_threads={threads}",
-                                     "model.dropout=0.0", "checkpoint.every_steps=200"])
+        cfg = load_config(
+            overrides=[
+                f"run.home={home}",
+                f"run.name=bench-t{threads}",
+                f"train.batch_size={args.batch}",
+                f"ray.torch_threads={threads}",
+                "model.dropout=0.0",
+                "checkpoint.every_steps=200",
+            ]
+        )
         spec = spec_from_config(cfg)
         data = make_data(spec, max(args.steps, 20) * args.batch)
         client = ModelClient.connect(cfg)
@@ -120,21 +132,31 @@ def main() -> None:
         for _ in range(args.rounds):
             raw.append(raw_loop(spec, data, args.batch, args.steps, threads))
             act.append(actor_loop(client, cfg, data, args.steps))
-        ratios = sorted(a / r for a, r in zip(act, raw, strict=True))  # per round: drift hits both sides
+        ratios = sorted(
+            a / r for a, r in zip(act, raw, strict=True)
+        )  # per round: drift hits both sides
         rows.append((threads, statistics.median(raw), statistics.median(act), ratios))
         if threads == args.threads[-1]:
             pub, fetch, load = snapshot_times(client, spec)
         client.call("close")
         ray.kill(client.handle)
-    print(f"\nmodel d_model={cfg.model.d_model} layers={cfg.model.n_layers} window={cfg.features.window} "
-          f"features={spec.n_features}; batch {args.batch}; {args.steps} steps x {args.rounds} rounds (median)")
-    print(f"{'threads':>8}{'raw torch samples/s':>22}{'ModelActor samples/s':>23}{'ratio':>8}  per-round ratios")
+    print(
+        f"\nmodel d_model={cfg.model.d_model} layers={cfg.model.n_layers} window={cfg.features.window} "
+        f"features={spec.n_features}; batch {args.batch}; {args.steps} steps x {args.rounds} rounds (median)"
+    )
+    print(
+        f"{'threads':>8}{'raw torch samples/s':>22}{'ModelActor samples/s':>23}{'ratio':>8}  per-round ratios"
+    )
     for threads, raw, act, ratios in rows:
-        print(f"{threads:>8}{raw:>22.0f}{act:>23.0f}{statistics.median(ratios):>8.3f}  "
-              f"{' '.join(f'{r:.2f}' for r in ratios)}")
+        print(
+            f"{threads:>8}{raw:>22.0f}{act:>23.0f}{statistics.median(ratios):>8.3f}  "
+            f"{' '.join(f'{r:.2f}' for r in ratios)}"
+        )
     print("ratio: median over rounds of (actor / raw) measured back to back in the same round")
-    print(f"\nweights snapshot: publish (CPU copy in the trainer) {pub:.2f} ms, "
-          f"fetch via object store {fetch:.2f} ms, load into a predictor {load:.2f} ms (median of 20)")
+    print(
+        f"\nweights snapshot: publish (CPU copy in the trainer) {pub:.2f} ms, "
+        f"fetch via object store {fetch:.2f} ms, load into a predictor {load:.2f} ms (median of 20)"
+    )
     ray.shutdown()
 
 

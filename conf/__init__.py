@@ -18,7 +18,21 @@ from conf.schema import (
 )
 
 __all__ = [
-    "BacktestConfig", "CcxtConfig", "CheckpointConfig", "Config", "DataConfig", "FeatureConfig", "LabelConfig",
-    "ModelConfig", "RayConfig", "RunConfig", "SyntheticConfig", "TrackingConfig", "TrainConfig",
-    "config_from_dict", "flatten", "load_config", "to_dict",
+    "BacktestConfig",
+    "CcxtConfig",
+    "CheckpointConfig",
+    "Config",
+    "DataConfig",
+    "FeatureConfig",
+    "LabelConfig",
+    "ModelConfig",
+    "RayConfig",
+    "RunConfig",
+    "SyntheticConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "flatten",
+    "load_config",
+    "to_dict",
 ]

@@ -29,7 +29,9 @@ def _read_yaml(path: Path) -> dict:
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top, got {type(data).__name__}")
+        raise ConfigError(
+            f"config file {path} must hold a mapping at the top, got {type(data).__name__}"
+        )
     return data
 
 
@@ -61,7 +63,9 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         raise last or ConfigError(f"{path}: bad value {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping (section), got {type(value).__name__} {value!r}")
+            raise ConfigError(
+                f"{path}: expected a mapping (section), got {type(value).__name__} {value!r}"
+            )
         return _build(tp, value, path)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
@@ -73,7 +77,9 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         return dict(value)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {type(value).__name__} {value!r}")
+            raise ConfigError(
+                f"{path}: expected true or false, got {type(value).__name__} {value!r}"
+            )
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -89,7 +95,9 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {type(value).__name__} {value!r}")
         return value
-    raise ConfigError(f"{path}: unsupported type {_type_name(tp)}")  # a schema bug, not a user error
+    raise ConfigError(
+        f"{path}: unsupported type {_type_name(tp)}"
+    )  # a schema bug, not a user error
 
 
 def _build(cls: type, data: dict, prefix: str = "") -> Any:
@@ -109,7 +117,9 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` → (["a","b","c"], parsed value); the value is read as YAML."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. model.d_model=128)")
+        raise ConfigError(
+            f"override {text!r} must look like section.key=value (e.g. model.d_model=128)"
+        )
     key, raw = text.split("=", 1)
     parts = key.strip().split(".")
     if not all(parts):
@@ -139,12 +149,15 @@ def profile_path(profile: str) -> Path:
     candidate = CONF_DIR / "profiles" / f"{profile}.yaml"
     if not candidate.exists():
         names = sorted(x.stem for x in (CONF_DIR / "profiles").glob("*.yaml"))
-        raise ConfigError(f"unknown profile {profile!r}; choose one of {names} or give a path to a .yaml file")
+        raise ConfigError(
+            f"unknown profile {profile!r}; choose one of {names} or give a path to a .yaml file"
+        )
     return candidate
 
 
-def load_config(profile: str | None = None, overrides: typing.Sequence[str] = (), *,
-                resolve_paths: bool = True) -> Config:
+def load_config(
+    profile: str | None = None, overrides: typing.Sequence[str] = (), *, resolve_paths: bool = True
+) -> Config:
     """Load defaults, a profile and overrides into a frozen ``Config`` (validated)."""
     data = _read_yaml(CONF_DIR / "default.yaml")
     if profile:

@@ -11,14 +11,18 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class RunConfig:
-    name: str = "candleray"  # model name: names the ModelActor, MLflow experiment and registered model
+    name: str = (
+        "candleray"  # model name: names the ModelActor, MLflow experiment and registered model
+    )
     seed: int = 7
     home: str = ".candleray"  # relative paths below are resolved against this folder's parent (cwd)
 
 
 @dataclass(frozen=True)
 class RayConfig:
-    address: str | None = None  # None: start a local cluster; "auto" or "ray://host:10001" for a cluster
+    address: str | None = (
+        None  # None: start a local cluster; "auto" or "ray://host:10001" for a cluster
+    )
     namespace: str = "candleray"
     num_cpus: int | None = 2  # only for a local cluster
     actor_num_cpus: float = 0.5
@@ -47,14 +51,18 @@ class CcxtConfig:
     backoff_s: float = 0.5  # first wait; doubles each retry
     backoff_max_s: float = 10.0
     timeout_ms: int = 10000
-    options: dict = field(default_factory=dict)  # passed to the ccxt exchange constructor (keys from env)
+    options: dict = field(
+        default_factory=dict
+    )  # passed to the ccxt exchange constructor (keys from env)
 
 
 @dataclass(frozen=True)
 class DataConfig:
     # "source:SYMBOL[@timeframe]"; source is sample, synthetic or any ccxt exchange id
     symbols: tuple[str, ...] = ("sample:EURUSD", "synthetic:SYN0")
-    timeframe: str = "1h"  # default timeframe of symbols that do not name one (samples keep their own)
+    timeframe: str = (
+        "1h"  # default timeframe of symbols that do not name one (samples keep their own)
+    )
     extra_timeframes: tuple[str, ...] = ()  # higher timeframes aligned onto the base candles
     since: str | None = None  # ISO date; None: from the start of what the source has
     until: str | None = None
@@ -93,7 +101,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     candle_loss_weight: float = 1.0
     action_loss_weight: float = 1.0
-    hard_sample_weight: float = 0.5  # extra per-sample weight, proportional to the sample's normalised loss
+    hard_sample_weight: float = (
+        0.5  # extra per-sample weight, proportional to the sample's normalised loss
+    )
     wrong_direction_weight: float = 0.5  # extra weight when the predicted close direction is wrong
     holdout_fraction: float = 0.2  # last part of each symbol's history, kept out of training
     trend_window: int = 50  # steps compared for the improving/flat/degrading trend
@@ -102,7 +112,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    uri: str = "checkpoints"  # local folder (below run.home) or an fsspec URI (s3://, gs://, file://)
+    uri: str = (
+        "checkpoints"  # local folder (below run.home) or an fsspec URI (s3://, gs://, file://)
+    )
     every_steps: int = 200
     keep_last: int = 3  # plus the best, which is always kept
     on_best: bool = True
@@ -126,11 +138,17 @@ class BacktestConfig:
     commission: float = 0.0  # fraction of traded value per side (0.001 = 0.1 %)
     fill: str = "next_open"  # next_open | close
     direction: str = "long_only"  # long_only | long_short
-    units: str = "fractional"  # fractional | whole (whole units of a 60k BTC never fill on 10k cash)
+    units: str = (
+        "fractional"  # fractional | whole (whole units of a 60k BTC never fill on 10k cash)
+    )
     at_end: str = "mark"  # mark | close
     bars_per_year: float | None = None  # None: inferred from each symbol's candles
-    confidence: float = 0.5  # act on the most likely action only if its probability >= this, else HOLD
-    inference_batch: int = 256  # windows per forward pass; on CPU a few hundred is fastest (more on a GPU)
+    confidence: float = (
+        0.5  # act on the most likely action only if its probability >= this, else HOLD
+    )
+    inference_batch: int = (
+        256  # windows per forward pass; on CPU a few hundred is fastest (more on a GPU)
+    )
     walk_forward: str = "none"  # none | pivots_only | every_candle: train a private copy as it goes
     retrain_every: int = 256  # walk-forward chunk: bars predicted between training rounds
     retrain_epochs: int = 1  # passes over the newly known samples at each training round

@@ -23,25 +23,44 @@ def _need(ok: bool, msg: str) -> None:
 
 def check(cfg: Config) -> None:
     m, t, f = cfg.model, cfg.train, cfg.features
-    _need(bool(re.fullmatch(r"[A-Za-z0-9_.-]+", cfg.run.name)),
-          f"run.name={cfg.run.name!r}: use letters, digits, '_', '.', '-' only (it names an actor and an MLflow experiment)")
-    _need(m.d_model > 0 and m.n_heads > 0 and m.d_model % m.n_heads == 0,
-          f"model.d_model={m.d_model} must be a positive multiple of model.n_heads={m.n_heads}")
+    _need(
+        bool(re.fullmatch(r"[A-Za-z0-9_.-]+", cfg.run.name)),
+        f"run.name={cfg.run.name!r}: use letters, digits, '_', '.', '-' only (it names an actor and an MLflow experiment)",
+    )
+    _need(
+        m.d_model > 0 and m.n_heads > 0 and m.d_model % m.n_heads == 0,
+        f"model.d_model={m.d_model} must be a positive multiple of model.n_heads={m.n_heads}",
+    )
     _need(m.n_layers >= 1, f"model.n_layers={m.n_layers} must be >= 1")
     _need(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
-    _need(bool(_DEVICE.match(m.device)), f"model.device={m.device!r}: use auto, cpu, cuda, cuda:N or mps")
+    _need(
+        bool(_DEVICE.match(m.device)),
+        f"model.device={m.device!r}: use auto, cpu, cuda, cuda:N or mps",
+    )
     _need(f.window >= 4, f"features.window={f.window} must be >= 4")
-    _need(t.batch_size >= 1 and t.epochs >= 0, "train.batch_size must be >= 1 and train.epochs >= 0")
+    _need(
+        t.batch_size >= 1 and t.epochs >= 0, "train.batch_size must be >= 1 and train.epochs >= 0"
+    )
     _need(t.lr > 0, f"train.lr={t.lr} must be > 0")
-    _need(0.0 < t.holdout_fraction < 1.0, f"train.holdout_fraction={t.holdout_fraction} must be in (0, 1)")
+    _need(
+        0.0 < t.holdout_fraction < 1.0,
+        f"train.holdout_fraction={t.holdout_fraction} must be in (0, 1)",
+    )
     _need(t.batches_per_call >= 1, "train.batches_per_call must be >= 1")
     _need(cfg.labels.pivot_bars >= 1, f"labels.pivot_bars={cfg.labels.pivot_bars} must be >= 1")
-    _need(cfg.labels.move_threshold >= 0, f"labels.move_threshold={cfg.labels.move_threshold} must be >= 0")
-    _need(cfg.checkpoint.every_steps >= 1 and cfg.checkpoint.keep_last >= 1,
-          "checkpoint.every_steps and checkpoint.keep_last must be >= 1")
+    _need(
+        cfg.labels.move_threshold >= 0,
+        f"labels.move_threshold={cfg.labels.move_threshold} must be >= 0",
+    )
+    _need(
+        cfg.checkpoint.every_steps >= 1 and cfg.checkpoint.keep_last >= 1,
+        "checkpoint.every_steps and checkpoint.keep_last must be >= 1",
+    )
     _need(cfg.ray.call_timeout_s > 0, f"ray.call_timeout_s={cfg.ray.call_timeout_s} must be > 0")
     _need(cfg.ray.max_restarts >= -1, "ray.max_restarts must be >= -1 (-1: restart forever)")
-    _need(len(cfg.data.symbols) >= 1, "data.symbols is empty; name at least one, e.g. [sample:EURUSD]")
+    _need(
+        len(cfg.data.symbols) >= 1, "data.symbols is empty; name at least one, e.g. [sample:EURUSD]"
+    )
     check_backtest_config(cfg.backtest)  # checked where the values are defined
     for key in ("since", "until"):
         value = getattr(cfg.data, key)
@@ -49,11 +68,15 @@ def check(cfg: Config) -> None:
             try:
                 pd.Timestamp(value)
             except (ValueError, TypeError) as exc:
-                raise ConfigError(f"data.{key}={value!r} is not an ISO date; use e.g. 2024-01-01") from exc
+                raise ConfigError(
+                    f"data.{key}={value!r} is not an ISO date; use e.g. 2024-01-01"
+                ) from exc
     base = timeframe_seconds(cfg.data.timeframe)
     for tf in cfg.data.extra_timeframes:
-        _need(timeframe_seconds(tf) > base,
-              f"data.extra_timeframes: {tf!r} must be coarser than data.timeframe={cfg.data.timeframe!r}")
+        _need(
+            timeframe_seconds(tf) > base,
+            f"data.extra_timeframes: {tf!r} must be coarser than data.timeframe={cfg.data.timeframe!r}",
+        )
 
 
 def _abs(home: Path, p: str) -> str:

@@ -80,23 +80,37 @@ def validate_candles(df: pd.DataFrame, symbol: str = "?") -> pd.DataFrame:
     timestamps strictly increasing (no duplicates).
     """
     if not isinstance(df, pd.DataFrame):
-        raise CandleValidationError(f"{symbol}: candles must be a pandas DataFrame, got {type(df).__name__}",
-                                    symbol=symbol, rule="type")
+        raise CandleValidationError(
+            f"{symbol}: candles must be a pandas DataFrame, got {type(df).__name__}",
+            symbol=symbol,
+            rule="type",
+        )
     cols = list(df.columns)
     if cols != list(COLUMNS):
         raise CandleValidationError(
             f"{symbol}: columns are {cols}; expected exactly {list(COLUMNS)} in that order "
             "(use pipelines.candles.normalize_columns to convert)",
-            symbol=symbol, rule="columns",
+            symbol=symbol,
+            rule="columns",
         )
-    if not isinstance(df.index, pd.DatetimeIndex) or df.index.tz is None or str(df.index.tz) != "UTC":
+    if (
+        not isinstance(df.index, pd.DatetimeIndex)
+        or df.index.tz is None
+        or str(df.index.tz) != "UTC"
+    ):
         raise CandleValidationError(
             f"{symbol}: index must be a UTC DatetimeIndex, got {type(df.index).__name__} "
-            f"tz={getattr(df.index, 'tz', None)}", symbol=symbol, rule="index")
+            f"tz={getattr(df.index, 'tz', None)}",
+            symbol=symbol,
+            rule="index",
+        )
     for c in COLUMNS:
         if not pd.api.types.is_float_dtype(df[c].dtype):
-            raise CandleValidationError(f"{symbol}: column {c!r} has dtype {df[c].dtype}; expected float64",
-                                        symbol=symbol, rule="dtype")
+            raise CandleValidationError(
+                f"{symbol}: column {c!r} has dtype {df[c].dtype}; expected float64",
+                symbol=symbol,
+                rule="dtype",
+            )
     if len(df) == 0:
         return df
     v = df.to_numpy(dtype="float64")
@@ -114,9 +128,21 @@ def validate_candles(df: pd.DataFrame, symbol: str = "?") -> pd.DataFrame:
     t = df.index.as_unit("ns").asi8
     d = np.diff(t)
     if (d == 0).any():
-        _fail(symbol, df, np.r_[False, d == 0], "unique-timestamps", "timestamp repeats the previous row")
+        _fail(
+            symbol,
+            df,
+            np.r_[False, d == 0],
+            "unique-timestamps",
+            "timestamp repeats the previous row",
+        )
     if (d < 0).any():
-        _fail(symbol, df, np.r_[False, d < 0], "sorted-timestamps", "timestamp is earlier than the previous row")
+        _fail(
+            symbol,
+            df,
+            np.r_[False, d < 0],
+            "sorted-timestamps",
+            "timestamp is earlier than the previous row",
+        )
     return df
 
 
@@ -143,12 +169,16 @@ def find_gaps(df: pd.DataFrame, timeframe: str) -> list[Gap]:
 def infer_timeframe(df: pd.DataFrame) -> str:
     """The most common bar spacing, as a timeframe string (for series without metadata)."""
     if len(df) < 2:
-        raise CandleValidationError("cannot infer a timeframe from fewer than 2 candles", rule="timeframe")
+        raise CandleValidationError(
+            "cannot infer a timeframe from fewer than 2 candles", rule="timeframe"
+        )
     sec = int(pd.Series(np.diff(df.index.as_unit("ns").asi8)).mode().iloc[0] // 1_000_000_000)
     for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
         if sec % size == 0:
             return f"{sec // size}{unit}"
-    raise CandleValidationError(f"bar spacing of {sec}s is not a whole number of minutes", rule="timeframe")
+    raise CandleValidationError(
+        f"bar spacing of {sec}s is not a whole number of minutes", rule="timeframe"
+    )
 
 
 def resample(df: pd.DataFrame, timeframe: str) -> pd.DataFrame:
@@ -161,7 +191,9 @@ def resample(df: pd.DataFrame, timeframe: str) -> pd.DataFrame:
     return agg.dropna(subset=["open"])
 
 
-def align_higher_timeframe(base: pd.DataFrame, base_tf: str, higher: pd.DataFrame, higher_tf: str) -> pd.DataFrame:
+def align_higher_timeframe(
+    base: pd.DataFrame, base_tf: str, higher: pd.DataFrame, higher_tf: str
+) -> pd.DataFrame:
     """For each base bar, the last *closed* higher-timeframe candle, as of that base bar's close.
 
     A higher candle opened at T closes at T + higher_tf; a base bar opened at t closes at
@@ -170,11 +202,18 @@ def align_higher_timeframe(base: pd.DataFrame, base_tf: str, higher: pd.DataFram
     higher candle yet are NaN.
     """
     if timeframe_seconds(higher_tf) <= timeframe_seconds(base_tf):
-        raise ConfigError(f"higher timeframe {higher_tf!r} must be coarser than the base {base_tf!r}")
+        raise ConfigError(
+            f"higher timeframe {higher_tf!r} must be coarser than the base {base_tf!r}"
+        )
     close_time_h = higher.index + timeframe_offset(higher_tf)
     close_time_b = base.index + timeframe_offset(base_tf)
     # position of the last higher candle whose close time <= base close time
-    pos = np.searchsorted(close_time_h.as_unit("ns").asi8, close_time_b.as_unit("ns").asi8, side="right") - 1
+    pos = (
+        np.searchsorted(
+            close_time_h.as_unit("ns").asi8, close_time_b.as_unit("ns").asi8, side="right"
+        )
+        - 1
+    )
     vals = higher.to_numpy(dtype="float64")
     out = np.full((len(base), len(COLUMNS)), np.nan)
     ok = pos >= 0

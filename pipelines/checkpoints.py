@@ -40,8 +40,14 @@ class CheckpointInfo:
     created: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "path": self.path, "kind": self.kind, "is_best": self.is_best,
-                "metrics": self.metrics, "created": self.created}
+        return {
+            "step": self.step,
+            "path": self.path,
+            "kind": self.kind,
+            "is_best": self.is_best,
+            "metrics": self.metrics,
+            "created": self.created,
+        }
 
 
 class CheckpointStore:
@@ -63,7 +69,9 @@ class CheckpointStore:
         except OSError as exc:
             if self.fs.exists(tmp):
                 self.fs.rm(tmp)
-            raise CheckpointError(f"could not write checkpoint {final}: {exc}; check checkpoint.uri") from exc
+            raise CheckpointError(
+                f"could not write checkpoint {final}: {exc}; check checkpoint.uri"
+            ) from exc
         return final
 
     def save(self, state: dict[str, Any], meta: dict[str, Any]) -> CheckpointInfo:
@@ -74,17 +82,27 @@ class CheckpointStore:
         blob = buf.getvalue()
         name = f"ckpt-{step:09d}"
         path = self._atomic_write(f"{name}.pt", blob)
-        full = {**meta, "step": step, "created": meta.get("created", time.time()),
-                "sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob), "file": f"{name}.pt"}
+        full = {
+            **meta,
+            "step": step,
+            "created": meta.get("created", time.time()),
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "size": len(blob),
+            "file": f"{name}.pt",
+        }
         self._atomic_write(f"{name}.json", json.dumps(full, default=str, indent=1).encode())
         self.prune()
         return self._info(path, full)
 
     def _info(self, path: str, meta: dict[str, Any]) -> CheckpointInfo:
-        return CheckpointInfo(step=int(meta["step"]), path=path, kind=str(meta.get("kind", "")),
-                              is_best=bool(meta.get("is_best", False)),
-                              metrics={k: float(v) for k, v in meta.get("metrics", {}).items()},
-                              created=float(meta.get("created", 0.0)))
+        return CheckpointInfo(
+            step=int(meta["step"]),
+            path=path,
+            kind=str(meta.get("kind", "")),
+            is_best=bool(meta.get("is_best", False)),
+            metrics={k: float(v) for k, v in meta.get("metrics", {}).items()},
+            created=float(meta.get("created", 0.0)),
+        )
 
     def _metas(self) -> list[tuple[str, dict[str, Any]]]:
         out = []
@@ -112,12 +130,16 @@ class CheckpointStore:
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
         if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
-            raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({len(blob)} bytes, "
-                                  f"expected {meta.get('size')}); its sha256 does not match the metadata")
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt or truncated ({len(blob)} bytes, "
+                f"expected {meta.get('size')}); its sha256 does not match the metadata"
+            )
         try:
             state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises several types for a bad pickle
-            raise CheckpointError(f"checkpoint {path} could not be unpickled safely: {exc}") from exc
+            raise CheckpointError(
+                f"checkpoint {path} could not be unpickled safely: {exc}"
+            ) from exc
         return state, meta
 
     def load_latest_good(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -136,7 +158,7 @@ class CheckpointStore:
     def prune(self) -> None:
         """Keep the newest ``keep_last`` checkpoints and the newest best one; delete the rest."""
         metas = self._metas()
-        keep = {p for p, _ in metas[-self.keep_last:]}
+        keep = {p for p, _ in metas[-self.keep_last :]}
         bests = [p for p, m in metas if m.get("is_best")]
         if bests:
             keep.add(bests[-1])

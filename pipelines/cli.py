@@ -18,27 +18,60 @@ DEMO_UNSEEN_SYMBOL = "synthetic:SYN9"  # backtested by the demo, never trained o
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="candleray", description="Train, serve and backtest an OHLCV transformer on Ray.")
+    p = argparse.ArgumentParser(
+        prog="candleray", description="Train, serve and backtest an OHLCV transformer on Ray."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_)
-        s.add_argument("--profile", default=None, help="conf/profiles/<name>.yaml or a path to a YAML file")
-        s.add_argument("overrides", nargs="*", help="section.key=value, e.g. model.d_model=128 'data.symbols=[EUR/USD]'")
+        s.add_argument(
+            "--profile", default=None, help="conf/profiles/<name>.yaml or a path to a YAML file"
+        )
+        s.add_argument(
+            "overrides",
+            nargs="*",
+            help="section.key=value, e.g. model.d_model=128 'data.symbols=[EUR/USD]'",
+        )
         s.add_argument("-v", "--verbose", action="store_true")
         return s
 
     add("train", "train over history through the ModelActor (checkpoints + MLflow run)")
-    d = add("demo", "offline end-to-end: train on samples + synthetic, evaluate on a held-out range")
-    d.add_argument("--keep", action="store_true", help="resume the previous demo model instead of starting fresh")
-    b = add("backtest", "backtest the model over many symbols in parallel: table, JSON report, MLflow run")
-    b.add_argument("--symbols", default=None,
-                   help="comma-separated symbol specs (default: data.symbols), e.g. sample:EURUSD,synthetic:SYN0")
-    b.add_argument("--range", dest="range_", default=None, metavar="START:END",
-                   help="ISO dates START:END, or START..END when a side has a time; either side may be empty")
-    b.add_argument("--checkpoint", default=None, metavar="PATH|best|latest",
-                   help="weights to test (default: the running ModelActor's, else the newest checkpoint)")
-    b.add_argument("--out", default=None, help="JSON report (default: <run.home>/backtests/<run.name>-<time>.json)")
+    d = add(
+        "demo", "offline end-to-end: train on samples + synthetic, evaluate on a held-out range"
+    )
+    d.add_argument(
+        "--keep",
+        action="store_true",
+        help="resume the previous demo model instead of starting fresh",
+    )
+    b = add(
+        "backtest",
+        "backtest the model over many symbols in parallel: table, JSON report, MLflow run",
+    )
+    b.add_argument(
+        "--symbols",
+        default=None,
+        help="comma-separated symbol specs (default: data.symbols), e.g. sample:EURUSD,synthetic:SYN0",
+    )
+    b.add_argument(
+        "--range",
+        dest="range_",
+        default=None,
+        metavar="START:END",
+        help="ISO dates START:END, or START..END when a side has a time; either side may be empty",
+    )
+    b.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="PATH|best|latest",
+        help="weights to test (default: the running ModelActor's, else the newest checkpoint)",
+    )
+    b.add_argument(
+        "--out",
+        default=None,
+        help="JSON report (default: <run.home>/backtests/<run.name>-<time>.json)",
+    )
     add("checkpoints", "list the model's checkpoints")
     add("config", "print the resolved configuration")
     return p
@@ -48,16 +81,29 @@ def _progress_bar(total_batches: int, epochs: int) -> tuple[Any, Any]:
     from tqdm import tqdm
 
     tty = sys.stderr.isatty()
-    bar = tqdm(total=total_batches * epochs, unit="batch", dynamic_ncols=True, file=sys.stderr, disable=not tty)
+    bar = tqdm(
+        total=total_batches * epochs,
+        unit="batch",
+        dynamic_ncols=True,
+        file=sys.stderr,
+        disable=not tty,
+    )
 
     def update(epoch: int, done: int, m: dict[str, float]) -> None:
         if not tty and done == total_batches:  # no terminal: one line per epoch
-            print(f"epoch {epoch + 1}/{epochs}: loss {m['total_loss']:.3f} dir_acc {m['candle_accuracy']:.2f} "
-                  f"action_acc {m['action_accuracy']:.2f}", file=sys.stderr)
+            print(
+                f"epoch {epoch + 1}/{epochs}: loss {m['total_loss']:.3f} dir_acc {m['candle_accuracy']:.2f} "
+                f"action_acc {m['action_accuracy']:.2f}",
+                file=sys.stderr,
+            )
         bar.n = epoch * total_batches + done
         bar.set_description(f"epoch {epoch + 1}/{epochs}")
-        bar.set_postfix(loss=f"{m['total_loss']:.3f}", dir_acc=f"{m['candle_accuracy']:.2f}",
-                        act_acc=f"{m['action_accuracy']:.2f}", refresh=False)
+        bar.set_postfix(
+            loss=f"{m['total_loss']:.3f}",
+            dir_acc=f"{m['candle_accuracy']:.2f}",
+            act_acc=f"{m['action_accuracy']:.2f}",
+            refresh=False,
+        )
         bar.refresh()
 
     return bar, update
@@ -74,8 +120,10 @@ def cmd_train(cfg: Config, *, show_table: bool = False) -> dict[str, Any]:
 
     t0 = time.time()
     split = prepare(cfg)
-    print(f"data: {len(split.train.symbols)} symbols, {len(split.train)} training windows, "
-          f"{len(split.holdout)} held-out windows ({time.time() - t0:.1f}s)")
+    print(
+        f"data: {len(split.train.symbols)} symbols, {len(split.train)} training windows, "
+        f"{len(split.holdout)} held-out windows ({time.time() - t0:.1f}s)"
+    )
     owns_ray = init_ray(cfg)
     client = ModelClient.connect(cfg)
     start = client.call("metrics")
@@ -92,32 +140,55 @@ def cmd_train(cfg: Config, *, show_table: bool = False) -> dict[str, Any]:
     predictor.refresh(client)
     table = evaluate_split(predictor, split)
     overall = table.loc["ALL"]
-    client.call("log_evaluation", {f"holdout_{k}": float(v) for k, v in overall.items()},
-                artifacts={"evaluation/holdout.json": json.loads(table.to_json(orient="index"))})
+    client.call(
+        "log_evaluation",
+        {f"holdout_{k}": float(v) for k, v in overall.items()},
+        artifacts={"evaluation/holdout.json": json.loads(table.to_json(orient="index"))},
+    )
     tracking = client.call("flush_tracking")
     metrics = client.call("metrics")
     samples = sum(e.steps for e in epochs) * cfg.train.batch_size
-    print(f"trained {sum(e.steps for e in epochs)} steps in {train_s:.1f}s "
-          f"({samples / max(train_s, 1e-9):.0f} samples/s), model at step {metrics['steps']}, trend {metrics['trend']}")
+    print(
+        f"trained {sum(e.steps for e in epochs)} steps in {train_s:.1f}s "
+        f"({samples / max(train_s, 1e-9):.0f} samples/s), model at step {metrics['steps']}, trend {metrics['trend']}"
+    )
     print(f"checkpoint: {ckpt['path']}")
     if tracking.get("enabled"):
-        print(f"MLflow run {tracking['run_id']} in experiment {cfg.run.name!r} at {cfg.tracking.uri}"
-              + (f" ({tracking['errors']} write errors: {tracking['last_error']})" if tracking["errors"] else ""))
+        print(
+            f"MLflow run {tracking['run_id']} in experiment {cfg.run.name!r} at {cfg.tracking.uri}"
+            + (
+                f" ({tracking['errors']} write errors: {tracking['last_error']})"
+                if tracking["errors"]
+                else ""
+            )
+        )
     if show_table:
         _print_table(table)
     if not cfg.ray.detached:
         client.call("close")
     if owns_ray:
         ray.shutdown()
-    return {"table": table, "epochs": epochs, "checkpoint": ckpt, "tracking": tracking, "ranges": split.ranges}
+    return {
+        "table": table,
+        "epochs": epochs,
+        "checkpoint": ckpt,
+        "tracking": tracking,
+        "ranges": split.ranges,
+    }
 
 
 def _print_table(table: Any) -> None:
-    cols = [("n", "windows", "{:.0f}"), ("dir_acc", "dir acc", "{:.3f}"),
-            ("dir_acc_persistence", "persist.", "{:.3f}"), ("action_acc", "action acc", "{:.3f}"),
-            ("action_acc_hold", "always-HOLD", "{:.3f}"), ("action_acc_majority", "majority", "{:.3f}"),
-            ("close_mae", "close MAE", "{:.3f}"), ("close_mae_persistence", "persist.", "{:.3f}"),
-            ("close_mae_nochange", "no-change", "{:.3f}")]
+    cols = [
+        ("n", "windows", "{:.0f}"),
+        ("dir_acc", "dir acc", "{:.3f}"),
+        ("dir_acc_persistence", "persist.", "{:.3f}"),
+        ("action_acc", "action acc", "{:.3f}"),
+        ("action_acc_hold", "always-HOLD", "{:.3f}"),
+        ("action_acc_majority", "majority", "{:.3f}"),
+        ("close_mae", "close MAE", "{:.3f}"),
+        ("close_mae_persistence", "persist.", "{:.3f}"),
+        ("close_mae_nochange", "no-change", "{:.3f}"),
+    ]
     width = max(len(s) for s in table.index) + 2
     print("\nHeld-out evaluation (close MAE in units of each window's volatility; lower is better)")
     print("symbol".ljust(width) + "".join(h.rjust(12) for _, h, _ in cols))
@@ -125,8 +196,15 @@ def _print_table(table: Any) -> None:
         print(sym.ljust(width) + "".join(f.format(row[c]).rjust(12) for c, _, f in cols))
 
 
-def cmd_backtest(cfg: Config, symbols: str | None = None, range_: str | None = None,
-                 checkpoint: str | None = None, out: str | None = None, *, jobs: list[Any] | None = None) -> int:
+def cmd_backtest(
+    cfg: Config,
+    symbols: str | None = None,
+    range_: str | None = None,
+    checkpoint: str | None = None,
+    out: str | None = None,
+    *,
+    jobs: list[Any] | None = None,
+) -> int:
     """Backtest over ``symbols`` (or explicit ``jobs``); 0 when the run completed, even with failed symbols."""
     import dataclasses
 
@@ -141,17 +219,27 @@ def cmd_backtest(cfg: Config, symbols: str | None = None, range_: str | None = N
 
     if range_ is not None:
         since, until = parse_range(range_)
-        cfg = dataclasses.replace(cfg, backtest=dataclasses.replace(cfg.backtest, since=since, until=until))
+        cfg = dataclasses.replace(
+            cfg, backtest=dataclasses.replace(cfg.backtest, since=since, until=until)
+        )
     if jobs is None:
-        names = [s.strip() for s in symbols.split(",") if s.strip()] if symbols is not None else list(cfg.data.symbols)
+        names = (
+            [s.strip() for s in symbols.split(",") if s.strip()]
+            if symbols is not None
+            else list(cfg.data.symbols)
+        )
         if not names:
-            raise ConfigError("--symbols is empty; name at least one, e.g. --symbols sample:EURUSD,synthetic:SYN0")
+            raise ConfigError(
+                "--symbols is empty; name at least one, e.g. --symbols sample:EURUSD,synthetic:SYN0"
+            )
         jobs = jobs_for(names, cfg)
     owns_ray = init_ray(cfg)
     try:
         weights = resolve_weights(cfg, checkpoint)
-        print(f"backtest: {len(jobs)} symbols, {weights.source} weights {weights.version} (step {weights.step}), "
-              f"walk-forward {cfg.backtest.walk_forward}, confidence {cfg.backtest.confidence}")
+        print(
+            f"backtest: {len(jobs)} symbols, {weights.source} weights {weights.version} (step {weights.step}), "
+            f"walk-forward {cfg.backtest.walk_forward}, confidence {cfg.backtest.confidence}"
+        )
         progress = Progress(len(jobs))
         try:
             run = run_backtests(jobs, weights, cfg, on_done=progress)
@@ -164,11 +252,17 @@ def cmd_backtest(cfg: Config, symbols: str | None = None, range_: str | None = N
     for o in run.failed:
         print(f"FAILED {o.name}: {o.error_type}: {o.error}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = write_json(run, cfg, out or Path(cfg.run.home) / "backtests" / f"{cfg.run.name}-{stamp}.json")
-    print(f"{len(run.outcomes) - len(run.failed)}/{len(run.outcomes)} symbols in {run.seconds:.1f}s; report: {path}")
+    path = write_json(
+        run, cfg, out or Path(cfg.run.home) / "backtests" / f"{cfg.run.name}-{stamp}.json"
+    )
+    print(
+        f"{len(run.outcomes) - len(run.failed)}/{len(run.outcomes)} symbols in {run.seconds:.1f}s; report: {path}"
+    )
     if cfg.tracking.enabled:
         run_id = log_mlflow(run, cfg)
-        print(f"MLflow run {run_id} in experiment {cfg.run.name + '-backtest'!r} at {cfg.tracking.uri}")
+        print(
+            f"MLflow run {run_id} in experiment {cfg.run.name + '-backtest'!r} at {cfg.tracking.uri}"
+        )
     return 0 if len(run.failed) < len(run.outcomes) else 1
 
 
@@ -183,32 +277,45 @@ def cmd_demo(cfg: Config, keep: bool) -> int:
     if syn:
         acc = float(table.loc[syn, "dir_acc"].mean())
         ok = acc >= 0.65
-        print(f"\nsynthetic symbols (planted pattern): held-out direction accuracy {acc:.3f} "
-              f"{'>=' if ok else '<'} 0.65 — {'the model learned the pattern' if ok else 'NOT LEARNED'}")
+        print(
+            f"\nsynthetic symbols (planted pattern): held-out direction accuracy {acc:.3f} "
+            f"{'>=' if ok else '<'} 0.65 — {'the model learned the pattern' if ok else 'NOT LEARNED'}"
+        )
     real = [s for s in table.index if s.startswith("sample:")]
     for s in real:
         r = table.loc[s]
         bar = max(r["dir_acc_persistence"], 0.5) + 2 * (0.25 / r["n"]) ** 0.5  # two standard errors
-        verdict = ("beats persistence and a coin flip by more than two standard errors" if r["dir_acc"] > bar
-                   else "shows no reliable edge over persistence or a coin flip")
-        print(f"{s}: direction accuracy {r['dir_acc']:.3f} vs persistence {r['dir_acc_persistence']:.3f} "
-              f"on {int(r['n'])} held-out windows — the model {verdict}")
-    print("\nBacktest of the trained model on each symbol's held-out range, plus an unseen synthetic symbol "
-          "(synthetic returns come from the planted pattern: they show the pipeline works, not a market edge)")
+        verdict = (
+            "beats persistence and a coin flip by more than two standard errors"
+            if r["dir_acc"] > bar
+            else "shows no reliable edge over persistence or a coin flip"
+        )
+        print(
+            f"{s}: direction accuracy {r['dir_acc']:.3f} vs persistence {r['dir_acc_persistence']:.3f} "
+            f"on {int(r['n'])} held-out windows — the model {verdict}"
+        )
+    print(
+        "\nBacktest of the trained model on each symbol's held-out range, plus an unseen synthetic symbol "
+        "(synthetic returns come from the planted pattern: they show the pipeline works, not a market edge)"
+    )
     from pipelines.backtest.runner import BacktestJob
 
     jobs = [BacktestJob(key, r["holdout_start"] or None) for key, r in out["ranges"].items()]
     jobs.append(BacktestJob(DEMO_UNSEEN_SYMBOL))
     bt_rc = cmd_backtest(cfg, checkpoint=out["checkpoint"]["path"], jobs=jobs)
-    print(f"\nOpen the MLflow UI: make mlflow-ui   (then http://127.0.0.1:5000, experiments {cfg.run.name!r} "
-          f"and {cfg.run.name + '-backtest'!r})")
+    print(
+        f"\nOpen the MLflow UI: make mlflow-ui   (then http://127.0.0.1:5000, experiments {cfg.run.name!r} "
+        f"and {cfg.run.name + '-backtest'!r})"
+    )
     return 0 if ok and bt_rc == 0 else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         profile = args.profile or ("demo" if args.command == "demo" else None)
         cfg = load_config(profile, args.overrides)
@@ -220,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "checkpoints":
             from pipelines.checkpoints import CheckpointStore
 
-            for info in CheckpointStore(f"{cfg.checkpoint.uri}/{cfg.run.name}", cfg.checkpoint.keep_last).list():
+            for info in CheckpointStore(
+                f"{cfg.checkpoint.uri}/{cfg.run.name}", cfg.checkpoint.keep_last
+            ).list():
                 print(json.dumps(info.to_dict()))
             return 0
         if args.command == "train":

@@ -15,8 +15,12 @@ def init_ray(cfg: Config) -> bool:
     """Connect; True if this call started/joined Ray (and so should shut it down)."""
     if ray.is_initialized():
         return False
-    kwargs: dict = {"namespace": cfg.ray.namespace, "include_dashboard": False,
-                    "logging_level": logging.WARNING, "log_to_driver": True}
+    kwargs: dict = {
+        "namespace": cfg.ray.namespace,
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "log_to_driver": True,
+    }
     if cfg.ray.address:
         kwargs["address"] = cfg.ray.address
     else:

@@ -20,8 +20,12 @@ class Dataset:
     x: np.ndarray
     y_candle: np.ndarray
     y_action: np.ndarray
-    symbol: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))  # (N,) index into symbols
-    end_time: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (N,) ns, window's last bar
+    symbol: np.ndarray = field(
+        default_factory=lambda: np.zeros(0, dtype=np.int32)
+    )  # (N,) index into symbols
+    end_time: np.ndarray = field(
+        default_factory=lambda: np.zeros(0, dtype=np.int64)
+    )  # (N,) ns, window's last bar
     symbols: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -35,13 +39,24 @@ class Dataset:
         return len(self.x)
 
     def subset(self, idx: np.ndarray) -> Dataset:
-        return Dataset(self.x[idx], self.y_candle[idx], self.y_action[idx], self.symbol[idx],
-                       self.end_time[idx], self.symbols)
+        return Dataset(
+            self.x[idx],
+            self.y_candle[idx],
+            self.y_action[idx],
+            self.symbol[idx],
+            self.end_time[idx],
+            self.symbols,
+        )
 
     @staticmethod
     def concat(parts: list[Dataset], symbols: tuple[str, ...]) -> Dataset:
-        return Dataset(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                         ("x", "y_candle", "y_action", "symbol", "end_time")), symbols=symbols)
+        return Dataset(
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in ("x", "y_candle", "y_action", "symbol", "end_time")
+            ),
+            symbols=symbols,
+        )
 
 
 @dataclass
@@ -51,7 +66,9 @@ class Split:
     ranges: dict[str, dict[str, str]]  # symbol -> train/holdout first and last window end (ISO)
 
 
-def symbol_windows(candles: pd.DataFrame, spec: SymbolSpec, cfg: Config, symbol_id: int = 0) -> Dataset:
+def symbol_windows(
+    candles: pd.DataFrame, spec: SymbolSpec, cfg: Config, symbol_id: int = 0
+) -> Dataset:
     """Every window of ``candles`` whose next candle and label are known, in time order."""
     window = cfg.features.window
     labels = action_labels(candles, cfg.labels.pivot_bars, cfg.labels.move_threshold)
@@ -61,7 +78,9 @@ def symbol_windows(candles: pd.DataFrame, spec: SymbolSpec, cfg: Config, symbol_
     x, sigma = make_windows(candles, window, higher, ends)
     y = candle_targets(candles, window, ends, sigma)
     times = candles.index.as_unit("ns").asi8[ends]
-    return Dataset(x, y, labels[ends], np.full(len(ends), symbol_id, dtype=np.int32), times, (spec.key,))
+    return Dataset(
+        x, y, labels[ends], np.full(len(ends), symbol_id, dtype=np.int32), times, (spec.key,)
+    )
 
 
 def build_split(candles_by_spec: dict[SymbolSpec, pd.DataFrame], cfg: Config) -> Split:
@@ -77,8 +96,10 @@ def build_split(candles_by_spec: dict[SymbolSpec, pd.DataFrame], cfg: Config) ->
     for i, spec in enumerate(specs):
         ds = symbol_windows(candles_by_spec[spec], spec, cfg, i)
         if len(ds) < 10:
-            raise ValueError(f"{spec.key}: only {len(ds)} usable windows; need more candles than "
-                             f"features.window={cfg.features.window} (widen data.since/until)")
+            raise ValueError(
+                f"{spec.key}: only {len(ds)} usable windows; need more candles than "
+                f"features.window={cfg.features.window} (widen data.since/until)"
+            )
         cut = int(len(ds) * (1.0 - cfg.train.holdout_fraction))
         tr, ho = ds.subset(np.arange(0, max(cut - purge, 0))), ds.subset(np.arange(cut, len(ds)))
         trains.append(tr)
@@ -87,6 +108,10 @@ def build_split(candles_by_spec: dict[SymbolSpec, pd.DataFrame], cfg: Config) ->
         def iso(t: np.ndarray, k: int) -> str:
             return pd.Timestamp(int(t[k]), tz="UTC").isoformat() if len(t) else ""
 
-        ranges[spec.key] = {"train_start": iso(tr.end_time, 0), "train_end": iso(tr.end_time, -1),
-                            "holdout_start": iso(ho.end_time, 0), "holdout_end": iso(ho.end_time, -1)}
+        ranges[spec.key] = {
+            "train_start": iso(tr.end_time, 0),
+            "train_end": iso(tr.end_time, -1),
+            "holdout_start": iso(ho.end_time, 0),
+            "holdout_end": iso(ho.end_time, -1),
+        }
     return Split(Dataset.concat(trains, symbols), Dataset.concat(holds, symbols), ranges)

@@ -19,7 +19,9 @@ class ConfigError(CandlerayError):
 class CandleValidationError(CandlerayError):
     """A candle frame breaks the schema; the message names symbol, row and rule."""
 
-    def __init__(self, message: str, *, symbol: str = "?", row: object = None, rule: str = "") -> None:
+    def __init__(
+        self, message: str, *, symbol: str = "?", row: object = None, rule: str = ""
+    ) -> None:
         super().__init__(message)
         self.symbol = symbol
         self.row = row

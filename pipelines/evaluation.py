@@ -25,7 +25,9 @@ def evaluate_split(predictor: Predictor, split: Split) -> pd.DataFrame:
     majority = int(np.bincount(split.train.y_action, minlength=3).argmax())
     rows = []
     h = split.holdout
-    groups = [(sym, h.symbol == i) for i, sym in enumerate(h.symbols)] + [("ALL", np.ones(len(h), bool))]
+    groups = [(sym, h.symbol == i) for i, sym in enumerate(h.symbols)] + [
+        ("ALL", np.ones(len(h), bool))
+    ]
     for sym, sel in groups:
         if not sel.any():
             continue

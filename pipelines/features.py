@@ -30,7 +30,9 @@ def n_features(n_extra_timeframes: int) -> int:
     return 5 + 4 * n_extra_timeframes
 
 
-def higher_timeframes(candles: pd.DataFrame, base_tf: str, extra: tuple[str, ...]) -> list[np.ndarray]:
+def higher_timeframes(
+    candles: pd.DataFrame, base_tf: str, extra: tuple[str, ...]
+) -> list[np.ndarray]:
     """Per extra timeframe, (N, 4) log o/h/l/c of the last closed higher candle per base bar.
 
     Where the extra timeframe is not coarser than the base (e.g. 4h extra on daily data)
@@ -50,12 +52,15 @@ def higher_timeframes(candles: pd.DataFrame, base_tf: str, extra: tuple[str, ...
 def _raw(candles: pd.DataFrame, higher: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     lp = np.log(candles[["open", "high", "low", "close"]].to_numpy(dtype="float64"))  # (N, 4)
     lv = np.log1p(candles["volume"].to_numpy(dtype="float64"))  # (N,)
-    hp = np.concatenate(higher, axis=1) if higher else np.zeros((len(lp), 0))  # (N, 4E), NaN before first
+    hp = (
+        np.concatenate(higher, axis=1) if higher else np.zeros((len(lp), 0))
+    )  # (N, 4E), NaN before first
     return np.concatenate([lp, hp], axis=1), lv
 
 
-def make_windows(candles: pd.DataFrame, window: int, higher: list[np.ndarray],
-                 ends: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def make_windows(
+    candles: pd.DataFrame, window: int, higher: list[np.ndarray], ends: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Windows ending at each bar in ``ends`` (default: every bar with a full window).
 
     Returns x (M, T, F) float32 and sigma (M,) float64. Window m uses bars
@@ -81,7 +86,9 @@ def make_windows(candles: pd.DataFrame, window: int, higher: list[np.ndarray],
     return np.clip(x, -CLIP, CLIP).astype(np.float32), sigma
 
 
-def candle_targets(candles: pd.DataFrame, window: int, ends: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+def candle_targets(
+    candles: pd.DataFrame, window: int, ends: np.ndarray, sigma: np.ndarray
+) -> np.ndarray:
     """(M, 5) normalised next candle for windows ending at ``ends`` (each end must have a next bar)."""
     lp = np.log(candles[["open", "high", "low", "close"]].to_numpy(dtype="float64"))
     lv = np.log1p(candles["volume"].to_numpy(dtype="float64"))

@@ -30,8 +30,12 @@ def pivot_flags(high: np.ndarray, low: np.ndarray, n: int) -> tuple[np.ndarray, 
     hw = sliding_window_view(high, 2 * n + 1)  # (N-2n, 2n+1), centre at column n
     lw = sliding_window_view(low, 2 * n + 1)
     centre_h, centre_l = hw[:, n], lw[:, n]
-    is_high[n:size - n] = (centre_h > hw[:, :n].max(axis=1)) & (centre_h >= hw[:, n + 1:].max(axis=1))
-    is_low[n:size - n] = (centre_l < lw[:, :n].min(axis=1)) & (centre_l <= lw[:, n + 1:].min(axis=1))
+    is_high[n : size - n] = (centre_h > hw[:, :n].max(axis=1)) & (
+        centre_h >= hw[:, n + 1 :].max(axis=1)
+    )
+    is_low[n : size - n] = (centre_l < lw[:, :n].min(axis=1)) & (
+        centre_l <= lw[:, n + 1 :].min(axis=1)
+    )
     return is_high, is_low
 
 
@@ -44,8 +48,19 @@ def pivots(candles: pd.DataFrame, n: int) -> pd.DataFrame:
     rows = []
     for kind, flags, col in (("H", is_high, "high"), ("L", is_low, "low")):
         for i in np.flatnonzero(flags):
-            rows.append((int(i), candles.index[i], kind, float(candles[col].iat[i]), int(i + n), candles.index[i + n]))
-    out = pd.DataFrame(rows, columns=["bar", "time", "kind", "price", "confirmed_bar", "confirmed_time"])
+            rows.append(
+                (
+                    int(i),
+                    candles.index[i],
+                    kind,
+                    float(candles[col].iat[i]),
+                    int(i + n),
+                    candles.index[i + n],
+                )
+            )
+    out = pd.DataFrame(
+        rows, columns=["bar", "time", "kind", "price", "confirmed_bar", "confirmed_time"]
+    )
     return out.sort_values(["bar", "kind"]).reset_index(drop=True)
 
 

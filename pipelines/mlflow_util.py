@@ -25,6 +25,7 @@ _CUT_MARK = "..."
 # Errors that may pass on a later flush; anything else (a bad key, a refused value) never will.
 _TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED"}
 
+
 def _sqlite_path(uri: str) -> Path | None:
     """The db file of a sqlite URI, its folder created; None for other stores.
 

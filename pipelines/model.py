@@ -25,8 +25,15 @@ class ModelSpec:
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, n_features: int, window: int) -> ModelSpec:
-        return cls(n_features=n_features, window=window, d_model=cfg.d_model, n_heads=cfg.n_heads,
-                   n_layers=cfg.n_layers, dim_feedforward=cfg.dim_feedforward, dropout=cfg.dropout)
+        return cls(
+            n_features=n_features,
+            window=window,
+            d_model=cfg.d_model,
+            n_heads=cfg.n_heads,
+            n_layers=cfg.n_layers,
+            dim_feedforward=cfg.dim_feedforward,
+            dropout=cfg.dropout,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -40,8 +47,9 @@ class CandleTransformer(nn.Module):
         self.inp = nn.Linear(spec.n_features, d)
         self.pos = nn.Parameter(torch.zeros(1, spec.window, d))
         nn.init.normal_(self.pos, std=0.02)
-        layer = nn.TransformerEncoderLayer(d, spec.n_heads, spec.dim_feedforward, spec.dropout,
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d, spec.n_heads, spec.dim_feedforward, spec.dropout, batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, spec.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.candle_head = nn.Linear(2 * d, N_CANDLE_TARGETS)
@@ -51,7 +59,8 @@ class CandleTransformer(nn.Module):
         """x (B, T, F) → candle (B, 5) normalised next candle, logits (B, 3) HOLD/BUY/SELL."""
         b, t, f = x.shape
         assert t == self.spec.window and f == self.spec.n_features, (
-            f"expected windows of shape (B, {self.spec.window}, {self.spec.n_features}), got {tuple(x.shape)}")
+            f"expected windows of shape (B, {self.spec.window}, {self.spec.n_features}), got {tuple(x.shape)}"
+        )
         h = self.encoder(self.inp(x) + self.pos)  # (B, T, d)
         h = self.norm(h)
         z = torch.cat([h[:, -1], h.mean(dim=1)], dim=-1)  # (B, 2d): last bar and whole window
@@ -66,5 +75,7 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         from pipelines.errors import ConfigError
 
-        raise ConfigError(f"model.device={name!r} but no CUDA device is visible; use model.device=auto or cpu")
+        raise ConfigError(
+            f"model.device={name!r} but no CUDA device is visible; use model.device=auto or cpu"
+        )
     return dev

@@ -36,7 +36,9 @@ def retry(
     if attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
     if backoff_s < 0 or backoff_max_s < 0:
-        raise ValueError(f"backoff_s and backoff_max_s must be >= 0, got {backoff_s}, {backoff_max_s}")
+        raise ValueError(
+            f"backoff_s and backoff_max_s must be >= 0, got {backoff_s}, {backoff_max_s}"
+        )
     delay = min(backoff_s, backoff_max_s)
     last: TemporaryError | None = None
     for attempt in range(1, attempts + 1):
@@ -46,8 +48,14 @@ def retry(
             last = exc
             if attempt == attempts:
                 break
-            logger.warning("%s failed (attempt %d of %d): %s; retrying in %.2fs",
-                           what, attempt, attempts, exc, delay)
+            logger.warning(
+                "%s failed (attempt %d of %d): %s; retrying in %.2fs",
+                what,
+                attempt,
+                attempts,
+                exc,
+                delay,
+            )
             sleep(delay)
             delay = min(delay * 2, backoff_max_s)
     raise DataSourceError(

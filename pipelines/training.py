@@ -36,8 +36,14 @@ class EpochResult:
     metrics: dict[str, float]
 
 
-def train_split(client: Any, split: Split, cfg: Config, *, epochs: int | None = None,
-                progress: Callable[[int, int, dict[str, float]], None] | None = None) -> list[EpochResult]:
+def train_split(
+    client: Any,
+    split: Split,
+    cfg: Config,
+    *,
+    epochs: int | None = None,
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
+) -> list[EpochResult]:
     """Run ``epochs`` shuffled passes over ``split.train`` through the actor.
 
     The training set goes into the object store once; each call trains
@@ -46,14 +52,21 @@ def train_split(client: Any, split: Split, cfg: Config, *, epochs: int | None = 
     as each call returns.
     """
     data_ref = ray.put(split.train)
-    client.call("set_data_window", {"symbols": list(split.train.symbols), "ranges": split.ranges,
-                                    "train_windows": len(split.train), "holdout_windows": len(split.holdout)})
+    client.call(
+        "set_data_window",
+        {
+            "symbols": list(split.train.symbols),
+            "ranges": split.ranges,
+            "train_windows": len(split.train),
+            "holdout_windows": len(split.holdout),
+        },
+    )
     bs, per_call = cfg.train.batch_size, cfg.train.batches_per_call
     rng = np.random.default_rng(cfg.run.seed)
     results = []
     for epoch in range(cfg.train.epochs if epochs is None else epochs):
         perm = rng.permutation(len(split.train))
-        chunks = [perm[s:s + bs * per_call] for s in range(0, len(perm), bs * per_call)]
+        chunks = [perm[s : s + bs * per_call] for s in range(0, len(perm), bs * per_call)]
         pending: deque[ray.ObjectRef] = deque()
         done: list[dict[str, float]] = []
 

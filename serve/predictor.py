@@ -37,7 +37,9 @@ class Predictor:
         self.generation: str | None = None
         self.version = -1
 
-    def load(self, state: dict[str, torch.Tensor], version: int, generation: str | None = None) -> None:
+    def load(
+        self, state: dict[str, torch.Tensor], version: int, generation: str | None = None
+    ) -> None:
         self.model.load_state_dict(state)
         self.version, self.generation = version, generation
 
@@ -61,7 +63,7 @@ class Predictor:
         xs = np.asarray(x, dtype=np.float32)
         cands, probs = [], []
         for s in range(0, len(xs), batch_size):
-            c, logits = self.model(torch.from_numpy(xs[s:s + batch_size]).to(self.device))
+            c, logits = self.model(torch.from_numpy(xs[s : s + batch_size]).to(self.device))
             cands.append(c.float().cpu().numpy())
             probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         return Prediction(np.concatenate(cands), np.concatenate(probs), self.version)

@@ -37,10 +37,21 @@ def make_cfg(tmp_path) -> Callable[..., object]:
     from conf import load_config
 
     def make(*overrides: str, profile: str | None = None):
-        base = [f"run.home={tmp_path}", f"run.name=t{uuid.uuid4().hex[:10]}", "tracking.enabled=false",
-                "data.symbols=[synthetic:SYN0]", "data.synthetic.length=600", "features.window=16",
-                "model.d_model=32", "model.n_heads=2", "model.n_layers=1", "model.dim_feedforward=64",
-                "train.batch_size=16", "ray.call_timeout_s=60", "ray.torch_threads=1"]
+        base = [
+            f"run.home={tmp_path}",
+            f"run.name=t{uuid.uuid4().hex[:10]}",
+            "tracking.enabled=false",
+            "data.symbols=[synthetic:SYN0]",
+            "data.synthetic.length=600",
+            "features.window=16",
+            "model.d_model=32",
+            "model.n_heads=2",
+            "model.n_layers=1",
+            "model.dim_feedforward=64",
+            "train.batch_size=16",
+            "ray.call_timeout_s=60",
+            "ray.torch_threads=1",
+        ]
         return load_config(profile, [*base, *overrides])
 
     return make

@@ -38,10 +38,28 @@ import ccxt
 import numpy as np
 import pandas as pd
 
-_INTERVAL_MS = {"1m": 60_000, "5m": 300_000, "15m": 900_000, "1h": 3_600_000, "4h": 14_400_000,
-                "1d": 86_400_000}
-_FAULTS = {"ok", "429", "418", "500", "502", "503", "504", "timeout", "badjson", "html200", "reset",
-           "badrequest"}
+_INTERVAL_MS = {
+    "1m": 60_000,
+    "5m": 300_000,
+    "15m": 900_000,
+    "1h": 3_600_000,
+    "4h": 14_400_000,
+    "1d": 86_400_000,
+}
+_FAULTS = {
+    "ok",
+    "429",
+    "418",
+    "500",
+    "502",
+    "503",
+    "504",
+    "timeout",
+    "badjson",
+    "html200",
+    "reset",
+    "badrequest",
+}
 _ROUTES = ("klines", "exchangeInfo")
 
 
@@ -54,15 +72,30 @@ class Request:
 
 def _market(base: str, quote: str) -> dict:
     return {
-        "symbol": base + quote, "status": "TRADING", "baseAsset": base, "baseAssetPrecision": 8,
-        "quoteAsset": quote, "quotePrecision": 8, "quoteAssetPrecision": 8,
-        "orderTypes": ["LIMIT", "MARKET"], "isSpotTradingAllowed": True,
-        "isMarginTradingAllowed": False, "permissions": ["SPOT"],
+        "symbol": base + quote,
+        "status": "TRADING",
+        "baseAsset": base,
+        "baseAssetPrecision": 8,
+        "quoteAsset": quote,
+        "quotePrecision": 8,
+        "quoteAssetPrecision": 8,
+        "orderTypes": ["LIMIT", "MARKET"],
+        "isSpotTradingAllowed": True,
+        "isMarginTradingAllowed": False,
+        "permissions": ["SPOT"],
         "filters": [
-            {"filterType": "PRICE_FILTER", "minPrice": "0.01", "maxPrice": "1000000.00",
-             "tickSize": "0.01"},
-            {"filterType": "LOT_SIZE", "minQty": "0.00001", "maxQty": "9000.0",
-             "stepSize": "0.00001"},
+            {
+                "filterType": "PRICE_FILTER",
+                "minPrice": "0.01",
+                "maxPrice": "1000000.00",
+                "tickSize": "0.01",
+            },
+            {
+                "filterType": "LOT_SIZE",
+                "minQty": "0.00001",
+                "maxQty": "9000.0",
+                "stepSize": "0.00001",
+            },
         ],
     }
 
@@ -70,9 +103,15 @@ def _market(base: str, quote: str) -> dict:
 class FakeBinance:
     """Binance spot REST on 127.0.0.1:<ephemeral port>, serving ``bars`` candles from ``start``."""
 
-    def __init__(self, *, start: pd.Timestamp, bars: int, interval: str = "1h",
-                 pairs: Iterable[tuple[str, str]] = (("BTC", "USDT"), ("ETH", "USDT")),
-                 slow_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        start: pd.Timestamp,
+        bars: int,
+        interval: str = "1h",
+        pairs: Iterable[tuple[str, str]] = (("BTC", "USDT"), ("ETH", "USDT")),
+        slow_s: float = 1.0,
+    ) -> None:
         self.start_ms = int(pd.Timestamp(start).value // 1_000_000)
         self.bars = bars  # tests may grow this to simulate time passing on the exchange
         self.interval = interval
@@ -111,8 +150,10 @@ class FakeBinance:
         faults = list(faults)
         unknown = sorted(set(faults) - _FAULTS)
         if unknown or route not in _ROUTES:
-            raise ValueError(f"unknown fault(s) {unknown} or route {route!r}; "
-                             f"faults are {sorted(_FAULTS)}, routes are {list(_ROUTES)}")
+            raise ValueError(
+                f"unknown fault(s) {unknown} or route {route!r}; "
+                f"faults are {sorted(_FAULTS)}, routes are {list(_ROUTES)}"
+            )
         with self._lock:
             self._plans[route].extend(faults)
 
@@ -147,16 +188,31 @@ class FakeBinance:
         v = 10.0 + (i * 37) % 11
         t = self.open_ms(i)
         f = "{:.8f}".format
-        return [t, f(o), f(h), f(low), f(c), f(v), t + self.step_ms - 1, f(v * c), 100 + i % 7,
-                f(v / 2), f(v * c / 2), "0"]
+        return [
+            t,
+            f(o),
+            f(h),
+            f(low),
+            f(c),
+            f(v),
+            t + self.step_ms - 1,
+            f(v * c),
+            100 + i % 7,
+            f(v / 2),
+            f(v * c / 2),
+            "0",
+        ]
 
     def expected(self, symbol: str, first: int, last: int) -> pd.DataFrame:
         """Bars ``first..last`` (inclusive) as the candle schema, parsed as ccxt parses them."""
         rows = [self.kline(symbol, i) for i in range(first, last + 1)]
         idx = pd.to_datetime(np.array([r[0] for r in rows], dtype="int64"), unit="ms", utc=True)
         vals = np.array([[float(x) for x in r[1:6]] for r in rows], dtype="float64").reshape(-1, 5)
-        return pd.DataFrame(vals, index=pd.DatetimeIndex(idx, name="time"),
-                            columns=["open", "high", "low", "close", "volume"])
+        return pd.DataFrame(
+            vals,
+            index=pd.DatetimeIndex(idx, name="time"),
+            columns=["open", "high", "low", "close", "volume"],
+        )
 
     def klines(self, params: dict[str, str]) -> tuple[int, object]:
         symbol = params.get("symbol", "")
@@ -176,8 +232,13 @@ class FakeBinance:
         return 200, [self.kline(symbol, i) for i in range(first, last + 1)]
 
     def exchange_info(self) -> dict:
-        return {"timezone": "UTC", "serverTime": self.open_ms(self.bars), "rateLimits": [],
-                "exchangeFilters": [], "symbols": [_market(b, q) for b, q in self.pairs]}
+        return {
+            "timezone": "UTC",
+            "serverTime": self.open_ms(self.bars),
+            "rateLimits": [],
+            "exchangeFilters": [],
+            "symbols": [_market(b, q) for b, q in self.pairs],
+        }
 
 
 def _handler_for(server: FakeBinance) -> type[BaseHTTPRequestHandler]:
@@ -198,25 +259,31 @@ def _handler_for(server: FakeBinance) -> type[BaseHTTPRequestHandler]:
                 pass
 
         def _json(self, status: int, obj: object, headers: dict | None = None) -> None:
-            self._send(status, json.dumps(obj).encode(), "application/json;charset=UTF-8",
-                       headers)
+            self._send(status, json.dumps(obj).encode(), "application/json;charset=UTF-8", headers)
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             parts = urlsplit(self.path)
             params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
             route = {"/api/v3/klines": "klines", "/api/v3/exchangeInfo": "exchangeInfo"}.get(
-                parts.path, parts.path)
+                parts.path, parts.path
+            )
             fault = server._next_fault(route, params)
             if route not in _ROUTES:
                 self._json(404, {"code": -1, "msg": f"fake exchange has no route {parts.path}"})
                 return
             if fault in ("429", "418"):
-                self._json(int(fault), {"code": -1003, "msg": "Too many requests; banned."},
-                           {"Retry-After": "1"})
+                self._json(
+                    int(fault),
+                    {"code": -1003, "msg": "Too many requests; banned."},
+                    {"Retry-After": "1"},
+                )
                 return
             if fault in ("500", "502", "503", "504"):
-                self._send(int(fault), f"<html><body>{fault} gateway error</body></html>".encode(),
-                           "text/html")
+                self._send(
+                    int(fault),
+                    f"<html><body>{fault} gateway error</body></html>".encode(),
+                    "text/html",
+                )
                 return
             if fault == "badrequest":
                 self._json(400, {"code": -1100, "msg": "Illegal characters found in a parameter."})
@@ -242,12 +309,14 @@ def _handler_for(server: FakeBinance) -> type[BaseHTTPRequestHandler]:
 
 def binance_client(server: FakeBinance, *, timeout_ms: int = 500) -> ccxt.binance:
     """A real ``ccxt.binance`` whose every API URL points at ``server``; spot markets only."""
-    ex = ccxt.binance({
-        "enableRateLimit": False,
-        "timeout": timeout_ms,
-        # only GET /api/v3/exchangeInfo in load_markets (no fapi/dapi/sapi requests)
-        "options": {"fetchMarkets": {"types": ["spot"]}, "fetchMargins": False},
-    })
+    ex = ccxt.binance(
+        {
+            "enableRateLimit": False,
+            "timeout": timeout_ms,
+            # only GET /api/v3/exchangeInfo in load_markets (no fapi/dapi/sapi requests)
+            "options": {"fetchMarkets": {"types": ["spot"]}, "fetchMargins": False},
+        }
+    )
     local = urlsplit(server.url)
     api = {}
     for name, url in ex.urls["api"].items():

@@ -37,7 +37,14 @@ def check_run(uri: str, cfg, status) -> None:
     assert run.data.params["model.d_model"] == str(cfg.model.d_model)
     assert run.data.params["train.batch_size"] == str(cfg.train.batch_size)
     assert run.data.tags["candleray.code_version"]
-    for key in ("total_loss", "candle_loss", "action_loss", "candle_accuracy", "action_accuracy", "lr"):
+    for key in (
+        "total_loss",
+        "candle_loss",
+        "action_loss",
+        "candle_accuracy",
+        "action_accuracy",
+        "lr",
+    ):
         hist = mc.get_metric_history(run.info.run_id, key)
         assert [m.step for m in hist] == list(range(1, 31)), key
         assert all(np.isfinite(m.value) for m in hist)
@@ -58,6 +65,10 @@ def test_actor_metrics_checkpoints_and_best_in_sqlite_store(ray_cluster, make_cf
 
 @pytest.mark.slow
 def test_actor_against_a_real_mlflow_server(ray_cluster, make_cfg, server_uri):
-    cfg = make_cfg("tracking.enabled=true", f"tracking.uri={server_uri}", "checkpoint.every_steps=10",
-                   "train.trend_window=10")
+    cfg = make_cfg(
+        "tracking.enabled=true",
+        f"tracking.uri={server_uri}",
+        "checkpoint.every_steps=10",
+        "train.trend_window=10",
+    )
     check_run(server_uri, cfg, train_and_flush(cfg))

@@ -31,7 +31,9 @@ from serve.predictor import Predictor
 def random_weights(cfg, seed: int = 3) -> BacktestWeights:
     spec = spec_from_config(cfg)
     trainer = Trainer(spec, cfg.train, torch.device("cpu"), seed=seed)
-    return BacktestWeights(spec, trainer.weights_cpu(), "test", "random", 0, cfg.data.extra_timeframes)
+    return BacktestWeights(
+        spec, trainer.weights_cpu(), "test", "random", 0, cfg.data.extra_timeframes
+    )
 
 
 def with_backtest(cfg, **changes):
@@ -50,17 +52,21 @@ def altered_after(candles: pd.DataFrame, k: int) -> pd.DataFrame:
     n = len(out) - k - 1
     factor = np.exp(np.cumsum(rng.normal(0, 0.02, n)))
     for col in ("open", "high", "low", "close"):
-        out.iloc[k + 1:, out.columns.get_loc(col)] *= factor
+        out.iloc[k + 1 :, out.columns.get_loc(col)] *= factor
     out.iloc[k + 1, out.columns.get_loc("high")] *= 1.3  # no bar within pivot_bars before k+1
     out.iloc[k + 1, out.columns.get_loc("low")] *= 0.75  # can be a confirmed pivot any more
-    out.iloc[k + 1:, out.columns.get_loc("volume")] *= 3.0
+    out.iloc[k + 1 :, out.columns.get_loc("volume")] *= 3.0
     return out
 
 
 @pytest.mark.parametrize("mode", ["none", "every_candle", "pivots_only"])
 def test_signals_for_bar_i_use_only_bars_up_to_i(make_cfg, mode):
-    cfg = with_backtest(make_cfg("model.device=cpu", "labels.pivot_bars=3"), walk_forward=mode,
-                        retrain_every=40, confidence=0.0)
+    cfg = with_backtest(
+        make_cfg("model.device=cpu", "labels.pivot_bars=3"),
+        walk_forward=mode,
+        retrain_every=40,
+        confidence=0.0,
+    )
     assert cfg.data.extra_timeframes == ("4h",)  # higher-timeframe features are covered too
     candles, tf = candles_of(cfg)
     weights = random_weights(cfg)
@@ -69,15 +75,21 @@ def test_signals_for_bar_i_use_only_bars_up_to_i(make_cfg, mode):
     # from bars after k changes the training before the chunk, and so the predictions at bars <= k
     is_high, is_low = pivot_flags(candles["high"].to_numpy(), candles["low"].to_numpy(), 3)
     starts = a.inference.ends[::40][2:]
-    ks = [k for b in starts for k in (b, b + 1) if (is_high | is_low)[b - 3:b].any()][:8]
+    ks = [k for b in starts for k in (b, b + 1) if (is_high | is_low)[b - 3 : b].any()][:8]
     assert len(ks) >= 6
     for k in ks:
         b = backtest_model(altered_after(candles, k), weights, cfg, timeframe=tf)
         upto = a.inference.ends <= k
-        np.testing.assert_allclose(a.inference.probs[upto], b.inference.probs[upto], rtol=0, atol=1e-6)
-        np.testing.assert_allclose(a.inference.candle[upto], b.inference.candle[upto], rtol=0, atol=1e-6)
-        np.testing.assert_array_equal(a.actions[:k + 1], b.actions[:k + 1])
-        np.testing.assert_allclose(a.result.equity.to_numpy()[:k + 1], b.result.equity.to_numpy()[:k + 1])
+        np.testing.assert_allclose(
+            a.inference.probs[upto], b.inference.probs[upto], rtol=0, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            a.inference.candle[upto], b.inference.candle[upto], rtol=0, atol=1e-6
+        )
+        np.testing.assert_array_equal(a.actions[: k + 1], b.actions[: k + 1])
+        np.testing.assert_allclose(
+            a.result.equity.to_numpy()[: k + 1], b.result.equity.to_numpy()[: k + 1]
+        )
         # the change after k is visible, so the comparison above could fail
         assert not np.allclose(a.inference.probs[~upto], b.inference.probs[~upto], atol=1e-3)
     if mode != "none":
@@ -93,17 +105,21 @@ def test_batched_predictions_equal_one_window_at_a_time(make_cfg):
     predictor.load(dict(weights.state), 0)
     batched = predictor.predict(w.x)
     for m in range(0, len(w), 7):
-        one = predictor.predict(w.x[m:m + 1])
+        one = predictor.predict(w.x[m : m + 1])
         np.testing.assert_allclose(one.probs[0], batched.probs[m], rtol=0, atol=1e-5)
         np.testing.assert_allclose(one.candle[0], batched.candle[m], rtol=0, atol=1e-5)
 
 
 def test_confidence_policy_on_hand_built_probabilities():
-    probs = np.array([[0.2, 0.5, 0.3],    # BUY at 0.5
-                      [0.1, 0.3, 0.6],    # SELL at 0.6
-                      [0.34, 0.33, 0.33],  # HOLD is the most likely
-                      [0.2, 0.4, 0.4],    # tie BUY/SELL at 0.4: BUY (lower index)
-                      [0.3, 0.49, 0.21]])  # BUY at 0.49
+    probs = np.array(
+        [
+            [0.2, 0.5, 0.3],  # BUY at 0.5
+            [0.1, 0.3, 0.6],  # SELL at 0.6
+            [0.34, 0.33, 0.33],  # HOLD is the most likely
+            [0.2, 0.4, 0.4],  # tie BUY/SELL at 0.4: BUY (lower index)
+            [0.3, 0.49, 0.21],
+        ]
+    )  # BUY at 0.49
     np.testing.assert_array_equal(confidence_actions(probs, 0.5), [BUY, SELL, HOLD, HOLD, HOLD])
     np.testing.assert_array_equal(confidence_actions(probs, 0.4), [BUY, SELL, HOLD, BUY, BUY])
     np.testing.assert_array_equal(confidence_actions(probs, 0.0), [BUY, SELL, HOLD, BUY, BUY])
@@ -118,9 +134,9 @@ def test_bars_before_the_first_full_window_hold(make_cfg):
     candles, tf = candles_of(cfg)
     res = backtest_model(candles, random_weights(cfg), cfg, timeframe=tf)
     t = cfg.features.window
-    assert (res.actions[:t - 1] == HOLD).all()
+    assert (res.actions[: t - 1] == HOLD).all()
     assert res.inference.ends[0] == t - 1 and len(res.inference.ends) == len(candles) - t + 1
-    assert (res.actions[t - 1:] != HOLD).any()
+    assert (res.actions[t - 1 :] != HOLD).any()
     assert res.result.stats["bars"] == len(candles)
 
 
@@ -182,14 +198,20 @@ def test_walk_forward_trains_only_on_labels_already_known(make_cfg, mode):
         assert torch.equal(v, before[k]), k
 
 
-@pytest.mark.parametrize(("override", "needle"), [
-    ("backtest.walk_forward=sometimes", "['none', 'pivots_only', 'every_candle']"),
-    ("backtest.fill=tomorrow", "backtest.fill='tomorrow' is not allowed; choose one of ['next_open', 'close']"),
-    ("backtest.commission=1.5", "backtest.commission"),
-    ("backtest.confidence=2", "backtest.confidence"),
-    ("backtest.task_num_cpus=0", "backtest.task_num_cpus"),
-    ("backtest.since='March'", "backtest.since"),
-])
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("backtest.walk_forward=sometimes", "['none', 'pivots_only', 'every_candle']"),
+        (
+            "backtest.fill=tomorrow",
+            "backtest.fill='tomorrow' is not allowed; choose one of ['next_open', 'close']",
+        ),
+        ("backtest.commission=1.5", "backtest.commission"),
+        ("backtest.confidence=2", "backtest.confidence"),
+        ("backtest.task_num_cpus=0", "backtest.task_num_cpus"),
+        ("backtest.since='March'", "backtest.since"),
+    ],
+)
 def test_bad_backtest_config_is_a_config_error(make_cfg, override, needle):
     with pytest.raises(ConfigError) as exc:
         make_cfg(override)

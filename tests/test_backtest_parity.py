@@ -59,19 +59,36 @@ class SignalStrategy(Strategy):
                 pos.close()
 
 
-def run_reference(raw: pd.DataFrame, sig: np.ndarray, *, cash: float, commission: float,
-                  long_short: bool, finalize: bool, trade_on_close: bool = False) -> pd.Series:
+def run_reference(
+    raw: pd.DataFrame,
+    sig: np.ndarray,
+    *,
+    cash: float,
+    commission: float,
+    long_short: bool,
+    finalize: bool,
+    trade_on_close: bool = False,
+) -> pd.Series:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # price > cash, cancelled orders, open trades at end
-        bt = Backtest(raw, SignalStrategy, cash=cash, commission=commission, exclusive_orders=True,
-                      finalize_trades=finalize, trade_on_close=trade_on_close)
+        bt = Backtest(
+            raw,
+            SignalStrategy,
+            cash=cash,
+            commission=commission,
+            exclusive_orders=True,
+            finalize_trades=finalize,
+            trade_on_close=trade_on_close,
+        )
         return bt.run(signals=sig, long_short=long_short)
 
 
 def random_signals(n: int, seed: int, density: float) -> np.ndarray:
     """Seeded BUY/SELL with probability ``density`` (half each), HOLD otherwise; HOLD on bar 0."""
     rng = np.random.default_rng(seed)
-    sig = rng.choice(np.array([1, -1, 0], dtype=np.int8), size=n, p=[density / 2, density / 2, 1 - density])
+    sig = rng.choice(
+        np.array([1, -1, 0], dtype=np.int8), size=n, p=[density / 2, density / 2, 1 - density]
+    )
     sig[0] = 0
     return sig
 
@@ -92,18 +109,37 @@ def spiking_candles(n: int = 300, seed: int = 5) -> pd.DataFrame:
     close[150:] *= np.linspace(1, 4, n - 150)
     open_ = np.r_[close[0], close[:-1]] * (1 + rng.normal(0, 0.002, n))
     return pd.DataFrame(
-        {"Open": open_, "High": np.maximum(open_, close) * 1.01, "Low": np.minimum(open_, close) * 0.99,
-         "Close": close, "Volume": 1.0},
+        {
+            "Open": open_,
+            "High": np.maximum(open_, close) * 1.01,
+            "Low": np.minimum(open_, close) * 0.99,
+            "Close": close,
+            "Volume": 1.0,
+        },
         index=pd.date_range("2020-01-01", periods=n, freq="D"),
     )
 
 
-def assert_parity(raw: pd.DataFrame, sig: np.ndarray, *, cash: float = 10_000, commission: float = 0.0,
-                  long_short: bool = False, finalize: bool = False) -> tuple[pd.Series, BacktestResult]:
-    ref = run_reference(raw, sig, cash=cash, commission=commission, long_short=long_short, finalize=finalize)
-    res = simulate(normalize_columns(raw), sig, cash=cash, commission=commission,
-                   direction="long_short" if long_short else "long_only",
-                   at_end="close" if finalize else "mark")
+def assert_parity(
+    raw: pd.DataFrame,
+    sig: np.ndarray,
+    *,
+    cash: float = 10_000,
+    commission: float = 0.0,
+    long_short: bool = False,
+    finalize: bool = False,
+) -> tuple[pd.Series, BacktestResult]:
+    ref = run_reference(
+        raw, sig, cash=cash, commission=commission, long_short=long_short, finalize=finalize
+    )
+    res = simulate(
+        normalize_columns(raw),
+        sig,
+        cash=cash,
+        commission=commission,
+        direction="long_short" if long_short else "long_only",
+        at_end="close" if finalize else "mark",
+    )
     bt, me = ref["_trades"], res.trades
     assert len(me) == len(bt), f"{len(me)} trades vs backtesting's {len(bt)}"
     signed = np.where(me["side"] == "long", 1.0, -1.0) * me["size"].to_numpy()
@@ -113,14 +149,22 @@ def assert_parity(raw: pd.DataFrame, sig: np.ndarray, *, cash: float = 10_000, c
     np.testing.assert_array_equal(signed, bt["Size"].to_numpy(dtype=float))
     np.testing.assert_array_equal(me["entry_price"].to_numpy(), bt["EntryPrice"].to_numpy())
     np.testing.assert_array_equal(me["exit_price"].to_numpy(), bt["ExitPrice"].to_numpy())
-    np.testing.assert_array_equal(me["entry_time"].to_numpy(), bt["EntryTime"].dt.tz_localize("UTC").to_numpy())
-    np.testing.assert_allclose(me["pnl"].to_numpy(), bt["PnL"].to_numpy(dtype=float), rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(me["commission"].to_numpy(), bt["Commission"].to_numpy(dtype=float),
-                               rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(me["return"].to_numpy(), bt["ReturnPct"].to_numpy(dtype=float),
-                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(
+        me["entry_time"].to_numpy(), bt["EntryTime"].dt.tz_localize("UTC").to_numpy()
+    )
+    np.testing.assert_allclose(
+        me["pnl"].to_numpy(), bt["PnL"].to_numpy(dtype=float), rtol=1e-9, atol=1e-9
+    )
+    np.testing.assert_allclose(
+        me["commission"].to_numpy(), bt["Commission"].to_numpy(dtype=float), rtol=1e-9, atol=1e-9
+    )
+    np.testing.assert_allclose(
+        me["return"].to_numpy(), bt["ReturnPct"].to_numpy(dtype=float), rtol=1e-9, atol=1e-12
+    )
     # equity within 1e-6 at every bar
-    np.testing.assert_allclose(res.equity.to_numpy(), ref["_equity_curve"]["Equity"].to_numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        res.equity.to_numpy(), ref["_equity_curve"]["Equity"].to_numpy(), rtol=0, atol=1e-6
+    )
     s = res.stats
     for ours, theirs in [
         (s["final_equity"], ref["Equity Final [$]"]),
@@ -134,7 +178,9 @@ def assert_parity(raw: pd.DataFrame, sig: np.ndarray, *, cash: float = 10_000, c
     if len(bt):
         assert s["win_rate"] * 100 == pytest.approx(float(ref["Win Rate [%]"]), rel=1e-9)
         closed_fees = s["commissions"] - float(res.open_trades["commission"].sum())
-        assert closed_fees == pytest.approx(float(ref.get("Commissions [$]", 0.0)), rel=1e-9, abs=1e-9)
+        assert closed_fees == pytest.approx(
+            float(ref.get("Commissions [$]", 0.0)), rel=1e-9, abs=1e-9
+        )
         if finalize:  # backtesting counts exposure from closed trades only
             assert s["exposure"] * 100 == pytest.approx(float(ref["Exposure Time [%]"]), rel=1e-9)
         assert_same_definitions(ref, res)
@@ -176,11 +222,15 @@ MATRIX = [
 ]
 
 
-@pytest.mark.parametrize(("name", "seed", "density", "commission", "long_short", "finalize"), MATRIX)
+@pytest.mark.parametrize(
+    ("name", "seed", "density", "commission", "long_short", "finalize"), MATRIX
+)
 def test_random_signals_match_backtesting(name, seed, density, commission, long_short, finalize):
     raw = DATA[name]
     sig = random_signals(len(raw), seed, density)
-    _, res = assert_parity(raw, sig, commission=commission, long_short=long_short, finalize=finalize)
+    _, res = assert_parity(
+        raw, sig, commission=commission, long_short=long_short, finalize=finalize
+    )
     assert res.stats["n_trades"] > 5  # the case really trades
 
 
@@ -197,7 +247,9 @@ def test_unaffordable_entries_are_skipped_and_retried_like_backtesting(long_shor
     # cancels such an order and retries on the next bar that asks again
     sig = random_signals(len(GOOG), 3, 0.3)
     with caplog.at_level("WARNING"):
-        _, res = assert_parity(GOOG, sig, cash=600, commission=0.01, long_short=long_short, finalize=True)
+        _, res = assert_parity(
+            GOOG, sig, cash=600, commission=0.01, long_short=long_short, finalize=True
+        )
     assert "could not buy one whole unit" in caplog.text
     assert res.stats["n_trades"] > 0
 
@@ -222,19 +274,37 @@ def test_close_fills_match_trade_on_close(long_short, commission):
     # pass, after that bar's equity was logged), so equity agrees except on fill bars then.
     sig = random_signals(len(GOOG), 4, 0.3)
     sig[-1] = 0  # the reference strategy sends nothing on the last bar
-    ref = run_reference(GOOG, sig, cash=10_000, commission=commission, long_short=long_short,
-                        finalize=False, trade_on_close=True)
-    res = simulate(normalize_columns(GOOG), sig, commission=commission, fill="close",
-                   direction="long_short" if long_short else "long_only")
+    ref = run_reference(
+        GOOG,
+        sig,
+        cash=10_000,
+        commission=commission,
+        long_short=long_short,
+        finalize=False,
+        trade_on_close=True,
+    )
+    res = simulate(
+        normalize_columns(GOOG),
+        sig,
+        commission=commission,
+        fill="close",
+        direction="long_short" if long_short else "long_only",
+    )
     bt, me = ref["_trades"], res.trades
     assert len(me) == len(bt) > 100
-    for ours, theirs in (("entry_bar", "EntryBar"), ("exit_bar", "ExitBar"), ("entry_price", "EntryPrice"),
-                         ("exit_price", "ExitPrice")):
+    for ours, theirs in (
+        ("entry_bar", "EntryBar"),
+        ("exit_bar", "ExitBar"),
+        ("entry_price", "EntryPrice"),
+        ("exit_price", "ExitPrice"),
+    ):
         np.testing.assert_array_equal(me[ours].to_numpy(), bt[theirs].to_numpy())
     np.testing.assert_array_equal(me["size"].to_numpy(), bt["Size"].abs().to_numpy(dtype=float))
     np.testing.assert_allclose(me["pnl"].to_numpy(), bt["PnL"].to_numpy(dtype=float), rtol=1e-9)
     fill_bars = np.zeros(len(GOOG), dtype=bool)
-    fill_bars[np.r_[me["entry_bar"], me["exit_bar"], res.open_trades["entry_bar"]].astype(int)] = True
+    fill_bars[np.r_[me["entry_bar"], me["exit_bar"], res.open_trades["entry_bar"]].astype(int)] = (
+        True
+    )
     theirs = ref["_equity_curve"]["Equity"].to_numpy()
     same = ~fill_bars if commission else np.ones(len(GOOG), dtype=bool)
     np.testing.assert_allclose(res.equity.to_numpy()[same], theirs[same], rtol=0, atol=1e-6)

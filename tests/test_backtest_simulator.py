@@ -30,8 +30,13 @@ BUY_SELL = [1, 0, -1, 0, 0, 0]  # BUY at bar 0, SELL at bar 2
 def candles() -> pd.DataFrame:
     idx = pd.date_range("2024-01-01", periods=6, freq="D", tz="UTC", name="time")
     return pd.DataFrame(
-        {"open": OPEN, "high": np.maximum(OPEN, CLOSE) + 1, "low": np.minimum(OPEN, CLOSE) - 1,
-         "close": CLOSE, "volume": 1.0},
+        {
+            "open": OPEN,
+            "high": np.maximum(OPEN, CLOSE) + 1,
+            "low": np.minimum(OPEN, CLOSE) - 1,
+            "close": CLOSE,
+            "volume": 1.0,
+        },
         index=idx,
     )
 
@@ -65,7 +70,13 @@ def test_close_fill_trades_at_the_signal_bars_own_close(candles):
     res = run(candles, BUY_SELL, fill="close")
     t = only_trade(res)
     # BUY at close 11: 9 units; SELL at bar 2's close 12: +9
-    assert (t["entry_bar"], t["exit_bar"], t["size"], t["entry_price"], t["exit_price"]) == (0, 2, 9, 11, 12)
+    assert (t["entry_bar"], t["exit_bar"], t["size"], t["entry_price"], t["exit_price"]) == (
+        0,
+        2,
+        9,
+        11,
+        12,
+    )
     assert res.equity.tolist() == [100, 118, 109, 109, 109, 109]
 
 
@@ -99,7 +110,12 @@ def test_long_only_sell_closes_and_short_is_never_opened(candles):
     assert res.position.min() == 0
     # flat after bar 3 (cash 92); BUY at bar 4 -> 9 units at open 10, marked at close 12
     assert res.equity.tolist() == [100, 108, 100, 92, 92, 110]
-    assert res.open_trades.iloc[0][["entry_bar", "size", "entry_price", "pnl"]].tolist() == [5, 9, 10, 18]
+    assert res.open_trades.iloc[0][["entry_bar", "size", "entry_price", "pnl"]].tolist() == [
+        5,
+        9,
+        10,
+        18,
+    ]
 
 
 def test_long_short_reverses_at_the_same_fill(candles):
@@ -107,8 +123,9 @@ def test_long_short_reverses_at_the_same_fill(candles):
     tr = res.trades
     assert tr["side"].tolist() == ["long", "short"]
     # the long closes at bar 3's open 11 and a short of int(92 / 11) = 8 opens at that same price
-    assert tr[["entry_bar", "exit_bar", "size", "entry_price", "exit_price", "pnl"]].values.tolist() == [
-        [1, 3, 8, 12, 11, -8], [3, 5, 8, 11, 10, 8]]
+    assert tr[
+        ["entry_bar", "exit_bar", "size", "entry_price", "exit_price", "pnl"]
+    ].values.tolist() == [[1, 3, 8, 12, 11, -8], [3, 5, 8, 11, 10, 8]]
     # back to 100 cash at bar 5's open 10: all-in whole units are int(100 x (1 - eps) // 10) = 9,
     # the one-unit short fall of backtesting.py's "all but an epsilon" default size
     assert res.open_trades.iloc[0][["side", "size", "entry_price"]].tolist() == ["long", 9, 10]
@@ -138,7 +155,9 @@ def test_fractional_units_with_commission_leave_no_cash_idle(candles):
     t = only_trade(res)
     units = 100 / (12 * 1.1)
     assert t["size"] == pytest.approx(units)
-    assert res.equity.iloc[2] == pytest.approx(units * 12)  # after the entry fee, all of it is in the asset
+    assert res.equity.iloc[2] == pytest.approx(
+        units * 12
+    )  # after the entry fee, all of it is in the asset
     assert res.equity.iloc[-1] == pytest.approx(units * 11 * 0.9)
 
 
@@ -163,7 +182,13 @@ def test_open_trade_is_marked_to_market_and_not_counted(candles):
     res = run(candles, [0, 0, 0, 1, 0, 0])  # 11 units at bar 4's open 9
     assert len(res.trades) == 0 and res.stats["n_trades"] == 0
     o = res.open_trades.iloc[0]
-    assert (o["entry_bar"], o["exit_bar"], o["size"], o["exit_price"], o["pnl"]) == (4, 5, 11, 12, 33)
+    assert (o["entry_bar"], o["exit_bar"], o["size"], o["exit_price"], o["pnl"]) == (
+        4,
+        5,
+        11,
+        12,
+        33,
+    )
     assert res.equity.iloc[-1] == 133 and res.stats["final_equity"] == 133
     assert res.stats["exposure"] == pytest.approx(2 / 6)
 
@@ -183,7 +208,13 @@ def test_open_trade_closed_at_end_fills_at_last_bars_open_with_next_open_fills(c
 def test_open_trade_closed_at_end_fills_at_last_close_with_close_fills(candles):
     res = run(candles, [0, 0, 0, 1, 0, 0], at_end="close", fill="close")
     t = only_trade(res)
-    assert (t["entry_bar"], t["entry_price"], t["exit_bar"], t["exit_price"], t["size"]) == (3, 10, 5, 12, 9)
+    assert (t["entry_bar"], t["entry_price"], t["exit_bar"], t["exit_price"], t["size"]) == (
+        3,
+        10,
+        5,
+        12,
+        9,
+    )
     assert res.equity.iloc[-1] == 118
 
 
@@ -277,7 +308,9 @@ def test_bad_signals_are_refused_with_the_fix(candles, sig, words):
 
 def test_signals_on_another_index_are_refused(candles):
     shifted = pd.Series(BUY_SELL, index=candles.index + pd.Timedelta(hours=1))
-    with pytest.raises(BacktestError, match=r"not the candles' index \(first difference at position 0"):
+    with pytest.raises(
+        BacktestError, match=r"not the candles' index \(first difference at position 0"
+    ):
         simulate(candles, shifted)
     with pytest.raises(BacktestError, match="got 3 signals for 6 candles"):
         simulate(candles, pd.Series([1, 0, -1], index=candles.index[:3]))
@@ -333,9 +366,18 @@ def test_stats_on_a_hand_computed_case():
     equity = np.array([100.0, 110.0, 99.0, 120.0, 108.0])
     pnl = np.array([10.0, 20.0, -5.0, -10.0, -3.0, 0.0, 4.0])  # W W L L L - W
     ret = pnl / 100
-    s = compute_stats(equity=equity, index=idx, close=np.array([10.0, 11, 12, 13, 15]), cash=100.0,
-                      pnl=pnl, returns=ret, held_from=np.array([0, 3]), held_to=np.array([1, 3]),
-                      commissions=1.5, bars_per_year=365.25)
+    s = compute_stats(
+        equity=equity,
+        index=idx,
+        close=np.array([10.0, 11, 12, 13, 15]),
+        cash=100.0,
+        pnl=pnl,
+        returns=ret,
+        held_from=np.array([0, 3]),
+        held_to=np.array([1, 3]),
+        commissions=1.5,
+        bars_per_year=365.25,
+    )
     r = np.array([0.1, -0.1, 120 / 99 - 1, -0.1])
     assert s["total_return"] == pytest.approx(0.08)
     assert s["final_equity"] == 108 and s["peak_equity"] == 120
@@ -345,7 +387,9 @@ def test_stats_on_a_hand_computed_case():
     sd = math.sqrt(((r - r.mean()) ** 2).sum() / 3)
     assert s["annual_volatility"] == pytest.approx(sd * math.sqrt(365.25))
     assert s["sharpe"] == pytest.approx(r.mean() / sd * math.sqrt(365.25))
-    assert s["sortino"] == pytest.approx(r.mean() / math.sqrt((0.01 + 0.01) / 4) * math.sqrt(365.25))
+    assert s["sortino"] == pytest.approx(
+        r.mean() / math.sqrt((0.01 + 0.01) / 4) * math.sqrt(365.25)
+    )
     assert s["max_drawdown"] == pytest.approx(0.1)  # 110 -> 99 and 120 -> 108
     assert s["calmar"] == pytest.approx(s["annual_return"] / 0.1)
     assert s["max_drawdown_bars"] == 2 and s["max_drawdown_duration"] == pd.Timedelta(days=2)
@@ -365,7 +409,16 @@ def test_stats_on_a_hand_computed_case():
 def test_stats_without_trades_are_nan_not_errors(candles):
     s = run(candles, [0] * 6).stats
     assert s["n_trades"] == 0 and s["exposure"] == 0 and s["max_drawdown"] == 0
-    nan_keys = ("win_rate", "profit_factor", "sqn", "kelly", "sharpe", "sortino", "calmar", "best_trade")
+    nan_keys = (
+        "win_rate",
+        "profit_factor",
+        "sqn",
+        "kelly",
+        "sharpe",
+        "sortino",
+        "calmar",
+        "best_trade",
+    )
     assert [k for k in nan_keys if not math.isnan(s[k])] == []
 
 

@@ -16,8 +16,16 @@ from pipelines.errors import CandleValidationError
 def frame(n: int = 6, start: str = "2024-01-01", freq: str = "1h") -> pd.DataFrame:
     idx = pd.date_range(start, periods=n, freq=freq, tz="UTC", name="time")
     close = 100 + np.arange(n, dtype=float)
-    return pd.DataFrame({"open": close - 0.5, "high": close + 1, "low": close - 1, "close": close,
-                         "volume": np.full(n, 10.0)}, index=idx)
+    return pd.DataFrame(
+        {
+            "open": close - 0.5,
+            "high": close + 1,
+            "low": close - 1,
+            "close": close,
+            "volume": np.full(n, 10.0),
+        },
+        index=idx,
+    )
 
 
 def test_valid_frame_passes():
@@ -31,14 +39,17 @@ def _set(df, row, col, val):
     return df
 
 
-@pytest.mark.parametrize(("mutate", "rule"), [
-    (lambda d: _set(d, 3, "close", np.nan), "finite"),
-    (lambda d: _set(d, 3, "volume", np.inf), "finite"),
-    (lambda d: _set(_set(d, 3, "low", -1.0), 3, "open", 0.0), "positive-price"),
-    (lambda d: _set(d, 3, "high", 50.0), "high-covers-open-close"),
-    (lambda d: _set(d, 3, "low", 200.0), "low-covers-open-close"),
-    (lambda d: _set(d, 3, "volume", -5.0), "volume-non-negative"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "rule"),
+    [
+        (lambda d: _set(d, 3, "close", np.nan), "finite"),
+        (lambda d: _set(d, 3, "volume", np.inf), "finite"),
+        (lambda d: _set(_set(d, 3, "low", -1.0), 3, "open", 0.0), "positive-price"),
+        (lambda d: _set(d, 3, "high", 50.0), "high-covers-open-close"),
+        (lambda d: _set(d, 3, "low", 200.0), "low-covers-open-close"),
+        (lambda d: _set(d, 3, "volume", -5.0), "volume-non-negative"),
+    ],
+)
 def test_each_rule_names_symbol_row_and_rule(mutate, rule):
     with pytest.raises(CandleValidationError) as exc:
         validate_candles(mutate(frame()), "binance:BTC/USDT")

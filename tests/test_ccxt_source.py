@@ -36,13 +36,19 @@ def fake(server: FakeBinance) -> FakeBinance:
 
 def make_source(fake: FakeBinance, cache_dir: Path, cfg: CcxtConfig = CFG) -> CcxtSource:
     # "now" is half-way through the newest bar the server has, so that bar is still open
-    return CcxtSource("binance", cfg, cache_dir, exchange=binance_client(fake, timeout_ms=500),
-                      now=lambda: START + fake.bars * H - H / 2)
+    return CcxtSource(
+        "binance",
+        cfg,
+        cache_dir,
+        exchange=binance_client(fake, timeout_ms=500),
+        now=lambda: START + fake.bars * H - H / 2,
+    )
 
 
 def start_times(fake: FakeBinance) -> list[pd.Timestamp]:
-    return [pd.Timestamp(int(r.params["startTime"]), unit="ms", tz="UTC")
-            for r in fake.calls("klines")]
+    return [
+        pd.Timestamp(int(r.params["startTime"]), unit="ms", tz="UTC") for r in fake.calls("klines")
+    ]
 
 
 def cache_file(tmp_path: Path) -> Path:
@@ -60,8 +66,9 @@ def test_pagination_returns_every_closed_bar_exactly_once(fake, tmp_path):
 
 
 def test_since_until_slice_stops_paging_at_until(fake, tmp_path):
-    got = make_source(fake, tmp_path).fetch("ETH/USDT", "1h", since=START + 10 * H,
-                                            until=START + 120 * H)
+    got = make_source(fake, tmp_path).fetch(
+        "ETH/USDT", "1h", since=START + 10 * H, until=START + 120 * H
+    )
     pd.testing.assert_frame_equal(got, fake.expected("ETHUSDT", 10, 120))
     assert start_times(fake) == [START + 10 * H, START + 110 * H]
 
@@ -134,8 +141,17 @@ def test_rate_limit_then_5xx_then_success(fake, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="pipelines.retry"):
         got = make_source(fake, tmp_path).fetch("BTC/USDT", "1h", since=START)
     pd.testing.assert_frame_equal(got, fake.expected("BTCUSDT", 0, 348))
-    assert [r.fault for r in fake.calls("klines")] == ["429", "500", "502", "ok", "503", "reset",
-                                                       "ok", "ok", "ok"]
+    assert [r.fault for r in fake.calls("klines")] == [
+        "429",
+        "500",
+        "502",
+        "ok",
+        "503",
+        "reset",
+        "ok",
+        "ok",
+        "ok",
+    ]
     retried = [r.getMessage() for r in caplog.records]
     assert len(retried) == 5 and all("BTC/USDT" in m for m in retried)
 
@@ -227,15 +243,21 @@ def test_crash_while_writing_the_cache_keeps_the_old_file(fake, tmp_path, monkey
 
 # -- user errors ---------------------------------------------------------------------------
 def test_unknown_symbol(fake, tmp_path):
-    with pytest.raises(DataSourceError, match=r"unknown symbol 'BTC/USDX' on exchange binance"
-                       r".*close matches: BTC/USDT.*exchange\.symbols"):
+    with pytest.raises(
+        DataSourceError,
+        match=r"unknown symbol 'BTC/USDX' on exchange binance"
+        r".*close matches: BTC/USDT.*exchange\.symbols",
+    ):
         make_source(fake, tmp_path).fetch("BTC/USDX", "1h", since=START)
     assert fake.calls("klines") == []
 
 
 def test_unknown_exchange_id(tmp_path):
-    with pytest.raises(DataSourceError, match=r"unknown ccxt exchange id 'binanse'.*binance"
-                       r".*ccxt\.exchanges"):
+    with pytest.raises(
+        DataSourceError,
+        match=r"unknown ccxt exchange id 'binanse'.*binance"
+        r".*ccxt\.exchanges",
+    ):
         CcxtSource("binanse", CFG, tmp_path)
 
 
@@ -296,8 +318,14 @@ def test_retry_backs_off_doubling_up_to_the_cap_then_names_what_failed():
         raise TemporaryError(f"down #{calls}")
 
     with pytest.raises(DataSourceError, match=r"fetching X failed 5 time\(s\).*down #5") as info:
-        retry(always_down, attempts=5, backoff_s=0.1, backoff_max_s=0.3, what="fetching X",
-              sleep=waits.append)
+        retry(
+            always_down,
+            attempts=5,
+            backoff_s=0.1,
+            backoff_max_s=0.3,
+            what="fetching X",
+            sleep=waits.append,
+        )
     assert waits == [0.1, 0.2, 0.3, 0.3]
     assert str(info.value.__cause__) == "down #5"
 
@@ -311,7 +339,10 @@ def test_retry_returns_after_temporary_failures_and_passes_other_errors_through(
             raise out
         return out
 
-    assert retry(flaky, attempts=3, backoff_s=0, backoff_max_s=0, what="x", sleep=lambda s: None) == "done"
+    assert (
+        retry(flaky, attempts=3, backoff_s=0, backoff_max_s=0, what="x", sleep=lambda s: None)
+        == "done"
+    )
 
     def broken() -> None:
         raise DataSourceError("bad symbol")

@@ -9,12 +9,24 @@ from pipelines.errors import CheckpointError
 
 
 def state(step):
-    return {"model": {"w": torch.full((3,), float(step))}, "step": step, "history": [{"total_loss": 1.0}]}
+    return {
+        "model": {"w": torch.full((3,), float(step))},
+        "step": step,
+        "history": [{"total_loss": 1.0}],
+    }
 
 
 def save(store, step, best=False):
-    return store.save(state(step), {"step": step, "kind": "batch", "is_best": best,
-                                    "metrics": {"total_loss": 1.0 / step}, "config": {"a": 1}})
+    return store.save(
+        state(step),
+        {
+            "step": step,
+            "kind": "batch",
+            "is_best": best,
+            "metrics": {"total_loss": 1.0 / step},
+            "config": {"a": 1},
+        },
+    )
 
 
 def test_atomic_write_leaves_no_temp_files_and_metadata(tmp_path):

@@ -11,10 +11,21 @@ pytestmark = [pytest.mark.ray]
 
 def test_train_runs_end_to_end_and_resumes(ray_cluster, make_cfg, tmp_path, capsys):
     cfg = make_cfg()
-    args = ["train", f"run.home={tmp_path}", f"run.name={cfg.run.name}", "tracking.enabled=true",
-            "data.symbols=[synthetic:SYN0]", "data.synthetic.length=400", "features.window=16",
-            "model.d_model=16", "model.n_heads=2", "model.n_layers=1", "train.batch_size=32",
-            "train.epochs=1", "ray.torch_threads=1"]
+    args = [
+        "train",
+        f"run.home={tmp_path}",
+        f"run.name={cfg.run.name}",
+        "tracking.enabled=true",
+        "data.symbols=[synthetic:SYN0]",
+        "data.synthetic.length=400",
+        "features.window=16",
+        "model.d_model=16",
+        "model.n_heads=2",
+        "model.n_layers=1",
+        "train.batch_size=32",
+        "train.epochs=1",
+        "ray.torch_threads=1",
+    ]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     assert "Held-out evaluation" in out and "synthetic:SYN0@1h" in out and "MLflow run" in out

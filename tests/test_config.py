@@ -22,28 +22,37 @@ def test_every_profile_loads():
 
 
 def test_overrides_apply_with_yaml_values():
-    cfg = load_config(overrides=["model.d_model=128", "data.symbols=[EUR/USD]", "train.lr=0.01",
-                                 "ray.address=auto"])
+    cfg = load_config(
+        overrides=[
+            "model.d_model=128",
+            "data.symbols=[EUR/USD]",
+            "train.lr=0.01",
+            "ray.address=auto",
+        ]
+    )
     assert cfg.model.d_model == 128
     assert cfg.data.symbols == ("EUR/USD",)
     assert cfg.train.lr == 0.01
     assert cfg.ray.address == "auto"
 
 
-@pytest.mark.parametrize(("override", "needle"), [
-    ("model.dmodel=3", "model.dmodel"),
-    ("bogus.key=1", "bogus"),
-    ("model.d_model=abc", "model.d_model: expected an integer"),
-    ("model.d_model=1.5", "model.d_model: expected an integer"),
-    ("tracking.enabled=yes please", "tracking.enabled: expected true or false"),
-    ("data.symbols=EURUSD", "data.symbols: expected a list"),
-    ("model.d_model=30", "multiple of model.n_heads"),
-    ("model.device=tpu", "model.device"),
-    ("data.extra_timeframes=[30m]", "coarser than data.timeframe"),
-    ("data.timeframe=1x", "timeframe '1x' is not understood"),
-    ("train.holdout_fraction=1.5", "train.holdout_fraction"),
-    ("nokey", "section.key=value"),
-])
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("model.dmodel=3", "model.dmodel"),
+        ("bogus.key=1", "bogus"),
+        ("model.d_model=abc", "model.d_model: expected an integer"),
+        ("model.d_model=1.5", "model.d_model: expected an integer"),
+        ("tracking.enabled=yes please", "tracking.enabled: expected true or false"),
+        ("data.symbols=EURUSD", "data.symbols: expected a list"),
+        ("model.d_model=30", "multiple of model.n_heads"),
+        ("model.device=tpu", "model.device"),
+        ("data.extra_timeframes=[30m]", "coarser than data.timeframe"),
+        ("data.timeframe=1x", "timeframe '1x' is not understood"),
+        ("train.holdout_fraction=1.5", "train.holdout_fraction"),
+        ("nokey", "section.key=value"),
+    ],
+)
 def test_bad_config_names_the_key(override, needle):
     with pytest.raises(ConfigError) as exc:
         load_config(overrides=[override])

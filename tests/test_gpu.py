@@ -16,7 +16,10 @@ from actors.core import ModelCore
 from pipelines.checkpoints import CheckpointStore
 from pipelines.trainer import Trainer
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+]
 
 
 def test_100_steps_on_cuda_and_checkpoint_round_trip(make_cfg, tmp_path):
@@ -34,7 +37,9 @@ def test_100_steps_on_cuda_and_checkpoint_round_trip(make_cfg, tmp_path):
         m = core.train_batch(x[b], yc[b], ya[b])
     torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    print(f"\n100 CUDA steps (batch 64) in {dt:.2f}s = {100 * 64 / dt:.0f} samples/s on {torch.cuda.get_device_name()}")
+    print(
+        f"\n100 CUDA steps (batch 64) in {dt:.2f}s = {100 * 64 / dt:.0f} samples/s on {torch.cuda.get_device_name()}"
+    )
     assert m["step"] == 100 and np.isfinite(m["total_loss"])
     info = core.save_checkpoint("gpu-smoke")
 
@@ -55,7 +60,11 @@ def test_100_steps_on_cuda_and_checkpoint_round_trip(make_cfg, tmp_path):
     # and back to the GPU: a restarted actor resumes on CUDA, optimizer state included
     again = ModelCore(cfg)
     assert again.trainer.step == 100 and again.device.type == "cuda"
-    assert all(v.device.type == "cuda" for s in again.trainer.optimizer.state.values() for v in s.values()
-               if isinstance(v, torch.Tensor) and v.dim() > 0)
+    assert all(
+        v.device.type == "cuda"
+        for s in again.trainer.optimizer.state.values()
+        for v in s.values()
+        if isinstance(v, torch.Tensor) and v.dim() > 0
+    )
     out = again.train_batch(x[:64], yc[:64], ya[:64])
     assert out["step"] == 101 and np.isfinite(out["total_loss"])

@@ -21,8 +21,11 @@ pytestmark = [pytest.mark.ray]
 
 def arrays(spec, b=8, seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((b, spec.window, spec.n_features)).astype(np.float32),
-            rng.standard_normal((b, 5)).astype(np.float32), rng.integers(0, 3, b))
+    return (
+        rng.standard_normal((b, spec.window, spec.n_features)).astype(np.float32),
+        rng.standard_normal((b, 5)).astype(np.float32),
+        rng.integers(0, 3, b),
+    )
 
 
 def dataset(spec, n, seed=0):
@@ -63,9 +66,14 @@ def test_200_concurrent_train_calls_are_serialized_while_predictions_go_on(ray_c
     threads = [threading.Thread(target=worker, args=(25,)) for _ in range(4)]  # 100 from threads
     for t in threads:
         t.start()
-    task_refs = [train_from_task.remote(client.handle, x, yc, ya, 25) for _ in range(4)]  # 100 from tasks
+    task_refs = [
+        train_from_task.remote(client.handle, x, yc, ya, 25) for _ in range(4)
+    ]  # 100 from tasks
     answered, versions = 0, set()
-    while any(t.is_alive() for t in threads) or ray.wait(task_refs, num_returns=len(task_refs), timeout=0)[1]:
+    while (
+        any(t.is_alive() for t in threads)
+        or ray.wait(task_refs, num_returns=len(task_refs), timeout=0)[1]
+    ):
         predictor.refresh(client)
         p = predictor.predict(x)
         assert np.isfinite(p.probs).all() and np.isfinite(p.candle).all()
@@ -147,7 +155,9 @@ def test_sigkill_restarts_and_resumes_from_the_last_checkpoint(ray_cluster, make
             pass
         assert time.time() < deadline, "actor did not come back"
         time.sleep(0.5)
-    assert m2["steps"] == 10 and m2["restored_from"] == 10  # lost only the 2 steps after the checkpoint
+    assert (
+        m2["steps"] == 10 and m2["restored_from"] == 10
+    )  # lost only the 2 steps after the checkpoint
     assert m2["generation"] != m["generation"]
     out = client.call("train_batch", x, yc, ya)
     assert out["step"] == 11

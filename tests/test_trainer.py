@@ -7,13 +7,18 @@ from pipelines.errors import InvalidInputError
 from pipelines.model import ModelSpec
 from pipelines.trainer import METRICS, Trainer
 
-SPEC = ModelSpec(n_features=5, window=8, d_model=16, n_heads=2, n_layers=1, dim_feedforward=32, dropout=0.0)
+SPEC = ModelSpec(
+    n_features=5, window=8, d_model=16, n_heads=2, n_layers=1, dim_feedforward=32, dropout=0.0
+)
 
 
 def batch(b=16, seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((b, 8, 5)).astype(np.float32), rng.standard_normal((b, 5)).astype(np.float32),
-            rng.integers(0, 3, b))
+    return (
+        rng.standard_normal((b, 8, 5)).astype(np.float32),
+        rng.standard_normal((b, 5)).astype(np.float32),
+        rng.integers(0, 3, b),
+    )
 
 
 def weights(t: Trainer) -> dict[str, torch.Tensor]:
@@ -33,14 +38,17 @@ def test_train_step_reports_every_metric_and_learns():
     assert s["steps"] == 151 and s["trend"] in ("improving", "flat") and s["last_train_time"]
 
 
-@pytest.mark.parametrize(("mutate", "needle"), [
-    (lambda x, yc, ya: (x[:, :4], yc, ya), "shape"),
-    (lambda x, yc, ya: (np.where(np.arange(8)[None, :, None] == 3, np.nan, x), yc, ya), "NaN"),
-    (lambda x, yc, ya: (x, np.full_like(yc, np.inf), ya), "NaN or infinite"),
-    (lambda x, yc, ya: (x, yc[:, :3], ya), "expected (16, 5)"),
-    (lambda x, yc, ya: (x, yc, ya + 5), "HOLD"),
-    (lambda x, yc, ya: (x[:0], yc[:0], ya[:0]), "B >= 1"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda x, yc, ya: (x[:, :4], yc, ya), "shape"),
+        (lambda x, yc, ya: (np.where(np.arange(8)[None, :, None] == 3, np.nan, x), yc, ya), "NaN"),
+        (lambda x, yc, ya: (x, np.full_like(yc, np.inf), ya), "NaN or infinite"),
+        (lambda x, yc, ya: (x, yc[:, :3], ya), "expected (16, 5)"),
+        (lambda x, yc, ya: (x, yc, ya + 5), "HOLD"),
+        (lambda x, yc, ya: (x[:0], yc[:0], ya[:0]), "B >= 1"),
+    ],
+)
 def test_bad_batches_never_touch_the_weights(mutate, needle):
     t = Trainer(SPEC, TrainConfig(), torch.device("cpu"))
     t.train_step(*batch())

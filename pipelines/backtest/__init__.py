@@ -17,5 +17,10 @@ from pipelines.backtest.simulator import simulate
 from pipelines.backtest.stats import infer_bars_per_year
 
 __all__ = [
-    "TRADE_COLUMNS", "BacktestResult", "BacktestSpec", "TradeLedger", "infer_bars_per_year", "simulate",
+    "TRADE_COLUMNS",
+    "BacktestResult",
+    "BacktestSpec",
+    "TradeLedger",
+    "infer_bars_per_year",
+    "simulate",
 ]

@@ -23,9 +23,15 @@ WALK_FORWARD_MODES: tuple[str, ...] = ("none", "pivots_only", "every_candle")
 def backtest_spec(cfg: BacktestConfig) -> BacktestSpec:
     """The simulator semantics of a ``backtest:`` section; a bad value is a ``ConfigError``."""
     try:
-        return BacktestSpec(cash=cfg.cash, commission=cfg.commission, fill=cfg.fill,  # type: ignore[arg-type]
-                            direction=cfg.direction, units=cfg.units, at_end=cfg.at_end,  # type: ignore[arg-type]
-                            bars_per_year=cfg.bars_per_year)
+        return BacktestSpec(
+            cash=cfg.cash,
+            commission=cfg.commission,
+            fill=cfg.fill,  # type: ignore[arg-type]
+            direction=cfg.direction,
+            units=cfg.units,
+            at_end=cfg.at_end,  # type: ignore[arg-type]
+            bars_per_year=cfg.bars_per_year,
+        )
     except BacktestError as exc:
         # "backtest fill='x' is not allowed; ..." -> "backtest.fill='x' ...": the config key
         raise ConfigError(str(exc).replace("backtest ", "backtest.", 1)) from exc
@@ -34,23 +40,35 @@ def backtest_spec(cfg: BacktestConfig) -> BacktestSpec:
 def check_backtest_config(cfg: BacktestConfig) -> None:
     backtest_spec(cfg)
     if cfg.walk_forward not in WALK_FORWARD_MODES:
-        raise ConfigError(f"backtest.walk_forward={cfg.walk_forward!r} is not allowed; choose one of "
-                          f"{list(WALK_FORWARD_MODES)} (none: no training during the backtest)")
+        raise ConfigError(
+            f"backtest.walk_forward={cfg.walk_forward!r} is not allowed; choose one of "
+            f"{list(WALK_FORWARD_MODES)} (none: no training during the backtest)"
+        )
     if not 0.0 <= cfg.confidence <= 1.0:
-        raise ConfigError(f"backtest.confidence={cfg.confidence!r} must be a probability in [0, 1] "
-                          "(0: always act on the most likely action)")
+        raise ConfigError(
+            f"backtest.confidence={cfg.confidence!r} must be a probability in [0, 1] "
+            "(0: always act on the most likely action)"
+        )
     if cfg.inference_batch < 1:
-        raise ConfigError(f"backtest.inference_batch={cfg.inference_batch} must be >= 1 (e.g. 256 on CPU)")
+        raise ConfigError(
+            f"backtest.inference_batch={cfg.inference_batch} must be >= 1 (e.g. 256 on CPU)"
+        )
     if cfg.retrain_every < 1 or cfg.retrain_epochs < 1:
-        raise ConfigError(f"backtest.retrain_every={cfg.retrain_every} and backtest.retrain_epochs="
-                          f"{cfg.retrain_epochs} must be >= 1 (e.g. retrain_every=256, retrain_epochs=1)")
+        raise ConfigError(
+            f"backtest.retrain_every={cfg.retrain_every} and backtest.retrain_epochs="
+            f"{cfg.retrain_epochs} must be >= 1 (e.g. retrain_every=256, retrain_epochs=1)"
+        )
     if not cfg.task_num_cpus > 0:
-        raise ConfigError(f"backtest.task_num_cpus={cfg.task_num_cpus} must be > 0 (fractions such as 0.5 are fine)")
+        raise ConfigError(
+            f"backtest.task_num_cpus={cfg.task_num_cpus} must be > 0 (fractions such as 0.5 are fine)"
+        )
     since = _timestamp(cfg.since, "backtest.since")
     until = _timestamp(cfg.until, "backtest.until")
     if since is not None and until is not None and since > until:
-        raise ConfigError(f"backtest.since={cfg.since!r} is after backtest.until={cfg.until!r}; "
-                          "give the start first (e.g. --range 2024-01-01:2024-03-01)")
+        raise ConfigError(
+            f"backtest.since={cfg.since!r} is after backtest.until={cfg.until!r}; "
+            "give the start first (e.g. --range 2024-01-01:2024-03-01)"
+        )
 
 
 def _timestamp(text: str | None, what: str) -> pd.Timestamp | None:
@@ -59,8 +77,10 @@ def _timestamp(text: str | None, what: str) -> pd.Timestamp | None:
     try:
         ts = pd.to_datetime(text, format="ISO8601")  # not pd.Timestamp: it reads "March" as a date
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{what}={text!r} is not an ISO date; use e.g. 2024-01-01 or 2024-01-01T12:00 "
-                          "(UTC unless it names a zone)") from exc
+        raise ConfigError(
+            f"{what}={text!r} is not an ISO date; use e.g. 2024-01-01 or 2024-01-01T12:00 "
+            "(UTC unless it names a zone)"
+        ) from exc
     return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
 
 
@@ -72,11 +92,17 @@ def parse_range(text: str) -> tuple[str | None, str | None]:
     """
     parts = text.split("..") if ".." in text else text.split(":")
     if len(parts) != 2:
-        raise ConfigError(f"--range {text!r} must be START:END with ISO dates (e.g. 2024-01-01:2024-03-01), "
-                          "or START..END when a side has a time (2024-01-01T09:00..2024-01-02); "
-                          "either side may be empty")
-    start, end = (_timestamp(raw.strip() or None, f"--range {side}")
-                  for side, raw in zip(("start", "end"), parts, strict=True))
+        raise ConfigError(
+            f"--range {text!r} must be START:END with ISO dates (e.g. 2024-01-01:2024-03-01), "
+            "or START..END when a side has a time (2024-01-01T09:00..2024-01-02); "
+            "either side may be empty"
+        )
+    start, end = (
+        _timestamp(raw.strip() or None, f"--range {side}")
+        for side, raw in zip(("start", "end"), parts, strict=True)
+    )
     if start is not None and end is not None and start > end:
-        raise ConfigError(f"--range {text!r}: the start is after the end; give START:END in that order")
+        raise ConfigError(
+            f"--range {text!r}: the start is after the end; give START:END in that order"
+        )
     return (None if start is None else start.isoformat(), None if end is None else end.isoformat())

@@ -118,7 +118,8 @@ def run(open_: np.ndarray, close: np.ndarray, sig: np.ndarray, spec: BacktestSpe
     if skipped:
         log.warning(
             "%d entr%s skipped: cash could not buy one whole unit (use units='fractional' or more cash)",
-            skipped, "y was" if skipped == 1 else "ies were",
+            skipped,
+            "y was" if skipped == 1 else "ies were",
         )
 
     m = len(fill)
@@ -206,8 +207,15 @@ def _prepend(value: float, arr: np.ndarray) -> np.ndarray:
 
 
 def _retry(
-    sig: np.ndarray, w: int, change: np.ndarray, k: int, lag: int, px: np.ndarray,
-    cash: float, c: float, whole: bool,
+    sig: np.ndarray,
+    w: int,
+    change: np.ndarray,
+    k: int,
+    lag: int,
+    px: np.ndarray,
+    cash: float,
+    c: float,
+    whole: bool,
 ) -> tuple[int, float, float]:
     """(fill bar, price, units) of the first bar after change k, before the next change, whose
     signal asks for side ``w`` again and whose fill ``cash`` can afford; units 0 if none."""

@@ -45,22 +45,35 @@ class Inference:
     sigma: np.ndarray
 
 
-def all_windows(candles: pd.DataFrame, timeframe: str, extra_timeframes: Sequence[str], window: int,
-                symbol: str = "?") -> Windows:
+def all_windows(
+    candles: pd.DataFrame,
+    timeframe: str,
+    extra_timeframes: Sequence[str],
+    window: int,
+    symbol: str = "?",
+) -> Windows:
     """Windows ending at every bar from ``window - 1`` on, in one call."""
     n = len(candles)
     if n < max(window, 2):
-        raise BacktestError(f"{symbol}: {n} candles in the range, fewer than the model's window of "
-                            f"{window} bars (at least {max(window, 2)} needed); widen the range "
-                            "(--range, backtest.since/until)")
+        raise BacktestError(
+            f"{symbol}: {n} candles in the range, fewer than the model's window of "
+            f"{window} bars (at least {max(window, 2)} needed); widen the range "
+            "(--range, backtest.since/until)"
+        )
     ends = np.arange(window - 1, n, dtype=np.int64)
     higher = higher_timeframes(candles, timeframe, tuple(extra_timeframes))
     x, sigma = make_windows(candles, window, higher, ends)
     return Windows(ends, x, sigma)
 
 
-def infer(predictor: Predictor, w: Windows, start: int = 0, stop: int | None = None, *,
-          batch_size: int = 256) -> Inference:
+def infer(
+    predictor: Predictor,
+    w: Windows,
+    start: int = 0,
+    stop: int | None = None,
+    *,
+    batch_size: int = 256,
+) -> Inference:
     """Predict windows ``start:stop`` in batches of ``batch_size`` (``Predictor.predict``: eval, no grad).
 
     On CPU a few hundred windows per batch is fastest: larger batches allocate activations
@@ -72,7 +85,12 @@ def infer(predictor: Predictor, w: Windows, start: int = 0, stop: int | None = N
 
 
 def concat(parts: Sequence[Inference]) -> Inference:
-    return Inference(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("ends", "candle", "probs", "sigma")))
+    return Inference(
+        *(
+            np.concatenate([getattr(p, f) for p in parts])
+            for f in ("ends", "candle", "probs", "sigma")
+        )
+    )
 
 
 def confidence_actions(probs: np.ndarray, confidence: float) -> np.ndarray:

@@ -93,12 +93,20 @@ def model_stats(close: np.ndarray, inf: Inference, labels: np.ndarray) -> dict[s
         "confusion_labels": list(ACTIONS),
         "direction_acc": float(np.mean(np.sign(pred) == np.sign(actual))) if len(e) else nan,
         "close_err_vol": float(np.mean(np.abs(pred - actual / sigma))) if len(e) else nan,
-        "close_err_pct": float(100 * np.mean(np.abs(pred_close / close[e + 1] - 1))) if len(e) else nan,
+        "close_err_pct": float(100 * np.mean(np.abs(pred_close / close[e + 1] - 1)))
+        if len(e)
+        else nan,
     }
 
 
-def backtest_model(candles: pd.DataFrame, weights: BacktestWeights, cfg: Config, *, timeframe: str,
-                   symbol: str = "?") -> ModelBacktest:
+def backtest_model(
+    candles: pd.DataFrame,
+    weights: BacktestWeights,
+    cfg: Config,
+    *,
+    timeframe: str,
+    symbol: str = "?",
+) -> ModelBacktest:
     """Backtest ``weights`` on ``candles`` (one symbol, at ``timeframe``) with ``cfg.backtest``."""
     t0 = time.perf_counter()
     bt = cfg.backtest
@@ -111,18 +119,33 @@ def backtest_model(candles: pd.DataFrame, weights: BacktestWeights, cfg: Config,
         inf = infer(predictor, w, batch_size=bt.inference_batch)
     else:
         known = label_known_at(candles, labels, bt.walk_forward, cfg.labels.pivot_bars)
-        inf, rounds = walk_forward(candles, w, labels, known, weights, cfg.train, every=bt.retrain_every,
-                                   epochs=bt.retrain_epochs, batch_size=bt.inference_batch, seed=cfg.run.seed,
-                                   device=cfg.model.device)
+        inf, rounds = walk_forward(
+            candles,
+            w,
+            labels,
+            known,
+            weights,
+            cfg.train,
+            every=bt.retrain_every,
+            epochs=bt.retrain_epochs,
+            batch_size=bt.inference_batch,
+            seed=cfg.run.seed,
+            device=cfg.model.device,
+        )
     acts = confidence_actions(inf.probs, bt.confidence)
     actions = bar_actions(len(candles), w.ends, acts)
     result = simulate(candles, trade_signals(actions), backtest_spec(bt), symbol=symbol)
     stats = model_stats(candles["close"].to_numpy(dtype=np.float64), inf, labels)
     counts = np.bincount(acts, minlength=3)
     stats.update({f"signals_{a.lower()}": int(c) for a, c in zip(ACTIONS, counts, strict=True)})
-    training = {"mode": bt.walk_forward, "rounds": len(rounds), "steps": sum(r.steps for r in rounds),
-                "samples": int(sum(len(r.bars) for r in rounds))}
+    training = {
+        "mode": bt.walk_forward,
+        "rounds": len(rounds),
+        "steps": sum(r.steps for r in rounds),
+        "samples": int(sum(len(r.bars) for r in rounds)),
+    }
     if bt.walk_forward != "none":
         training["retrain_every"] = bt.retrain_every
-    return ModelBacktest(symbol, result, actions, inf, stats, training, tuple(rounds),
-                         time.perf_counter() - t0)
+    return ModelBacktest(
+        symbol, result, actions, inf, stats, training, tuple(rounds), time.perf_counter() - t0
+    )

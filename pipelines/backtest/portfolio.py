@@ -36,18 +36,24 @@ class Portfolio:
     stats: dict[str, Any]
 
 
-def combine_equity(curves: Mapping[str, pd.Series], initial_cash: Mapping[str, float], cash: float) -> pd.Series:
+def combine_equity(
+    curves: Mapping[str, pd.Series], initial_cash: Mapping[str, float], cash: float
+) -> pd.Series:
     """``cash`` x the mean over symbols of ``curve / initial_cash``, on the union of timestamps."""
     if not curves:
         raise BacktestError("no equity curves to combine: every symbol failed")
-    norm = pd.concat({k: c / float(initial_cash[k]) for k, c in curves.items()}, axis=1).sort_index()
+    norm = pd.concat(
+        {k: c / float(initial_cash[k]) for k, c in curves.items()}, axis=1
+    ).sort_index()
     norm = norm.ffill().fillna(1.0)  # carried forward; all cash before a symbol's first bar
     out = cash * norm.mean(axis=1)
     out.name = "equity"
     return out
 
 
-def portfolio_stats(equity: pd.Series, cash: float, bars_per_year: float | None = None) -> dict[str, Any]:
+def portfolio_stats(
+    equity: pd.Series, cash: float, bars_per_year: float | None = None
+) -> dict[str, Any]:
     """total_return, max_drawdown, sharpe (annualised), annual_volatility, bars, start, end."""
     e = equity.to_numpy(dtype=np.float64)
     p = infer_bars_per_year(equity.index) if bars_per_year is None else float(bars_per_year)
@@ -70,8 +76,14 @@ def portfolio_stats(equity: pd.Series, cash: float, bars_per_year: float | None 
     }
 
 
-def combine(curves: Mapping[str, pd.Series], initial_cash: Mapping[str, float], cash: float,
-            bars_per_year: float | None = None) -> Portfolio:
+def combine(
+    curves: Mapping[str, pd.Series],
+    initial_cash: Mapping[str, float],
+    cash: float,
+    bars_per_year: float | None = None,
+) -> Portfolio:
     equity = combine_equity(curves, initial_cash, cash)
     shares = {k: 1.0 / len(curves) for k in curves}
-    return Portfolio(equity, shares, {"symbols": len(curves), **portfolio_stats(equity, cash, bars_per_year)})
+    return Portfolio(
+        equity, shares, {"symbols": len(curves), **portfolio_stats(equity, cash, bars_per_year)}
+    )

@@ -11,8 +11,17 @@ import pandas as pd
 from pipelines.backtest.semantics import BacktestSpec
 
 TRADE_COLUMNS: tuple[str, ...] = (
-    "entry_bar", "exit_bar", "entry_time", "exit_time", "side", "size",
-    "entry_price", "exit_price", "pnl", "commission", "return",
+    "entry_bar",
+    "exit_bar",
+    "entry_time",
+    "exit_time",
+    "side",
+    "size",
+    "entry_price",
+    "exit_price",
+    "pnl",
+    "commission",
+    "return",
 )
 
 
@@ -54,17 +63,35 @@ class TradeLedger:
     n_closed: int
 
     @classmethod
-    def build(cls, index: pd.DatetimeIndex, entry_bar: np.ndarray, exit_bar: np.ndarray,
-              size: np.ndarray, entry_price: np.ndarray, exit_price: np.ndarray,
-              rate: float, n_closed: int) -> TradeLedger:
+    def build(
+        cls,
+        index: pd.DatetimeIndex,
+        entry_bar: np.ndarray,
+        exit_bar: np.ndarray,
+        size: np.ndarray,
+        entry_price: np.ndarray,
+        exit_price: np.ndarray,
+        rate: float,
+        n_closed: int,
+    ) -> TradeLedger:
         units = np.abs(size)
         fee_out = units * exit_price * rate
         fee_out[n_closed:] = 0.0
         commission = fee_out + units * entry_price * rate
         pnl = size * (exit_price - entry_price) - commission
         ret = np.sign(size) * (exit_price / entry_price - 1) - commission / (units * entry_price)
-        return cls(index, entry_bar, exit_bar, size, entry_price, exit_price, commission, pnl, ret,
-                   n_closed)
+        return cls(
+            index,
+            entry_bar,
+            exit_bar,
+            size,
+            entry_price,
+            exit_price,
+            commission,
+            pnl,
+            ret,
+            n_closed,
+        )
 
     def frame(self, rows: slice) -> pd.DataFrame:
         """The trades in ``rows`` as a DataFrame with ``TRADE_COLUMNS``."""

@@ -83,7 +83,9 @@ def run_job(job: BacktestJob, weights: BacktestWeights, cfg: Config) -> ModelBac
 
 
 @ray.remote
-def _job_task(job: BacktestJob, weights: BacktestWeights, cfg: Config, torch_threads: int) -> ModelBacktest:
+def _job_task(
+    job: BacktestJob, weights: BacktestWeights, cfg: Config, torch_threads: int
+) -> ModelBacktest:
     import torch
 
     torch.set_num_threads(torch_threads)  # a worker is reused: set it for every task
@@ -91,7 +93,9 @@ def _job_task(job: BacktestJob, weights: BacktestWeights, cfg: Config, torch_thr
 
 
 def _failure(job: BacktestJob, exc: BaseException) -> SymbolOutcome:
-    cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None else exc
+    cause = (
+        exc.cause if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None else exc
+    )
     message = str(cause).strip() or type(cause).__name__
     log.warning("backtest of %s failed: %s: %s", job.symbol, type(cause).__name__, message)
     return SymbolOutcome(job, None, message, type(cause).__name__)
@@ -103,14 +107,21 @@ def _portfolio(outcomes: Sequence[SymbolOutcome], cfg: Config) -> Portfolio | No
         return None
     curves, initial = {}, {}
     for i, b in enumerate(ran):
-        key = b.symbol if b.symbol not in curves else f"{b.symbol}#{i}"  # one symbol over two ranges
+        key = (
+            b.symbol if b.symbol not in curves else f"{b.symbol}#{i}"
+        )  # one symbol over two ranges
         curves[key], initial[key] = b.result.equity, b.result.spec.cash
     return combine(curves, initial, cfg.backtest.cash, cfg.backtest.bars_per_year)
 
 
-def run_backtests(jobs: Sequence[BacktestJob], weights: BacktestWeights, cfg: Config, *,
-                  on_done: Callable[[SymbolOutcome, int, int], None] | None = None,
-                  torch_threads: int | None = None) -> BacktestRun:
+def run_backtests(
+    jobs: Sequence[BacktestJob],
+    weights: BacktestWeights,
+    cfg: Config,
+    *,
+    on_done: Callable[[SymbolOutcome, int, int], None] | None = None,
+    torch_threads: int | None = None,
+) -> BacktestRun:
     """Run every job as a Ray task (``backtest.task_num_cpus`` CPUs each) and gather them.
 
     ``on_done(outcome, n_done, n_total)`` is called as each one finishes (progress).
@@ -138,8 +149,13 @@ def run_backtests(jobs: Sequence[BacktestJob], weights: BacktestWeights, cfg: Co
     return BacktestRun(done, _portfolio(done, cfg), weights.describe(), time.perf_counter() - t0)
 
 
-def run_in_process(jobs: Sequence[BacktestJob], weights: BacktestWeights, cfg: Config, *,
-                   on_done: Callable[[SymbolOutcome, int, int], None] | None = None) -> BacktestRun:
+def run_in_process(
+    jobs: Sequence[BacktestJob],
+    weights: BacktestWeights,
+    cfg: Config,
+    *,
+    on_done: Callable[[SymbolOutcome, int, int], None] | None = None,
+) -> BacktestRun:
     """The same as ``run_backtests``, one job after another in this process (no Ray)."""
     from pipelines.errors import CandlerayError
 
@@ -152,4 +168,6 @@ def run_in_process(jobs: Sequence[BacktestJob], weights: BacktestWeights, cfg: C
             outcomes.append(_failure(job, exc))
         if on_done is not None:
             on_done(outcomes[-1], k + 1, len(jobs))
-    return BacktestRun(tuple(outcomes), _portfolio(outcomes, cfg), weights.describe(), time.perf_counter() - t0)
+    return BacktestRun(
+        tuple(outcomes), _portfolio(outcomes, cfg), weights.describe(), time.perf_counter() - t0
+    )

@@ -72,7 +72,9 @@ class BacktestSpec:
                 f"backtest cash={self.cash!r} is not allowed; starting cash must be > 0, "
                 "e.g. cash=10_000"
             )
-        _check_number("commission", self.commission, "use a fraction, e.g. commission=0.001 for 0.1 %")
+        _check_number(
+            "commission", self.commission, "use a fraction, e.g. commission=0.001 for 0.1 %"
+        )
         if not 0 <= self.commission < 1:
             raise BacktestError(
                 f"backtest commission={self.commission!r} is not allowed; it is a fraction of "
@@ -96,9 +98,7 @@ class BacktestSpec:
         known = [f.name for f in dataclasses.fields(self)]
         unknown = sorted(set(changes) - set(known))
         if unknown:
-            raise BacktestError(
-                f"unknown backtest option(s) {unknown}; the options are {known}"
-            )
+            raise BacktestError(f"unknown backtest option(s) {unknown}; the options are {known}")
         return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:

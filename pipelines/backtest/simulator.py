@@ -56,8 +56,14 @@ def simulate(
     book = engine.run(open_, close, sig, spec)
 
     ledger = TradeLedger.build(
-        index, book.entry_bar, book.exit_bar, book.size, book.entry_price, book.exit_price,
-        spec.commission, n_closed=book.n_closed,
+        index,
+        book.entry_bar,
+        book.exit_bar,
+        book.size,
+        book.entry_price,
+        book.exit_price,
+        spec.commission,
+        n_closed=book.n_closed,
     )
     closed = slice(0, book.n_closed)
     bpy = spec.bars_per_year if spec.bars_per_year is not None else infer_bars_per_year(index)

@@ -151,7 +151,9 @@ def _ratio(num: float, den: float) -> float:
     return num / den
 
 
-def _drawdown_periods(dd: np.ndarray, t_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _drawdown_periods(
+    dd: np.ndarray, t_ns: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per drawdown period: bars and ns from the peak to recovery (or the last bar), and depth.
 
     A period is a run of bars below the running peak; it starts at the peak bar before the run
@@ -176,7 +178,9 @@ def _exposure(held_from: np.ndarray, held_to: np.ndarray, n: int) -> float:
     """
     if not len(held_from):
         return 0.0
-    bars = int(np.sum(held_to - held_from + 1)) - int(np.count_nonzero(held_to[:-1] == held_from[1:]))
+    bars = int(np.sum(held_to - held_from + 1)) - int(
+        np.count_nonzero(held_to[:-1] == held_from[1:])
+    )
     return bars / n
 
 

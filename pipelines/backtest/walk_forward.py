@@ -50,7 +50,9 @@ class TrainRound:
     loss: float  # mean total loss over the round's steps
 
 
-def label_known_at(candles: pd.DataFrame, labels: np.ndarray, mode: str, pivot_bars: int) -> np.ndarray:
+def label_known_at(
+    candles: pd.DataFrame, labels: np.ndarray, mode: str, pivot_bars: int
+) -> np.ndarray:
     """(N,) bar at whose close the training label of each bar is known; ``NEVER`` if not trained on."""
     n = len(labels)
     t = np.arange(n, dtype=np.int64)
@@ -59,16 +61,32 @@ def label_known_at(candles: pd.DataFrame, labels: np.ndarray, mode: str, pivot_b
         ok = labels != UNKNOWN
         known[ok] = t[ok] + max(1, pivot_bars)
     elif mode == "pivots_only":
-        piv = pivot_actions(candles["high"].to_numpy(), candles["low"].to_numpy(), pivot_bars) != UNKNOWN
+        piv = (
+            pivot_actions(candles["high"].to_numpy(), candles["low"].to_numpy(), pivot_bars)
+            != UNKNOWN
+        )
         known[piv] = t[piv] + pivot_bars
     else:
-        raise BacktestError(f"walk-forward mode {mode!r} does not train; use pivots_only or every_candle")
+        raise BacktestError(
+            f"walk-forward mode {mode!r} does not train; use pivots_only or every_candle"
+        )
     return known
 
 
-def walk_forward(candles: pd.DataFrame, w: Windows, labels: np.ndarray, known_at: np.ndarray,
-                 weights: BacktestWeights, train_cfg: TrainConfig, *, every: int, epochs: int = 1,
-                 batch_size: int = 256, seed: int = 0, device: str = "cpu") -> tuple[Inference, list[TrainRound]]:
+def walk_forward(
+    candles: pd.DataFrame,
+    w: Windows,
+    labels: np.ndarray,
+    known_at: np.ndarray,
+    weights: BacktestWeights,
+    train_cfg: TrainConfig,
+    *,
+    every: int,
+    epochs: int = 1,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str = "cpu",
+) -> tuple[Inference, list[TrainRound]]:
     """Predict every window of ``w`` chunk by chunk, training a private copy between chunks.
 
     ``labels`` (N,) are the action labels and ``known_at`` (N,) when each becomes known
@@ -94,24 +112,34 @@ def walk_forward(candles: pd.DataFrame, w: Windows, labels: np.ndarray, known_at
         at_bar = int(w.ends[start])
         upto = int(np.searchsorted(cand_known, at_bar, side="right"))  # known by at_bar's close
         if upto > done:
-            rounds.append(_train_round(trainer, w, cand, y_candle, y_action, done, upto, at_bar,
-                                       epochs, rng))
+            rounds.append(
+                _train_round(trainer, w, cand, y_candle, y_action, done, upto, at_bar, epochs, rng)
+            )
             done = upto
         predictor.load(trainer.model.state_dict(), trainer.step)
         parts.append(infer(predictor, w, start, start + every, batch_size=batch_size))
     return concat(parts), rounds
 
 
-def _train_round(trainer: Trainer, w: Windows, cand: np.ndarray, y_candle: np.ndarray,
-                 y_action: np.ndarray, lo: int, hi: int, at_bar: int, epochs: int,
-                 rng: np.random.Generator) -> TrainRound:
+def _train_round(
+    trainer: Trainer,
+    w: Windows,
+    cand: np.ndarray,
+    y_candle: np.ndarray,
+    y_action: np.ndarray,
+    lo: int,
+    hi: int,
+    at_bar: int,
+    epochs: int,
+    rng: np.random.Generator,
+) -> TrainRound:
     bs = trainer.cfg.batch_size
     losses = []
     for epoch in range(epochs):
         # the first pass in time order; later passes shuffled (seeded)
         order = np.arange(lo, hi) if epoch == 0 else lo + rng.permutation(hi - lo)
         for s in range(0, len(order), bs):
-            b = order[s:s + bs]
+            b = order[s : s + bs]
             m = trainer.train_step(w.x[cand[b]], y_candle[b], y_action[b])
             losses.append(m["total_loss"])
     bars = np.sort(w.ends[cand[lo:hi]])

@@ -42,8 +42,13 @@ class BacktestWeights:
     extra_timeframes: tuple[str, ...]
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.source, "version": self.version, "step": self.step,
-                "extra_timeframes": list(self.extra_timeframes), "spec": self.spec.to_dict()}
+        return {
+            "source": self.source,
+            "version": self.version,
+            "step": self.step,
+            "extra_timeframes": list(self.extra_timeframes),
+            "spec": self.spec.to_dict(),
+        }
 
 
 def _checked(spec: ModelSpec, extra: tuple[str, ...], where: str) -> tuple[str, ...]:
@@ -51,7 +56,8 @@ def _checked(spec: ModelSpec, extra: tuple[str, ...], where: str) -> tuple[str, 
         raise BacktestError(
             f"{where}: the model takes {spec.n_features} features per bar but extra timeframes "
             f"{list(extra)} give {n_features(len(extra))}; run the backtest with the "
-            "data.extra_timeframes the model was trained with")
+            "data.extra_timeframes the model was trained with"
+        )
     return extra
 
 
@@ -70,24 +76,36 @@ def weights_from_checkpoint(path: str, cfg: Config) -> BacktestWeights:
             best = store.best()
             got = None if best is None else store.load(best.path)
         if got is None:
-            raise CheckpointError(f"no {path} checkpoint of model {cfg.run.name!r} under {store_uri}; "
-                                  "train first (candleray train) or pass --checkpoint PATH")
+            raise CheckpointError(
+                f"no {path} checkpoint of model {cfg.run.name!r} under {store_uri}; "
+                "train first (candleray train) or pass --checkpoint PATH"
+            )
         state, meta = got
         path = f"{store_uri}/{meta['file']}" if "file" in meta else path
     else:
         fs, local = fsspec.core.url_to_fs(path)
         if not fs.exists(local):
-            raise CheckpointError(f"checkpoint {path} does not exist; pass a .pt file listed by "
-                                  "`candleray checkpoints`, or best / latest")
+            raise CheckpointError(
+                f"checkpoint {path} does not exist; pass a .pt file listed by "
+                "`candleray checkpoints`, or best / latest"
+            )
         state, meta = CheckpointStore(path.rsplit("/", 1)[0] if "/" in path else ".").load(path)
     if "model" not in state or "spec" not in state:
-        raise CheckpointError(f"checkpoint {path} holds no model weights and spec; "
-                              "it was not written by candleray's trainer")
+        raise CheckpointError(
+            f"checkpoint {path} holds no model weights and spec; "
+            "it was not written by candleray's trainer"
+        )
     spec = ModelSpec(**state["spec"])
     saved = meta.get("config", {}).get("data", {}).get("extra_timeframes")
     extra = tuple(saved) if saved is not None else cfg.data.extra_timeframes
-    return BacktestWeights(spec, state["model"], "checkpoint", str(path), int(meta.get("step", 0)),
-                           _checked(spec, extra, f"checkpoint {path}"))
+    return BacktestWeights(
+        spec,
+        state["model"],
+        "checkpoint",
+        str(path),
+        int(meta.get("step", 0)),
+        _checked(spec, extra, f"checkpoint {path}"),
+    )
 
 
 def weights_from_actor(cfg: Config) -> BacktestWeights | None:
@@ -107,8 +125,14 @@ def weights_from_actor(cfg: Config) -> BacktestWeights | None:
     snap = client.call("weights_snapshot")
     state = ray.get(snap["ref"], timeout=cfg.ray.call_timeout_s)
     spec = ModelSpec(**snap["spec"])
-    return BacktestWeights(spec, state, "actor", f"{snap['generation']}/v{snap['version']}",
-                           int(snap["version"]), _checked(spec, cfg.data.extra_timeframes, "ModelActor"))
+    return BacktestWeights(
+        spec,
+        state,
+        "actor",
+        f"{snap['generation']}/v{snap['version']}",
+        int(snap["version"]),
+        _checked(spec, cfg.data.extra_timeframes, "ModelActor"),
+    )
 
 
 def resolve_weights(cfg: Config, checkpoint: str | None = None) -> BacktestWeights:
@@ -122,5 +146,7 @@ def resolve_weights(cfg: Config, checkpoint: str | None = None) -> BacktestWeigh
     try:
         return weights_from_checkpoint("latest", cfg)
     except CheckpointError as exc:
-        raise CheckpointError(f"no ModelActor named {cfg.run.name!r} is running (namespace "
-                              f"{cfg.ray.namespace!r}), and {exc}") from exc
+        raise CheckpointError(
+            f"no ModelActor named {cfg.run.name!r} is running (namespace "
+            f"{cfg.ray.namespace!r}), and {exc}"
+        ) from exc

@@ -40,7 +40,9 @@ def parse_symbol(spec: str, default_timeframe: str) -> SymbolSpec:
     if not sep:
         source, symbol = "sample", text
     if not source or not symbol:
-        raise DataSourceError(f"symbol spec {spec!r} must look like source:SYMBOL[@timeframe], e.g. binance:BTC/USDT@1h")
+        raise DataSourceError(
+            f"symbol spec {spec!r} must look like source:SYMBOL[@timeframe], e.g. binance:BTC/USDT@1h"
+        )
     if tf is None:
         tf = native_timeframe(symbol) if source == "sample" else default_timeframe
     timeframe_seconds(tf)  # validates
@@ -51,7 +53,9 @@ def _bound(value: str | None) -> pd.Timestamp | None:
     return None if value is None else pd.Timestamp(value, tz="UTC")
 
 
-def load_candles(spec: SymbolSpec, cfg: DataConfig, *, exchange: object | None = None) -> pd.DataFrame:
+def load_candles(
+    spec: SymbolSpec, cfg: DataConfig, *, exchange: object | None = None
+) -> pd.DataFrame:
     """Validated candles for one symbol, sliced to [data.since, data.until]."""
     since, until = _bound(cfg.since), _bound(cfg.until)
     if spec.source == "sample":
@@ -63,7 +67,8 @@ def load_candles(spec: SymbolSpec, cfg: DataConfig, *, exchange: object | None =
             if timeframe_seconds(spec.timeframe) < timeframe_seconds(native):
                 raise DataSourceError(
                     f"sample:{spec.symbol} is {native} data and cannot be made finer ({spec.timeframe}); "
-                    f"use @{native} or a coarser timeframe")
+                    f"use @{native} or a coarser timeframe"
+                )
             df = resample(df, spec.timeframe)
     elif spec.source == "synthetic":
         from pipelines.sources.synthetic import generate
@@ -79,7 +84,9 @@ def load_candles(spec: SymbolSpec, cfg: DataConfig, *, exchange: object | None =
     if until is not None:
         df = df[df.index <= until]
     if df.empty:
-        raise DataSourceError(f"{spec.key}: no candles in [{cfg.since}, {cfg.until}]; widen data.since/data.until")
+        raise DataSourceError(
+            f"{spec.key}: no candles in [{cfg.since}, {cfg.until}]; widen data.since/data.until"
+        )
     return df
 
 

@@ -58,8 +58,13 @@ class CandleCache:
             df = normalize_columns(pd.read_parquet(path))
             return validate_candles(df, symbol)
         except (OSError, ValueError, TypeError, pa.ArrowException, CandleValidationError) as exc:
-            logger.warning("cache file %s is unreadable (%s: %s); treating it as empty, "
-                           "it will be replaced by the next fetch", path, type(exc).__name__, exc)
+            logger.warning(
+                "cache file %s is unreadable (%s: %s); treating it as empty, "
+                "it will be replaced by the next fetch",
+                path,
+                type(exc).__name__,
+                exc,
+            )
             return empty_candles()
 
     def write(self, exchange: str, symbol: str, timeframe: str, df: pd.DataFrame) -> Path:

@@ -102,8 +102,10 @@ def _missing(cached: pd.DataFrame, lo: int, hi: int, step: int) -> list[tuple[in
 def _frame(rows: list[list], symbol: str) -> pd.DataFrame:
     """ccxt OHLCV rows ``[ms, o, h, l, c, v]`` -> validated candles."""
     if any(len(r) < 6 for r in rows):
-        raise DataSourceError(f"{symbol}: the exchange answered OHLCV rows with fewer than 6 "
-                              "fields; expected [time, open, high, low, close, volume]")
+        raise DataSourceError(
+            f"{symbol}: the exchange answered OHLCV rows with fewer than 6 "
+            "fields; expected [time, open, high, low, close, volume]"
+        )
     arr = np.array([r[:6] for r in rows], dtype="float64")  # (N, 6); None becomes NaN
     if not np.isfinite(arr[:, 0]).all():
         raise DataSourceError(f"{symbol}: the exchange answered a candle without a timestamp")
@@ -121,9 +123,16 @@ class CcxtSource:
     retries.
     """
 
-    def __init__(self, exchange_id: str, cfg: CcxtConfig, cache_dir: str | Path, *,
-                 exchange: Any = None, now: Clock = _utc_now,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        exchange_id: str,
+        cfg: CcxtConfig,
+        cache_dir: str | Path,
+        *,
+        exchange: Any = None,
+        now: Clock = _utc_now,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.exchange_id = exchange_id
         self._cfg = cfg
         self._ex = exchange if exchange is not None else build_exchange(exchange_id, cfg)
@@ -132,8 +141,13 @@ class CcxtSource:
         self._now = now
         self._sleep = sleep
 
-    def fetch(self, symbol: str, timeframe: str, since: pd.Timestamp | None = None,
-              until: pd.Timestamp | None = None) -> pd.DataFrame:
+    def fetch(
+        self,
+        symbol: str,
+        timeframe: str,
+        since: pd.Timestamp | None = None,
+        until: pd.Timestamp | None = None,
+    ) -> pd.DataFrame:
         """Closed candles with open time in [since, until], from the cache plus the exchange.
 
         ``since=None`` means from the first bar the exchange has (with a cache, one request
@@ -143,8 +157,9 @@ class CcxtSource:
         step = timeframe_seconds(timeframe) * 1000  # ConfigError on a malformed timeframe
         start, end = _to_utc(since), _to_utc(until)
         if start is not None and end is not None and start > end:
-            raise DataSourceError(f"{symbol}: since {start} is after until {end}; "
-                                  "ask for since <= until")
+            raise DataSourceError(
+                f"{symbol}: since {start} is after until {end}; ask for since <= until"
+            )
         cached = self._cache.read(self.exchange_id, symbol, timeframe)
         newest = _ms(_to_utc(self._now())) - step  # open time of the newest bar closed by now
         hi = newest if end is None else min(_ms(end), newest)
@@ -165,19 +180,22 @@ class CcxtSource:
     def _download(self, symbol: str, timeframe: str, a: int, b: int, step: int) -> list[list]:
         """Rows with open time in [a, b], page by page from ``a``."""
         ex = self._ex
-        self._call(f"loading the markets of {self.exchange_id} (for {symbol})", ex.load_markets,
-                   symbol)
+        self._call(
+            f"loading the markets of {self.exchange_id} (for {symbol})", ex.load_markets, symbol
+        )
         if ex.timeframes and timeframe not in ex.timeframes:
             raise DataSourceError(
                 f"{self.exchange_id} has no {timeframe!r} candles; it offers "
-                f"{', '.join(ex.timeframes)}; pick one of those for {symbol}")
+                f"{', '.join(ex.timeframes)}; pick one of those for {symbol}"
+            )
         rows: list[list] = []
         cursor, pages = a, 0
         while cursor <= b:
             page = self._call(
                 f"fetching {symbol} {timeframe} candles from {self.exchange_id} since {_iso(cursor)}",
-                functools.partial(ex.fetch_ohlcv, symbol, timeframe, since=cursor,
-                                  limit=self._cfg.limit),
+                functools.partial(
+                    ex.fetch_ohlcv, symbol, timeframe, since=cursor, limit=self._cfg.limit
+                ),
                 symbol,
             )
             pages += 1
@@ -187,11 +205,20 @@ class CcxtSource:
             if last < cursor:
                 raise DataSourceError(
                     f"{self.exchange_id} answered {symbol} candles older than the requested "
-                    f"start {_iso(cursor)}; it ignores 'since', so its history cannot be paged")
+                    f"start {_iso(cursor)}; it ignores 'since', so its history cannot be paged"
+                )
             rows += [r for r in page if a <= r[0] <= b]
             cursor = last + step
-        logger.info("%s %s %s: %d new candles in %d request(s) for [%s, %s]", self.exchange_id,
-                    symbol, timeframe, len(rows), pages, _iso(a), _iso(b))
+        logger.info(
+            "%s %s %s: %d new candles in %d request(s) for [%s, %s]",
+            self.exchange_id,
+            symbol,
+            timeframe,
+            len(rows),
+            pages,
+            _iso(a),
+            _iso(b),
+        )
         return rows
 
     def _call(self, what: str, fn: Callable[[], T], symbol: str) -> T:
@@ -206,12 +233,19 @@ class CcxtSource:
                 raise self._translate(exc, what, symbol) from exc
             body = ex.last_http_response
             if body and ex.last_json_response is None:
-                raise TemporaryError(f"{what}: {self.exchange_id} answered malformed JSON: "
-                                     f"{str(body)[:80]!r}")
+                raise TemporaryError(
+                    f"{what}: {self.exchange_id} answered malformed JSON: {str(body)[:80]!r}"
+                )
             return out
 
-        return retry(once, attempts=self._cfg.max_retries + 1, backoff_s=self._cfg.backoff_s,
-                     backoff_max_s=self._cfg.backoff_max_s, what=what, sleep=self._sleep)
+        return retry(
+            once,
+            attempts=self._cfg.max_retries + 1,
+            backoff_s=self._cfg.backoff_s,
+            backoff_max_s=self._cfg.backoff_max_s,
+            what=what,
+            sleep=self._sleep,
+        )
 
     def _translate(self, exc: Exception, what: str, symbol: str) -> DataSourceError:
         kind = type(exc).__name__
@@ -221,9 +255,11 @@ class CcxtSource:
             return DataSourceError(
                 f"unknown symbol {symbol!r} on exchange {self.exchange_id}{hint}. The valid "
                 "symbols are in exchange.symbols, in ccxt's unified form BASE/QUOTE (e.g. "
-                "BTC/USDT); fix the symbol in data.symbols")
+                "BTC/USDT); fix the symbol in data.symbols"
+            )
         if isinstance(exc, (ccxt.NetworkError, ccxt.BadResponse)):
             return TemporaryError(f"{what}: {kind}: {exc}")
         return DataSourceError(
             f"{what}: {self.exchange_id} refused the request ({kind}: {exc}). This is not "
-            "retried; check the symbol, the timeframe and the exchange options (data.ccxt.options)")
+            "retried; check the symbol, the timeframe and the exchange options (data.ccxt.options)"
+        )

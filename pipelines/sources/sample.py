@@ -41,7 +41,9 @@ def load_sample(symbol: str) -> pd.DataFrame:
     try:
         import backtesting.test as bt_test
     except ImportError as exc:  # pragma: no cover - backtesting is a dependency
-        raise DataSourceError("the sample series come with the 'backtesting' package; pip install backtesting") from exc
+        raise DataSourceError(
+            "the sample series come with the 'backtesting' package; pip install backtesting"
+        ) from exc
     path = Path(bt_test.__file__).parent / SAMPLES[name][0]
     raw = pd.read_csv(path, index_col=0, parse_dates=True)
     return validate_candles(normalize_columns(raw), symbol=f"sample:{name}")

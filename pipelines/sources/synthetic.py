@@ -16,7 +16,9 @@ from conf.schema import SyntheticConfig
 from pipelines.candles import COLUMNS, timeframe_offset, validate_candles
 
 
-def generate(symbol: str, timeframe: str, cfg: SyntheticConfig, length: int | None = None) -> pd.DataFrame:
+def generate(
+    symbol: str, timeframe: str, cfg: SyntheticConfig, length: int | None = None
+) -> pd.DataFrame:
     """Candles for ``symbol``; the same (symbol, cfg) always gives the same series."""
     n = int(length or cfg.length)
     rng = np.random.default_rng([cfg.seed, zlib.crc32(symbol.encode())])
@@ -36,6 +38,8 @@ def generate(symbol: str, timeframe: str, cfg: SyntheticConfig, length: int | No
     high = np.maximum(open_, close) * np.exp(wick[0])
     low = np.minimum(open_, close) * np.exp(-wick[1])
     volume = np.round(1000 * np.exp(rng.standard_normal(n) * 0.3 + 20 * np.abs(r)), 3)
-    idx = pd.date_range(pd.Timestamp(cfg.start, tz="UTC"), periods=n, freq=timeframe_offset(timeframe), name="time")
+    idx = pd.date_range(
+        pd.Timestamp(cfg.start, tz="UTC"), periods=n, freq=timeframe_offset(timeframe), name="time"
+    )
     df = pd.DataFrame(np.c_[open_, high, low, close, volume], index=idx, columns=list(COLUMNS))
     return validate_candles(df, symbol=f"synthetic:{symbol}")
