@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import requests
+import sqlalchemy.exc
 from mlflow.exceptions import MlflowException
 from sqlalchemy.engine import make_url
 
@@ -96,3 +99,53 @@ def _redact(uri: str) -> str:
     host = parts.hostname or ""
     netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+# MLflow already waits 20 s on a busy sqlite file (PRAGMA busy_timeout); a write that still
+# finds it locked (e.g. a reader upgrading to a writer) gets these few extra tries.
+_LOCK_RETRY_DELAYS_S = (0.2, 0.5, 1.0)
+_BACKEND_ERRORS = (
+    MlflowException,
+    requests.exceptions.RequestException,
+    sqlalchemy.exc.SQLAlchemyError,
+    OSError,
+)
+
+
+def call_mlflow(uri: str, operation: str, fn: Callable[[], T]) -> T:
+    """The one choke point: run ``fn``; retry sqlite locks; any failure becomes TrackingError."""
+    from pipelines.errors import TrackingError
+
+    for delay in (*_LOCK_RETRY_DELAYS_S, None):
+        try:
+            return fn()
+        except _BACKEND_ERRORS as exc:
+            if delay is not None and "database is locked" in str(exc).lower():
+                logger.warning(
+                    "MLflow %s: sqlite database is locked; retrying in %.1f s", operation, delay
+                )
+                time.sleep(delay)
+                continue
+            raise TrackingError(_message(uri, operation, exc)) from exc
+    raise AssertionError("unreachable: the last try either returns or raises")
+
+
+def _message(uri: str, operation: str, exc: BaseException) -> str:
+    scheme = urlsplit(uri).scheme
+    if scheme in ("http", "https"):
+        fix = (
+            "is the tracking server running and reachable? check tracking.uri, "
+            "or set tracking.enabled=false to train without MLflow"
+        )
+    elif scheme.startswith("sqlite"):
+        fix = (
+            "is the database file's folder writable and the file a valid MLflow store "
+            "not held by another process? check tracking.uri"
+        )
+    else:
+        fix = "check tracking.uri (sqlite:///path/to/mlflow.db or http://host:port)"
+    detail = str(exc)
+    password = urlsplit(uri).password
+    if password:  # MLflow's own message repeats the URI it called
+        detail = detail.replace(f":{password}@", ":***@")
+    return f"MLflow {operation} failed at {_redact(uri)}: {detail} -- {fix}"

@@ -19,12 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
-from urllib.parse import urlsplit
 
-import requests
-import sqlalchemy.exc
 from mlflow.entities import Metric, Param, Run, RunTag
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from conf import flatten
@@ -38,6 +34,7 @@ from pipelines.mlflow_util import (
     _param_text,
     _redact,
     _sqlite_path,
+    call_mlflow,
 )
 
 logger = logging.getLogger(__name__)
@@ -53,16 +50,7 @@ _PARAM_VALUE_LIMIT = 6000
 _OLD_PARAM_VALUE_LIMIT = 500
 # Metrics kept while the store is unreachable; past this the oldest are dropped.
 _MAX_PENDING_METRICS = 100_000
-# MLflow already waits 20 s on a busy sqlite file (PRAGMA busy_timeout); a write that still
-# finds it locked (e.g. a reader upgrading to a writer) gets these few extra tries.
-_LOCK_RETRY_DELAYS_S = (0.2, 0.5, 1.0)
 _END_STATUSES = ("FINISHED", "FAILED", "KILLED")
-_BACKEND_ERRORS = (
-    MlflowException,
-    requests.exceptions.RequestException,
-    sqlalchemy.exc.SQLAlchemyError,
-    OSError,
-)
 
 
 class Tracker:
@@ -318,38 +306,7 @@ class Tracker:
 
     def _call(self, operation: str, fn: Callable[[], T]) -> T:
         """Run one MLflow operation: retry sqlite locks briefly, translate every failure."""
-        for delay in (*_LOCK_RETRY_DELAYS_S, None):
-            try:
-                return fn()
-            except _BACKEND_ERRORS as exc:
-                if delay is not None and "database is locked" in str(exc).lower():
-                    logger.warning(
-                        "MLflow %s: sqlite database is locked; retrying in %.1f s", operation, delay
-                    )
-                    time.sleep(delay)
-                    continue
-                raise TrackingError(self._message(operation, exc)) from exc
-        raise AssertionError("unreachable: the last try either returns or raises")
-
-    def _message(self, operation: str, exc: BaseException) -> str:
-        scheme = urlsplit(self._uri).scheme
-        if scheme in ("http", "https"):
-            fix = (
-                "is the tracking server running and reachable? check tracking.uri, "
-                "or set tracking.enabled=false to train without MLflow"
-            )
-        elif scheme.startswith("sqlite"):
-            fix = (
-                "is the database file's folder writable and the file a valid MLflow store "
-                "not held by another process? check tracking.uri"
-            )
-        else:
-            fix = "check tracking.uri (sqlite:///path/to/mlflow.db or http://host:port)"
-        detail = str(exc)
-        password = urlsplit(self._uri).password
-        if password:  # MLflow's own message repeats the URI it called
-            detail = detail.replace(f":{password}@", ":***@")
-        return f"MLflow {operation} failed at {self._shown_uri}: {detail} -- {fix}"
+        return call_mlflow(self._uri, operation, fn)
 
     def _experiment_id_for(self, name: str, artifact_location: str | None) -> str:
         experiment = self._call("get experiment", lambda: self._client.get_experiment_by_name(name))
