@@ -22,7 +22,7 @@ from actors.tracking_writer import start_writer
 from conf import Config, to_dict
 from pipelines.checkpoints import CheckpointInfo, CheckpointStore
 from pipelines.dataset import Dataset
-from pipelines.errors import CandlerayError, InvalidInputError
+from pipelines.errors import CandlerayError, CheckpointError, InvalidInputError
 from pipelines.features import n_features
 from pipelines.model import ModelSpec, resolve_device
 from pipelines.trainer import Trainer, check_batch
@@ -67,14 +67,20 @@ class ModelCore:
             f"{cfg.checkpoint.uri.rstrip('/')}/{cfg.run.name}", cfg.checkpoint.keep_last
         )
         self.run_id: str | None = None
-        self._registered_best: int | None = None
+        self._registered_best: tuple[int, float] | None = None
+        self._last_ckpt: tuple[tuple[str, int], dict[str, Any]] | None = None
         self._step_metrics: list[tuple[int, dict[str, float]]] = []
-        self._local_store = self.store.fs.protocol in ("file", ("file", "local"))
         self.restored_from: int | None = None
         self.data_window: dict[str, Any] = {}
         restored = self.store.load_latest_good()
         if restored is not None:
             state, meta = restored
+            if state.get("spec") != self.spec.to_dict():
+                raise CheckpointError(
+                    f"checkpoints under {self.store.uri} were made for model {state.get('spec')}, "
+                    f"but this config builds {self.spec.to_dict()}; use another run.name for a new "
+                    "model, or the model.*/features.*/data.extra_timeframes it was trained with"
+                )
             self.trainer.load_state(state)
             self.run_id = meta.get("mlflow_run_id")
             self.data_window = meta.get("data", {})
@@ -112,15 +118,18 @@ class ModelCore:
         best moves every few dozen steps, and each registration uploads a checkpoint.
         """
         best = self.store.best()
-        if (
-            best is None
-            or best.step == self._registered_best
-            or not self._local_store
-            or not self.cfg.tracking.register_best
-        ):
+        if best is None or not self.cfg.tracking.register_best:
             return
-        self._registered_best = best.step
-        self._track("register_model_version", self.cfg.run.name, best.path, alias="best")
+        key = (best.step, best.created)
+        if key == self._registered_best:
+            return
+        self._registered_best = key
+        self._track(
+            "register_model_version",
+            self.cfg.run.name,
+            self.store.full_uri(best.path),
+            alias="best",
+        )
 
     def flush_tracking(self) -> dict[str, Any]:
         """Register the best checkpoint, wait until every queued MLflow write is done."""
@@ -165,7 +174,8 @@ class ModelCore:
             # off-cadence best checkpoints stay local; the best is registered in MLflow on flush
             self.save_checkpoint(kind=kind, is_best=best, upload=periodic)
         if step % self.cfg.tracking.log_every_steps == 0:
-            self.summary = {**self.summary, **self.trainer.summary(), "version": step}
+            # "version" stays the published snapshot's; "steps" moves on during a long call
+            self.summary = {**self.summary, **self.trainer.summary()}
 
     def train_batch(
         self, x: Any, y_candle: Any, y_action: Any, kind: str = "manual"
@@ -231,6 +241,15 @@ class ModelCore:
     def save_checkpoint(
         self, kind: str = "manual", is_best: bool = False, upload: bool = True
     ) -> dict[str, Any]:
+        """Write the current state (atomically); a second save of the same weights is a no-op.
+
+        "The same weights" is the same (generation, step): saving them again would only
+        overwrite the first file's metadata (and could drop its best flag).
+        """
+        key = (self.generation, self.trainer.step)
+        last = self._last_ckpt
+        if last is not None and last[0] == key and (not is_best or last[1]["is_best"]):
+            return last[1]
         meta = {
             "step": self.trainer.step,
             "kind": kind,
@@ -243,8 +262,9 @@ class ModelCore:
             "generation": self.generation,
         }
         info = self.store.save(self.trainer.state(), meta)
-        if self.cfg.tracking.log_checkpoints and self._local_store and upload:
-            self._track("log_artifact", info.path, "checkpoints")
+        if self.cfg.tracking.log_checkpoints and upload:
+            self._track("log_artifact", self.store.full_uri(info.path), "checkpoints")
+        self._last_ckpt = (key, info.to_dict())
         return info.to_dict()
 
     def load_checkpoint(self, path: str | None = None) -> dict[str, Any]:
@@ -259,6 +279,9 @@ class ModelCore:
         else:
             state, meta = self.store.load(path)
         self.trainer.load_state(state)
+        # new lineage: (generation, version) never names two different sets of weights, so
+        # predictors reload even when the step goes back to a number they have seen
+        self.generation = uuid.uuid4().hex[:12]
         self._publish()
         return {"step": self.trainer.step, "kind": meta.get("kind"), "file": meta.get("file")}
 
@@ -268,9 +291,9 @@ class ModelCore:
     def best_checkpoint(self) -> CheckpointInfo | None:
         return self.store.best()
 
-    def close(self) -> None:
-        """Flush MLflow (registering the best checkpoint) and mark the run finished."""
+    def close(self, status: str = "FINISHED") -> None:
+        """Flush MLflow (registering the best checkpoint) and end the run (FINISHED or FAILED)."""
         if self._tracking is not None:
             self.flush_tracking()
-            self._track("set_terminated", "FINISHED")
+            self._track("set_terminated", status)
             self._tracking.join()

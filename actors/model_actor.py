@@ -71,8 +71,8 @@ class ModelActor:
     def flush_tracking(self) -> dict[str, Any]:
         return self.core.flush_tracking()
 
-    def close(self) -> None:
-        self.core.close()
+    def close(self, status: str = "FINISHED") -> None:
+        self.core.close(status)
 
     # -- reads (own group; never wait behind training) --------------------------------------
     @ray.method(concurrency_group=READ)
@@ -150,6 +150,11 @@ class ModelClient:
                 raise exc.cause from None  # the user's error, not Ray's wrapper around it
             raise
         except ray.exceptions.RayActorError as exc:
+            if "creation task" in str(exc):  # __init__ raised: a restart would fail the same way
+                cause = (
+                    str(exc).strip().splitlines()[-1]
+                )  # the constructor's error, last in the trace
+                raise CandlerayError(f"ModelActor {self.name!r} could not start: {cause}") from exc
             raise CandlerayError(
                 f"ModelActor {self.name!r} died during {method}; Ray restarts it "
                 f"(ray.max_restarts) from its newest checkpoint: {exc}"

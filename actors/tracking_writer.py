@@ -13,13 +13,18 @@ the run's Tracker. A failing store is counted and reported, never allowed to sto
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
+import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+
+import fsspec
 
 from conf import Config, flatten, to_dict
 from pipelines.errors import TrackingError
@@ -53,6 +58,26 @@ def open_tracker(
     return tracker
 
 
+# methods that upload a file, and the position of its path among their arguments
+_FILE_ARG = {"log_artifact": 0, "register_model_version": 1}
+
+
+@contextlib.contextmanager
+def _local_copy(path: str) -> Iterator[str]:
+    """A local file for ``path``: itself, or a temporary copy of a remote URI (s3://, gs://, ...).
+
+    Checkpoints on shared storage are uploaded to MLflow from a copy, named like the original.
+    """
+    if "://" not in path or path.startswith("file://"):
+        yield path.removeprefix("file://")
+        return
+    with tempfile.TemporaryDirectory(prefix="candleray-upload-") as tmp:
+        local = os.path.join(tmp, path.rstrip("/").rsplit("/", 1)[-1])
+        with fsspec.open(path, "rb") as src, open(local, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        yield local
+
+
 class WriterCore:
     """Applies writer calls to a Tracker; counts failures instead of raising them."""
 
@@ -69,7 +94,12 @@ class WriterCore:
     def call(self, method: str, args: tuple, kwargs: dict) -> None:
         fn = self.log_steps if method == "log_steps" else getattr(self.tracker, method)
         try:
-            fn(*args, **kwargs)
+            if method in _FILE_ARG:
+                i = _FILE_ARG[method]
+                with _local_copy(args[i]) as local:
+                    fn(*args[:i], local, *args[i + 1 :], **kwargs)
+            else:
+                fn(*args, **kwargs)
         except Exception as exc:  # a failing store must not stop training: count and report it
             self.errors += 1
             self.last_error = f"{method}: {exc}"
@@ -122,11 +152,16 @@ class _WriterActor:
 class ProcessWriter:
     def __init__(self, cfg: Config, run_id: str | None, generation: str, timeout_s: float) -> None:
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self._ray = ray
         self._timeout_s = timeout_s
-        self._actor = ray.remote(num_cpus=0, max_restarts=0)(_WriterActor).remote(
-            cfg, run_id, generation
+        # on the ModelActor's node: checkpoints in a local folder are uploaded from there
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self._actor = (
+            ray.remote(num_cpus=0, max_restarts=0)(_WriterActor)
+            .options(scheduling_strategy=here)
+            .remote(cfg, run_id, generation)
         )
         try:
             self.run_id = ray.get(self._actor.run_id.remote(), timeout=timeout_s)

@@ -85,7 +85,7 @@ class CheckpointStore:
         full = {
             **meta,
             "step": step,
-            "created": meta.get("created", time.time()),
+            "created": time.time(),  # orders checkpoints: the newest written is the one to restore
             "sha256": hashlib.sha256(blob).hexdigest(),
             "size": len(blob),
             "file": f"{name}.pt",
@@ -113,10 +113,22 @@ class CheckpointStore:
                 out.append((p[: -len(".json")] + ".pt", meta))
             except (OSError, ValueError) as exc:
                 log.warning("ignoring unreadable checkpoint metadata %s: %s", p, exc)
-        return sorted(out, key=lambda pm: int(pm[1]["step"]))
+        # ordered by when they were written, not by step: after a rewind (load_checkpoint of an
+        # older one) the checkpoints of the abandoned future are the oldest, pruned first
+        return sorted(out, key=lambda pm: (float(pm[1].get("created", 0.0)), int(pm[1]["step"])))
+
+    def full_uri(self, path: str) -> str:
+        """``path`` as a URI any process can open (a plain path for a local store)."""
+        return path if self.is_local else self.fs.unstrip_protocol(path)
+
+    @property
+    def is_local(self) -> bool:
+        return "file" in (
+            self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        )
 
     def list(self) -> list[CheckpointInfo]:
-        """Complete checkpoints, oldest first."""
+        """Complete checkpoints, oldest written first."""
         return [self._info(p, m) for p, m in self._metas()]
 
     def load(self, path: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -112,11 +112,9 @@ def _progress_bar(total_batches: int, epochs: int) -> tuple[Any, Any]:
 def cmd_train(cfg: Config, *, show_table: bool = False) -> dict[str, Any]:
     import ray
 
-    from actors import ModelClient, spec_from_config
+    from actors import ModelClient
     from pipelines.cluster import init_ray
-    from pipelines.evaluation import evaluate_split
-    from pipelines.training import prepare, train_split
-    from serve.predictor import Predictor
+    from pipelines.training import prepare
 
     t0 = time.time()
     split = prepare(cfg)
@@ -125,15 +123,38 @@ def cmd_train(cfg: Config, *, show_table: bool = False) -> dict[str, Any]:
         f"{len(split.holdout)} held-out windows ({time.time() - t0:.1f}s)"
     )
     owns_ray = init_ray(cfg)
-    client = ModelClient.connect(cfg)
+    client, status = None, "FAILED"
+    try:
+        client = ModelClient.connect(cfg)
+        out = _train_and_evaluate(client, cfg, split, show_table)
+        status = "FINISHED"
+        return out
+    finally:  # an error or Ctrl-C still ends the MLflow run (as FAILED) and the local cluster
+        if client is not None and not cfg.ray.detached:
+            try:
+                client.call("close", status)
+            except CandlerayError as exc:
+                print(f"candleray: could not close the MLflow run: {exc}", file=sys.stderr)
+        if owns_ray:
+            ray.shutdown()
+
+
+def _train_and_evaluate(client: Any, cfg: Config, split: Any, show_table: bool) -> dict[str, Any]:
+    from actors import spec_from_config
+    from pipelines.evaluation import evaluate_split
+    from pipelines.training import train_split
+    from serve.predictor import Predictor
+
     start = client.call("metrics")
     if start.get("restored_from"):
         print(f"resuming {cfg.run.name!r} from checkpoint step {start['restored_from']}")
     n_batches = -(-len(split.train) // cfg.train.batch_size)
     bar, update = _progress_bar(n_batches, cfg.train.epochs)
     t1 = time.time()
-    epochs = train_split(client, split, cfg, progress=update)
-    bar.close()
+    try:
+        epochs = train_split(client, split, cfg, progress=update)
+    finally:
+        bar.close()
     train_s = time.time() - t1
     ckpt = client.call("save_checkpoint", "batch")
     predictor = Predictor(spec_from_config(cfg), "cpu")
@@ -164,10 +185,6 @@ def cmd_train(cfg: Config, *, show_table: bool = False) -> dict[str, Any]:
         )
     if show_table:
         _print_table(table)
-    if not cfg.ray.detached:
-        client.call("close")
-    if owns_ray:
-        ray.shutdown()
     return {
         "table": table,
         "epochs": epochs,

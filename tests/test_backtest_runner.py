@@ -272,3 +272,13 @@ def test_jobs_take_the_backtest_range_else_the_data_range(make_cfg):
         "2024-01-09", tz="UTC"
     )
     write_json(run, cfg, cfg.run.home + "/r.json")  # JSON-safe: no NaN, timestamps as text
+
+
+def test_a_job_without_a_range_uses_the_configured_one(make_cfg):
+    cfg = make_cfg("model.device=cpu", "backtest.since=2024-01-10", "data.until=2024-01-20T00:00")
+    out = run_job(BacktestJob("synthetic:S0"), random_weights(cfg), cfg)
+    eq = out.result.equity
+    assert eq.index[0] == pd.Timestamp("2024-01-10", tz="UTC")
+    assert eq.index[-1] == pd.Timestamp("2024-01-20", tz="UTC")
+    own = run_job(BacktestJob("synthetic:S0", "2024-01-15"), random_weights(cfg), cfg)
+    assert own.result.equity.index[0] == pd.Timestamp("2024-01-15", tz="UTC")

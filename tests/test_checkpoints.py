@@ -86,3 +86,15 @@ def test_pickled_code_is_refused(tmp_path):
     info = store.save({"evil": CheckpointStore}, {"step": 1})
     with pytest.raises(CheckpointError, match="unpickled safely"):
         store.load(info.path)
+
+
+def test_after_a_rewind_the_newest_written_checkpoint_is_restored(tmp_path):
+    """Checkpoints are ordered by when they were written: after load_checkpoint(200) and more
+    training, the abandoned 400 is the oldest, pruned first, and never restored."""
+    store = CheckpointStore(str(tmp_path), keep_last=2)
+    save(store, 200)
+    save(store, 400)
+    save(store, 250)
+    save(store, 300)
+    assert [i.step for i in store.list()] == [250, 300]
+    assert store.load_latest_good()[0]["step"] == 300

@@ -13,7 +13,7 @@ import ray
 
 from actors import ModelClient, spec_from_config
 from pipelines.dataset import Dataset
-from pipelines.errors import ActorCallTimeout, InvalidInputError
+from pipelines.errors import ActorCallTimeout, CandlerayError, InvalidInputError
 from serve.predictor import Predictor
 
 pytestmark = [pytest.mark.ray]
@@ -181,4 +181,34 @@ def test_checkpoint_save_list_load_through_the_actor(ray_cluster, make_cfg):
     assert snap["version"] == 1
     w = ray.get(snap["ref"])
     assert all(np.array_equal(w[k].numpy(), w1[k].numpy()) for k in w1)
+    predictor = Predictor(spec, "cpu")
+    predictor.refresh(client)
+    for _ in range(3):  # back at step 4, with other weights than the first step 4
+        client.call("train_batch", x, yc, ya)
+    assert predictor.refresh(client)  # a new version: the predictor reloads
     kill(client)
+
+
+def test_actor_that_cannot_start_says_why(ray_cluster, make_cfg):
+    cfg = make_cfg()
+    client = ModelClient.connect(cfg)
+    spec = spec_from_config(cfg)
+    client.call("train_batch", *arrays(spec))
+    client.call("save_checkpoint")
+    kill(client)
+    from conf import load_config
+
+    other = load_config(
+        overrides=[
+            f"run.home={cfg.run.home}",
+            f"run.name={cfg.run.name}",
+            "tracking.enabled=false",
+            "features.window=16",
+            "model.d_model=16",
+            "model.n_heads=2",
+            "model.n_layers=1",
+            "ray.max_restarts=0",
+        ]
+    )
+    with pytest.raises(CandlerayError, match=r"could not start.*another run\.name"):
+        ModelClient.connect(other).call("metrics")

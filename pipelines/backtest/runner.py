@@ -67,17 +67,28 @@ class BacktestRun:
         return [o for o in self.outcomes if not o.ok]
 
 
+def _bounds(job: BacktestJob, cfg: Config) -> tuple[str | None, str | None]:
+    """The job's own range; where a side is None, ``backtest.since/until``, then ``data.*``."""
+
+    def pick(*values: str | None) -> str | None:
+        return next((v for v in values if v is not None), None)
+
+    return (
+        pick(job.since, cfg.backtest.since, cfg.data.since),
+        pick(job.until, cfg.backtest.until, cfg.data.until),
+    )
+
+
 def jobs_for(symbols: Sequence[str], cfg: Config) -> list[BacktestJob]:
     """One job per symbol over ``backtest.since/until`` (``data.since/until`` where unset)."""
-    since = cfg.backtest.since if cfg.backtest.since is not None else cfg.data.since
-    until = cfg.backtest.until if cfg.backtest.until is not None else cfg.data.until
-    return [BacktestJob(s, since, until) for s in symbols]
+    return [BacktestJob(s, *_bounds(BacktestJob(s), cfg)) for s in symbols]
 
 
 def run_job(job: BacktestJob, weights: BacktestWeights, cfg: Config) -> ModelBacktest:
     """Load one symbol's candles over the job's range and backtest it (plain, in this process)."""
     spec = parse_symbol(job.symbol, cfg.data.timeframe)
-    data = dataclasses.replace(cfg.data, since=job.since, until=job.until)
+    since, until = _bounds(job, cfg)
+    data = dataclasses.replace(cfg.data, since=since, until=until)
     candles = load_candles(spec, data)
     return backtest_model(candles, weights, cfg, timeframe=spec.timeframe, symbol=spec.key)
 
