@@ -1,7 +1,7 @@
 """ModelCore: the logic of the ModelActor, as a plain class that tests can drive without Ray.
 
 It owns the trainer (model, optimizer, step, history), the checkpoint store and the MLflow
-tracker. It is not thread-safe for training and does not need to be: the Ray actor runs its
+writer of its run (``actors.tracking_writer``). It is not thread-safe for training and does not need to be: the Ray actor runs its
 training methods one at a time. Readers (metrics, snapshots) only see values published at
 the end of a step or call — references swapped whole, never the live training tensors.
 """
@@ -98,10 +98,11 @@ class ModelCore:
 
     # -- tracking ---------------------------------------------------------------------------
     def _send_metrics(self) -> None:
-        """Hand the buffered per-step metrics to the writer thread as one task.
+        """Hand the buffered per-step metrics to the writer as one message.
 
         One hand-off per ``log_every_steps`` steps (and at the end of each call), not one per
-        step: the writer shares the GIL with training, so fewer, larger writes cost less.
+        step: each hand-off costs the training thread a call (and, with the thread writer, GIL
+        time), so fewer, larger ones cost less.
         """
         batch, self._step_metrics = self._step_metrics, []
         if batch:

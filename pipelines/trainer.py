@@ -5,7 +5,6 @@ No Ray here: the ModelActor wraps a ``Trainer`` and is the only caller of ``trai
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from typing import Any
@@ -219,7 +218,3 @@ class Trainer:
     def weights_cpu(self) -> dict[str, torch.Tensor]:
         """A detached CPU copy of the weights: a snapshot that later steps never touch."""
         return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-
-
-def is_finite_metrics(m: dict[str, float]) -> bool:
-    return all(math.isfinite(v) for v in m.values())

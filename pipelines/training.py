@@ -20,11 +20,23 @@ log = logging.getLogger(__name__)
 
 
 def load_all(cfg: Config, *, exchange: object | None = None) -> dict[SymbolSpec, pd.DataFrame]:
-    """Candles for every configured symbol; gaps are reported (logged), never filled."""
+    """Candles for every configured symbol; gaps are reported (logged), never filled.
+
+    One ccxt exchange object per exchange id serves all its symbols, so its markets are
+    loaded once (``exchange``, if given, serves every exchange symbol: tests inject one).
+    """
+    exchanges: dict[str, object] = {}
     out = {}
     for text in cfg.data.symbols:
         spec = parse_symbol(text, cfg.data.timeframe)
-        out[spec] = load_candles(spec, cfg.data, exchange=exchange)
+        ex = exchange
+        if ex is None and spec.source not in ("sample", "synthetic"):
+            from pipelines.sources.ccxt_source import build_exchange
+
+            if spec.source not in exchanges:
+                exchanges[spec.source] = build_exchange(spec.source, cfg.data.ccxt)
+            ex = exchanges[spec.source]
+        out[spec] = load_candles(spec, cfg.data, exchange=ex)
         log.info(gap_report(out[spec], spec))
     return out
 
