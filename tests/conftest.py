@@ -32,14 +32,15 @@ def ray_cluster() -> Iterator[None]:
 def make_cfg(tmp_path) -> Callable[..., object]:
     """``make_cfg("train.batch_size=8", ...)`` → a resolved Config living under tmp_path.
 
-    Each call gets a unique run.name so named actors never collide across tests.
+    Each call gets a unique run.name so named actors never collide across tests, unless
+    ``name=`` asks for an existing model's (to reopen its checkpoints).
     """
     from conf import load_config
 
-    def make(*overrides: str, profile: str | None = None):
+    def make(*overrides: str, profile: str | None = None, name: str | None = None):
         base = [
             f"run.home={tmp_path}",
-            f"run.name=t{uuid.uuid4().hex[:10]}",
+            f"run.name={name or 't' + uuid.uuid4().hex[:10]}",
             "tracking.enabled=false",
             "data.symbols=[synthetic:SYN0]",
             "data.synthetic.length=600",

@@ -196,19 +196,8 @@ def test_actor_that_cannot_start_says_why(ray_cluster, make_cfg):
     client.call("train_batch", *arrays(spec))
     client.call("save_checkpoint")
     kill(client)
-    from conf import load_config
-
-    other = load_config(
-        overrides=[
-            f"run.home={cfg.run.home}",
-            f"run.name={cfg.run.name}",
-            "tracking.enabled=false",
-            "features.window=16",
-            "model.d_model=16",
-            "model.n_heads=2",
-            "model.n_layers=1",
-            "ray.max_restarts=0",
-        ]
+    other = make_cfg(
+        "model.d_model=16", "model.dim_feedforward=128", "ray.max_restarts=0", name=cfg.run.name
     )
     with pytest.raises(CandlerayError, match=r"could not start.*another run\.name"):
         ModelClient.connect(other).call("metrics")

@@ -48,19 +48,7 @@ def test_checkpoints_of_another_model_config_are_a_clear_error(make_cfg):
     core = ModelCore(cfg)
     core.train_batch(*batch(core))
     core.save_checkpoint()
-    from conf import load_config
-
-    other = load_config(
-        overrides=[
-            f"run.home={cfg.run.home}",
-            f"run.name={cfg.run.name}",
-            "tracking.enabled=false",
-            "features.window=16",
-            "model.d_model=16",
-            "model.n_heads=2",
-            "model.n_layers=1",
-        ]
-    )
+    other = make_cfg("model.d_model=16", "model.dim_feedforward=128", name=cfg.run.name)
     with pytest.raises(CheckpointError, match=r"another run\.name"):
         ModelCore(other)
 
