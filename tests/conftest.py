@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from netutil import free_port
+from support import free_port, tiny_overrides
 
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -38,21 +38,7 @@ def make_cfg(tmp_path) -> Callable[..., object]:
     from conf import load_config
 
     def make(*overrides: str, profile: str | None = None, name: str | None = None):
-        base = [
-            f"run.home={tmp_path}",
-            f"run.name={name or 't' + uuid.uuid4().hex[:10]}",
-            "tracking.enabled=false",
-            "data.symbols=[synthetic:SYN0]",
-            "data.synthetic.length=600",
-            "features.window=16",
-            "model.d_model=32",
-            "model.n_heads=2",
-            "model.n_layers=1",
-            "model.dim_feedforward=64",
-            "train.batch_size=16",
-            "ray.call_timeout_s=60",
-            "ray.torch_threads=1",
-        ]
+        base = tiny_overrides(tmp_path, name or f"t{uuid.uuid4().hex[:10]}")
         return load_config(profile, [*base, *overrides])
 
     return make

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from support import tiny_overrides
 
 from actors import ModelClient, spec_from_config
 from conf import load_config, to_dict
@@ -170,21 +171,7 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(make_cfg, tmp_path):
 
 
 def _cli_overrides(tmp_path, name: str) -> list[str]:
-    # the tiny setup of tests/conftest.py::make_cfg, as command-line overrides
-    return [
-        f"run.home={tmp_path}",
-        f"run.name={name}",
-        "tracking.enabled=false",
-        "data.synthetic.length=600",
-        "features.window=16",
-        "model.d_model=32",
-        "model.n_heads=2",
-        "model.n_layers=1",
-        "model.dim_feedforward=64",
-        "train.batch_size=16",
-        "model.device=cpu",
-        "backtest.task_num_cpus=1",
-    ]
+    return [*tiny_overrides(tmp_path, name), "model.device=cpu", "backtest.task_num_cpus=1"]
 
 
 @pytest.mark.ray

@@ -10,7 +10,6 @@ The 6 candles used throughout (daily, UTC):
 from __future__ import annotations
 
 import json
-import math
 import pickle
 
 import numpy as np
@@ -18,7 +17,6 @@ import pandas as pd
 import pytest
 
 from pipelines.backtest import TRADE_COLUMNS, BacktestResult, BacktestSpec, simulate
-from pipelines.backtest.stats import compute_stats, infer_bars_per_year
 from pipelines.errors import BacktestError, CandleValidationError
 
 OPEN = np.array([10, 12, 14, 11, 9, 10.0])
@@ -26,8 +24,7 @@ CLOSE = np.array([11, 13, 12, 10, 10, 12.0])
 BUY_SELL = [1, 0, -1, 0, 0, 0]  # BUY at bar 0, SELL at bar 2
 
 
-@pytest.fixture
-def candles() -> pd.DataFrame:
+def six_candles() -> pd.DataFrame:
     idx = pd.date_range("2024-01-01", periods=6, freq="D", tz="UTC", name="time")
     return pd.DataFrame(
         {
@@ -39,6 +36,11 @@ def candles() -> pd.DataFrame:
         },
         index=idx,
     )
+
+
+@pytest.fixture
+def candles() -> pd.DataFrame:
+    return six_candles()
 
 
 def run(candles: pd.DataFrame, sig, **options) -> BacktestResult:
@@ -356,95 +358,3 @@ def test_invalid_candles_are_refused_by_the_schema(candles):
         simulate(candles.rename(columns={"close": "Close"}), BUY_SELL)
     with pytest.raises(BacktestError, match="at least 2 candles, got 1"):
         simulate(candles.iloc[:1], [1])
-
-
-# --- statistics on a known equity curve ---------------------------------------------------------
-
-
-def test_stats_on_a_hand_computed_case():
-    idx = pd.date_range("2024-01-01", periods=5, freq="D", tz="UTC")  # 24/7 daily: 365.25 bars/yr
-    equity = np.array([100.0, 110.0, 99.0, 120.0, 108.0])
-    pnl = np.array([10.0, 20.0, -5.0, -10.0, -3.0, 0.0, 4.0])  # W W L L L - W
-    ret = pnl / 100
-    s = compute_stats(
-        equity=equity,
-        index=idx,
-        close=np.array([10.0, 11, 12, 13, 15]),
-        cash=100.0,
-        pnl=pnl,
-        returns=ret,
-        held_from=np.array([0, 3]),
-        held_to=np.array([1, 3]),
-        commissions=1.5,
-        bars_per_year=365.25,
-    )
-    r = np.array([0.1, -0.1, 120 / 99 - 1, -0.1])
-    assert s["total_return"] == pytest.approx(0.08)
-    assert s["final_equity"] == 108 and s["peak_equity"] == 120
-    assert s["buy_hold_return"] == pytest.approx(0.5)
-    assert s["cagr"] == pytest.approx(1.08 ** (365.25 / 4) - 1)
-    assert s["annual_return"] == pytest.approx(1.08 ** (365.25 / 4) - 1)
-    sd = math.sqrt(((r - r.mean()) ** 2).sum() / 3)
-    assert s["annual_volatility"] == pytest.approx(sd * math.sqrt(365.25))
-    assert s["sharpe"] == pytest.approx(r.mean() / sd * math.sqrt(365.25))
-    assert s["sortino"] == pytest.approx(
-        r.mean() / math.sqrt((0.01 + 0.01) / 4) * math.sqrt(365.25)
-    )
-    assert s["max_drawdown"] == pytest.approx(0.1)  # 110 -> 99 and 120 -> 108
-    assert s["calmar"] == pytest.approx(s["annual_return"] / 0.1)
-    assert s["max_drawdown_bars"] == 2 and s["max_drawdown_duration"] == pd.Timedelta(days=2)
-    assert s["avg_drawdown"] == pytest.approx(0.1)
-    assert s["n_trades"] == 7 and s["win_rate"] == pytest.approx(3 / 7)
-    assert (s["best_trade"], s["worst_trade"]) == (0.2, -0.1)
-    assert s["avg_trade"] == pytest.approx(16 / 700)
-    assert s["profit_factor"] == pytest.approx(34 / 18)
-    assert s["expectancy"] == pytest.approx(16 / 7)
-    assert s["sqn"] == pytest.approx(math.sqrt(7) * pnl.mean() / pnl.std(ddof=1))
-    assert s["kelly"] == pytest.approx(3 / 7 - (4 / 7) / ((34 / 3) / 6))
-    assert s["exposure"] == pytest.approx(3 / 5)
-    assert s["commissions"] == 1.5
-    assert (s["max_consecutive_wins"], s["max_consecutive_losses"]) == (2, 3)
-
-
-def test_stats_without_trades_are_nan_not_errors(candles):
-    s = run(candles, [0] * 6).stats
-    assert s["n_trades"] == 0 and s["exposure"] == 0 and s["max_drawdown"] == 0
-    nan_keys = (
-        "win_rate",
-        "profit_factor",
-        "sqn",
-        "kelly",
-        "sharpe",
-        "sortino",
-        "calmar",
-        "best_trade",
-    )
-    assert [k for k in nan_keys if not math.isnan(s[k])] == []
-
-
-@pytest.mark.parametrize(
-    ("freq", "weekdays_only", "expected"),
-    [
-        ("1D", True, 252.0),  # equities: trading days
-        ("1D", False, 365.25),  # crypto
-        ("1h", False, 8766.0),
-        ("1h", True, 252.0 * 24),  # forex 24x5
-        ("1min", False, 525_960.0),
-        ("7D", False, 365.25 / 7),
-    ],
-)
-def test_bars_per_year_from_the_candles_spacing(freq, weekdays_only, expected):
-    idx = pd.date_range("2024-01-01", "2024-03-01", freq=freq, tz="UTC", inclusive="left")
-    if weekdays_only:
-        idx = idx[idx.dayofweek < 5]
-    assert infer_bars_per_year(idx) == pytest.approx(expected)
-
-
-def test_bars_per_year_of_the_shipped_samples_and_of_a_short_sample():
-    from backtesting.test import EURUSD, GOOG
-
-    assert infer_bars_per_year(GOOG.index.tz_localize("UTC")) == 252.0  # daily NASDAQ
-    assert infer_bars_per_year(EURUSD.index.tz_localize("UTC")) == 252.0 * 24  # hourly forex, 24x5
-    # under a week of data cannot show whether weekends trade: the 24/7 rule applies
-    one_day = pd.date_range("2024-01-02", periods=1440, freq="1min", tz="UTC")
-    assert infer_bars_per_year(one_day) == pytest.approx(525_960.0)

@@ -18,7 +18,7 @@ from mlflow.protos.databricks_pb2 import (
     TEMPORARILY_UNAVAILABLE,
 )
 from mlflow.tracking import MlflowClient
-from netutil import free_port
+from support import free_port
 
 from pipelines.errors import ConfigError, TrackingError
 from pipelines.tracking import Tracker
