@@ -20,12 +20,12 @@ import torch
 
 from actors.tracking_writer import start_writer
 from conf import Config, to_dict
-from pipelines.checkpoints import CheckpointInfo, CheckpointStore
-from pipelines.dataset import Dataset
+from pipelines.data.dataset import Dataset
+from pipelines.data.features import n_features
 from pipelines.errors import CandlerayError, CheckpointError, InvalidInputError
-from pipelines.features import n_features
-from pipelines.model import ModelSpec, resolve_device
-from pipelines.trainer import Trainer, check_batch
+from pipelines.model.checkpoints import CheckpointInfo, CheckpointStore
+from pipelines.model.network import ModelSpec, resolve_device
+from pipelines.model.trainer import Trainer, check_batch
 from pipelines.version import code_version
 
 log = logging.getLogger(__name__)

@@ -42,7 +42,7 @@ def open_tracker(
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     if factory is None:
-        from pipelines.tracking import Tracker as factory  # noqa: N813 - a class used as a factory
+        from pipelines.tracking.tracker import Tracker as factory  # noqa: N813 - a class used as a factory
     common = {"log_every_steps": cfg.tracking.log_every_steps}
     if run_id is not None:
         return factory(cfg.tracking.uri, cfg.run.name, run_id=run_id, **common)

@@ -33,13 +33,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actors import spec_from_config  # noqa: E402
-from conf import load_config  # noqa: E402
 from pipelines.backtest.inference import all_windows  # noqa: E402
 from pipelines.backtest.model_driven import backtest_model  # noqa: E402
 from pipelines.backtest.runner import BacktestJob, run_backtests, run_in_process  # noqa: E402
 from pipelines.backtest.weights import BacktestWeights  # noqa: E402
-from pipelines.model import CandleTransformer  # noqa: E402
-from pipelines.sources.synthetic import generate  # noqa: E402
+from pipelines.config import load_config  # noqa: E402
+from pipelines.data.sources.synthetic import generate  # noqa: E402
+from pipelines.model.network import CandleTransformer  # noqa: E402
 
 
 def make_config(home: str, bars: int):

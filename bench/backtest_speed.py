@@ -35,9 +35,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # backtesting.py's progress bar
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backtesting import Backtest  # noqa: E402  (imported before any timing)
+from tests.test_backtest_parity import SignalStrategy  # noqa: E402  (the parity tests' reference)
 
 from pipelines.backtest import BacktestSpec, simulate  # noqa: E402
-from tests.test_backtest_parity import SignalStrategy  # noqa: E402  (the parity tests' reference)
 
 
 def make_candles(n: int, seed: int) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """Training samples/s through the ModelActor vs a raw torch loop, same model, batch and threads.
 
 The actor path is the product path: the training set is put in the object store once and
-``pipelines.training.train_split`` sends index chunks to the actor with two calls in
+``pipelines.jobs.training.train_split`` sends index chunks to the actor with two calls in
 flight; the actor validates, weights the loss, records metrics, writes MLflow (sqlite)
 and checkpoints. The raw path is a bare torch loop in this process: forward, loss,
 backward, AdamW step. Rounds alternate raw/actor so drift on the machine hits both.
@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from actors import ModelClient, spec_from_config
-from conf import load_config
-from pipelines.dataset import Dataset, Split
-from pipelines.model import CandleTransformer
-from pipelines.training import train_split
+from pipelines.config import load_config
+from pipelines.data.dataset import Dataset, Split
+from pipelines.jobs.training import train_split
+from pipelines.model.network import CandleTransformer
 from serve.predictor import Predictor
 
 
@@ -78,7 +78,7 @@ def actor_loop(client, cfg, data: Dataset, steps: int) -> float:
 
 def snapshot_times(client, spec, n: int = 20) -> tuple[float, float, float]:
     """(ms to publish a snapshot in the trainer, ms to fetch it, ms to load it in a predictor)."""
-    from pipelines.trainer import Trainer
+    from pipelines.model.trainer import Trainer
 
     cfg = load_config()
     t = Trainer(spec, cfg.train, torch.device("cpu"))

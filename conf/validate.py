@@ -1,4 +1,9 @@
-"""Value checks that types alone cannot express, and path resolution."""
+"""Value checks that types alone cannot express, and path resolution.
+
+Only checks that need no domain code live here (``conf`` imports nothing above
+``pipelines.errors``); the ones that do (timeframes, backtest semantics) are in
+``pipelines.config``, which every entry point loads through.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,6 @@ from pathlib import Path
 import pandas as pd
 
 from conf.schema import Config
-from pipelines.backtest.config import check_backtest_config
-from pipelines.candles import timeframe_seconds
 from pipelines.errors import ConfigError
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
@@ -61,7 +64,6 @@ def check(cfg: Config) -> None:
     _need(
         len(cfg.data.symbols) >= 1, "data.symbols is empty; name at least one, e.g. [sample:EURUSD]"
     )
-    check_backtest_config(cfg.backtest)  # checked where the values are defined
     for key in ("since", "until"):
         value = getattr(cfg.data, key)
         if value is not None:
@@ -71,12 +73,6 @@ def check(cfg: Config) -> None:
                 raise ConfigError(
                     f"data.{key}={value!r} is not an ISO date; use e.g. 2024-01-01"
                 ) from exc
-    base = timeframe_seconds(cfg.data.timeframe)
-    for tf in cfg.data.extra_timeframes:
-        _need(
-            timeframe_seconds(tf) > base,
-            f"data.extra_timeframes: {tf!r} must be coarser than data.timeframe={cfg.data.timeframe!r}",
-        )
 
 
 def _abs(home: Path, p: str) -> str:

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipelines.labels import ACTIONS
-from pipelines.model import CandleTransformer, ModelSpec, resolve_device
-from pipelines.trainer import check_batch
+from pipelines.data.labels import ACTIONS
+from pipelines.model.network import CandleTransformer, ModelSpec, resolve_device
+from pipelines.model.trainer import check_batch
 
 
 @dataclass(frozen=True)

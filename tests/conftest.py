@@ -35,7 +35,7 @@ def make_cfg(tmp_path) -> Callable[..., object]:
     Each call gets a unique run.name so named actors never collide across tests, unless
     ``name=`` asks for an existing model's (to reopen its checkpoints).
     """
-    from conf import load_config
+    from pipelines.config import load_config
 
     def make(*overrides: str, profile: str | None = None, name: str | None = None):
         base = tiny_overrides(tmp_path, name or f"t{uuid.uuid4().hex[:10]}")

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from pipelines.data.features import higher_timeframes, make_windows
+from pipelines.data.labels import BUY, HOLD, SELL
 from pipelines.errors import BacktestError
-from pipelines.features import higher_timeframes, make_windows
-from pipelines.labels import BUY, HOLD, SELL
 from serve.predictor import Predictor
 
 # class index (HOLD=0, BUY=1, SELL=2) -> the simulator's signal (0, +1, -1)

@@ -10,7 +10,7 @@ import numbers
 import numpy as np
 import pandas as pd
 
-from pipelines.candles import validate_candles
+from pipelines.data.candles import validate_candles
 from pipelines.errors import BacktestError
 
 BUY, SELL, HOLD = 1, -1, 0

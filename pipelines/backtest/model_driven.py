@@ -35,7 +35,7 @@ from pipelines.backtest.result import BacktestResult
 from pipelines.backtest.simulator import simulate
 from pipelines.backtest.walk_forward import TrainRound, label_known_at, walk_forward
 from pipelines.backtest.weights import BacktestWeights
-from pipelines.labels import ACTIONS, UNKNOWN, action_labels
+from pipelines.data.labels import ACTIONS, UNKNOWN, action_labels
 from serve.predictor import Predictor
 
 

@@ -271,7 +271,7 @@ def log_mlflow(
 ) -> str:
     """One MLflow run in experiment ``<run.name>-backtest``; returns its id."""
     if tracker_factory is None:
-        from pipelines.tracking import Tracker as tracker_factory  # noqa: N813 - a class used as a factory
+        from pipelines.tracking.tracker import Tracker as tracker_factory  # noqa: N813 - a class used as a factory
     w = run.weights
     tags = {
         "candleray.code_version": code_version(),

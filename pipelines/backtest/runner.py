@@ -23,7 +23,7 @@ from conf import Config
 from pipelines.backtest.model_driven import ModelBacktest, backtest_model
 from pipelines.backtest.portfolio import Portfolio, combine
 from pipelines.backtest.weights import BacktestWeights
-from pipelines.sources import load_candles, parse_symbol
+from pipelines.data.sources import load_candles, parse_symbol
 
 log = logging.getLogger(__name__)
 

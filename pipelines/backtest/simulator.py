@@ -25,7 +25,7 @@ def simulate(
 ) -> BacktestResult:
     """Trade ``signals`` on ``candles`` and report trades, equity and statistics.
 
-    candles: the candle schema (``pipelines.candles``), at least 2 bars.
+    candles: the candle schema (``pipelines.data.candles``), at least 2 bars.
     signals: one per candle: 1 / -1 / 0 or "BUY" / "SELL" / "HOLD" (array, list, or a Series
         on the candles' index). The signal of bar i is acted on at bar i's close.
     spec: the semantics; ``options`` (any ``BacktestSpec`` field, e.g. ``fill="close"``,

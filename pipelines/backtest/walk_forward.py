@@ -7,7 +7,7 @@ that it has not trained on yet. So the weights that predict bar j were trained o
 known by some bar b <= j: nothing is learned from a label before it could be known.
 
 When the label of bar t is known (its sample is the window ending at t, the next candle t+1
-and the action label of ``pipelines.labels.action_labels``):
+and the action label of ``pipelines.data.labels.action_labels``):
 
 * ``every_candle``: at bar t + max(1, pivot_bars). The next candle and the price move need
   bar t+1; whether bar t is a pivot (which overrides the move label) needs ``pivot_bars``
@@ -30,11 +30,11 @@ import pandas as pd
 from conf.schema import TrainConfig
 from pipelines.backtest.inference import Inference, Windows, concat, infer
 from pipelines.backtest.weights import BacktestWeights
+from pipelines.data.features import candle_targets
+from pipelines.data.labels import UNKNOWN, pivot_actions
 from pipelines.errors import BacktestError
-from pipelines.features import candle_targets
-from pipelines.labels import UNKNOWN, pivot_actions
-from pipelines.model import resolve_device
-from pipelines.trainer import Trainer
+from pipelines.model.network import resolve_device
+from pipelines.model.trainer import Trainer
 from serve.predictor import Predictor
 
 NEVER = np.iinfo(np.int64).max

@@ -15,10 +15,10 @@ import fsspec
 import torch
 
 from conf import Config
-from pipelines.checkpoints import CheckpointStore
+from pipelines.data.features import n_features
 from pipelines.errors import BacktestError, CheckpointError
-from pipelines.features import n_features
-from pipelines.model import ModelSpec
+from pipelines.model.checkpoints import CheckpointStore
+from pipelines.model.network import ModelSpec
 
 log = logging.getLogger(__name__)
 

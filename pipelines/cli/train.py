@@ -1,0 +1,159 @@
+"""``candleray train``: epochs over history through the ModelActor, then a held-out evaluation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from conf import Config
+from pipelines.errors import CandlerayError
+
+
+def register(sub: Any) -> None:
+    sub.add_parser(
+        "train", help="train over history through the ModelActor (checkpoints + MLflow run)"
+    )
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    cmd_train(cfg, show_table=True)
+    return 0
+
+
+def _progress_bar(total_batches: int, epochs: int) -> tuple[Any, Any]:
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    bar = tqdm(
+        total=total_batches * epochs,
+        unit="batch",
+        dynamic_ncols=True,
+        file=sys.stderr,
+        disable=not tty,
+    )
+
+    def update(epoch: int, done: int, m: dict[str, float]) -> None:
+        if not tty and done == total_batches:  # no terminal: one line per epoch
+            print(
+                f"epoch {epoch + 1}/{epochs}: loss {m['total_loss']:.3f} dir_acc {m['candle_accuracy']:.2f} "
+                f"action_acc {m['action_accuracy']:.2f}",
+                file=sys.stderr,
+            )
+        bar.n = epoch * total_batches + done
+        bar.set_description(f"epoch {epoch + 1}/{epochs}")
+        bar.set_postfix(
+            loss=f"{m['total_loss']:.3f}",
+            dir_acc=f"{m['candle_accuracy']:.2f}",
+            act_acc=f"{m['action_accuracy']:.2f}",
+            refresh=False,
+        )
+        bar.refresh()
+
+    return bar, update
+
+
+def cmd_train(cfg: Config, *, show_table: bool = False) -> dict[str, Any]:
+    import ray
+
+    from actors import ModelClient
+    from pipelines.cluster import init_ray
+    from pipelines.jobs.training import prepare
+
+    t0 = time.time()
+    split = prepare(cfg)
+    print(
+        f"data: {len(split.train.symbols)} symbols, {len(split.train)} training windows, "
+        f"{len(split.holdout)} held-out windows ({time.time() - t0:.1f}s)"
+    )
+    owns_ray = init_ray(cfg)
+    client, status = None, "FAILED"
+    try:
+        client = ModelClient.connect(cfg)
+        out = _train_and_evaluate(client, cfg, split, show_table)
+        status = "FINISHED"
+        return out
+    finally:  # an error or Ctrl-C still ends the MLflow run (as FAILED) and the local cluster
+        if client is not None and not cfg.ray.detached:
+            try:
+                client.call("close", status)
+            except CandlerayError as exc:
+                print(f"candleray: could not close the MLflow run: {exc}", file=sys.stderr)
+        if owns_ray:
+            ray.shutdown()
+
+
+def _train_and_evaluate(client: Any, cfg: Config, split: Any, show_table: bool) -> dict[str, Any]:
+    from actors import spec_from_config
+    from pipelines.jobs.evaluation import evaluate_split
+    from pipelines.jobs.training import train_split
+    from serve.predictor import Predictor
+
+    start = client.call("metrics")
+    if start.get("restored_from"):
+        print(f"resuming {cfg.run.name!r} from checkpoint step {start['restored_from']}")
+    n_batches = -(-len(split.train) // cfg.train.batch_size)
+    bar, update = _progress_bar(n_batches, cfg.train.epochs)
+    t1 = time.time()
+    try:
+        epochs = train_split(client, split, cfg, progress=update)
+    finally:
+        bar.close()
+    train_s = time.time() - t1
+    ckpt = client.call("save_checkpoint", "batch")
+    predictor = Predictor(spec_from_config(cfg), "cpu")
+    predictor.refresh(client)
+    table = evaluate_split(predictor, split)
+    overall = table.loc["ALL"]
+    client.call(
+        "log_evaluation",
+        {f"holdout_{k}": float(v) for k, v in overall.items()},
+        artifacts={"evaluation/holdout.json": json.loads(table.to_json(orient="index"))},
+    )
+    tracking = client.call("flush_tracking")
+    metrics = client.call("metrics")
+    samples = sum(e.steps for e in epochs) * cfg.train.batch_size
+    print(
+        f"trained {sum(e.steps for e in epochs)} steps in {train_s:.1f}s "
+        f"({samples / max(train_s, 1e-9):.0f} samples/s), model at step {metrics['steps']}, trend {metrics['trend']}"
+    )
+    print(f"checkpoint: {ckpt['path']}")
+    if tracking.get("enabled"):
+        print(
+            f"MLflow run {tracking['run_id']} in experiment {cfg.run.name!r} at {cfg.tracking.uri}"
+            + (
+                f" ({tracking['errors']} write errors: {tracking['last_error']})"
+                if tracking["errors"]
+                else ""
+            )
+        )
+    if show_table:
+        _print_table(table)
+    return {
+        "table": table,
+        "epochs": epochs,
+        "checkpoint": ckpt,
+        "tracking": tracking,
+        "ranges": split.ranges,
+    }
+
+
+def _print_table(table: Any) -> None:
+    cols = [
+        ("n", "windows", "{:.0f}"),
+        ("dir_acc", "dir acc", "{:.3f}"),
+        ("dir_acc_persistence", "persist.", "{:.3f}"),
+        ("action_acc", "action acc", "{:.3f}"),
+        ("action_acc_hold", "always-HOLD", "{:.3f}"),
+        ("action_acc_majority", "majority", "{:.3f}"),
+        ("close_mae", "close MAE", "{:.3f}"),
+        ("close_mae_persistence", "persist.", "{:.3f}"),
+        ("close_mae_nochange", "no-change", "{:.3f}"),
+    ]
+    width = max(len(s) for s in table.index) + 2
+    print("\nHeld-out evaluation (close MAE in units of each window's volatility; lower is better)")
+    print("symbol".ljust(width) + "".join(h.rjust(12) for _, h, _ in cols))
+    for sym, row in table.iterrows():
+        print(sym.ljust(width) + "".join(f.format(row[c]).rjust(12) for c, _, f in cols))

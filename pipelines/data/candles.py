@@ -1,0 +1,221 @@
+"""The one candle schema, its validator, gap report and timeframe helpers.
+
+Every source returns, and every consumer accepts, a DataFrame with a UTC
+``DatetimeIndex`` (named ``time``, sorted, unique; each stamp is the bar's
+*open* time) and float64 columns ``open, high, low, close, volume``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pipelines.errors import CandleValidationError, ConfigError
+
+COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
+PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
+
+_TF_RE = re.compile(r"^(\d+)(m|h|d|w)$")
+_TF_UNITS = {"m": "min", "h": "h", "d": "D", "w": "W"}
+_TF_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def timeframe_seconds(timeframe: str) -> int:
+    """Seconds in a ccxt-style timeframe such as ``1m``, ``15m``, ``4h``, ``1d``, ``1w``."""
+    m = _TF_RE.match(timeframe)
+    if not m or int(m.group(1)) <= 0:
+        raise ConfigError(
+            f"timeframe {timeframe!r} is not understood; use <n><unit> with unit m, h, d or w "
+            "(e.g. 1m, 15m, 1h, 4h, 1d)"
+        )
+    return int(m.group(1)) * _TF_SECONDS[m.group(2)]
+
+
+def timeframe_offset(timeframe: str) -> pd.Timedelta:
+    return pd.Timedelta(seconds=timeframe_seconds(timeframe))
+
+
+def empty_candles() -> pd.DataFrame:
+    idx = pd.DatetimeIndex([], tz="UTC", name="time")
+    return pd.DataFrame({c: pd.Series([], dtype="float64") for c in COLUMNS}, index=idx)
+
+
+def normalize_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Lower-case column names and keep the schema's columns, as float64 (no validation)."""
+    out = df.rename(columns={c: str(c).lower() for c in df.columns})
+    missing = [c for c in COLUMNS if c not in out.columns]
+    if missing:
+        raise CandleValidationError(
+            f"candles are missing column(s) {missing}; expected exactly {list(COLUMNS)}",
+            rule="columns",
+        )
+    out = out.loc[:, list(COLUMNS)].astype("float64")
+    idx = pd.DatetimeIndex(out.index)
+    idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
+    out.index = idx.rename("time")
+    return out
+
+
+def _fail(symbol: str, df: pd.DataFrame, mask: np.ndarray, rule: str, what: str) -> None:
+    pos = int(np.flatnonzero(mask)[0])
+    stamp = df.index[pos]
+    n = int(mask.sum())
+    raise CandleValidationError(
+        f"{symbol}: row {pos} ({stamp}) breaks rule '{rule}': {what}"
+        + (f" ({n} rows in all)" if n > 1 else ""),
+        symbol=symbol,
+        row=pos,
+        rule=rule,
+    )
+
+
+def validate_candles(df: pd.DataFrame, symbol: str = "?") -> pd.DataFrame:
+    """Return ``df`` if it follows the schema; raise ``CandleValidationError`` naming the first bad row.
+
+    Rules: exact columns, float dtype, UTC DatetimeIndex, finite values, prices > 0,
+    high >= max(open, close, low), low <= min(open, close), volume >= 0,
+    timestamps strictly increasing (no duplicates).
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise CandleValidationError(
+            f"{symbol}: candles must be a pandas DataFrame, got {type(df).__name__}",
+            symbol=symbol,
+            rule="type",
+        )
+    cols = list(df.columns)
+    if cols != list(COLUMNS):
+        raise CandleValidationError(
+            f"{symbol}: columns are {cols}; expected exactly {list(COLUMNS)} in that order "
+            "(use pipelines.data.candles.normalize_columns to convert)",
+            symbol=symbol,
+            rule="columns",
+        )
+    if (
+        not isinstance(df.index, pd.DatetimeIndex)
+        or df.index.tz is None
+        or str(df.index.tz) != "UTC"
+    ):
+        raise CandleValidationError(
+            f"{symbol}: index must be a UTC DatetimeIndex, got {type(df.index).__name__} "
+            f"tz={getattr(df.index, 'tz', None)}",
+            symbol=symbol,
+            rule="index",
+        )
+    for c in COLUMNS:
+        if not pd.api.types.is_float_dtype(df[c].dtype):
+            raise CandleValidationError(
+                f"{symbol}: column {c!r} has dtype {df[c].dtype}; expected float64",
+                symbol=symbol,
+                rule="dtype",
+            )
+    if len(df) == 0:
+        return df
+    v = df.to_numpy(dtype="float64")
+    o, h, low, c, vol = v.T
+    _check = [
+        (~np.isfinite(v).all(axis=1), "finite", "a value is NaN or infinite"),
+        ((v[:, :4] <= 0).any(axis=1), "positive-price", "a price is zero or negative"),
+        (h < np.maximum(o, c), "high-covers-open-close", "high is below open or close"),
+        (low > np.minimum(o, c), "low-covers-open-close", "low is above open or close"),
+        (vol < 0, "volume-non-negative", "volume is negative"),
+    ]
+    for mask, rule, what in _check:
+        if mask.any():
+            _fail(symbol, df, mask, rule, what)
+    t = df.index.as_unit("ns").asi8
+    d = np.diff(t)
+    if (d == 0).any():
+        _fail(
+            symbol,
+            df,
+            np.r_[False, d == 0],
+            "unique-timestamps",
+            "timestamp repeats the previous row",
+        )
+    if (d < 0).any():
+        _fail(
+            symbol,
+            df,
+            np.r_[False, d < 0],
+            "sorted-timestamps",
+            "timestamp is earlier than the previous row",
+        )
+    return df
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Bars missing between ``after`` and ``before`` (both present)."""
+
+    after: pd.Timestamp
+    before: pd.Timestamp
+    missing_bars: int
+
+
+def find_gaps(df: pd.DataFrame, timeframe: str) -> list[Gap]:
+    """Report gaps larger than one bar. Gaps are reported, never filled."""
+    step = timeframe_seconds(timeframe) * 1_000_000_000
+    t = df.index.as_unit("ns").asi8
+    if len(t) < 2:
+        return []
+    d = np.diff(t)
+    where = np.flatnonzero(d > step)
+    return [Gap(df.index[i], df.index[i + 1], int(d[i] // step) - 1) for i in where]
+
+
+def infer_timeframe(df: pd.DataFrame) -> str:
+    """The most common bar spacing, as a timeframe string (for series without metadata)."""
+    if len(df) < 2:
+        raise CandleValidationError(
+            "cannot infer a timeframe from fewer than 2 candles", rule="timeframe"
+        )
+    sec = int(pd.Series(np.diff(df.index.as_unit("ns").asi8)).mode().iloc[0] // 1_000_000_000)
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if sec % size == 0:
+            return f"{sec // size}{unit}"
+    raise CandleValidationError(
+        f"bar spacing of {sec}s is not a whole number of minutes", rule="timeframe"
+    )
+
+
+def resample(df: pd.DataFrame, timeframe: str) -> pd.DataFrame:
+    """Aggregate candles to a coarser timeframe. Each output bar is stamped with its open time."""
+    rule = _TF_UNITS[_TF_RE.match(timeframe).group(2)]  # type: ignore[union-attr]
+    n = _TF_RE.match(timeframe).group(1)  # type: ignore[union-attr]
+    agg = df.resample(f"{n}{rule}", label="left", closed="left", origin="epoch").agg(
+        {"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"}
+    )
+    return agg.dropna(subset=["open"])
+
+
+def align_higher_timeframe(
+    base: pd.DataFrame, base_tf: str, higher: pd.DataFrame, higher_tf: str
+) -> pd.DataFrame:
+    """For each base bar, the last *closed* higher-timeframe candle, as of that base bar's close.
+
+    A higher candle opened at T closes at T + higher_tf; a base bar opened at t closes at
+    t + base_tf. The higher candle is visible to the base bar only when
+    T + higher_tf <= t + base_tf, so nothing from the future leaks in. Rows with no closed
+    higher candle yet are NaN.
+    """
+    if timeframe_seconds(higher_tf) <= timeframe_seconds(base_tf):
+        raise ConfigError(
+            f"higher timeframe {higher_tf!r} must be coarser than the base {base_tf!r}"
+        )
+    close_time_h = higher.index + timeframe_offset(higher_tf)
+    close_time_b = base.index + timeframe_offset(base_tf)
+    # position of the last higher candle whose close time <= base close time
+    pos = (
+        np.searchsorted(
+            close_time_h.as_unit("ns").asi8, close_time_b.as_unit("ns").asi8, side="right"
+        )
+        - 1
+    )
+    vals = higher.to_numpy(dtype="float64")
+    out = np.full((len(base), len(COLUMNS)), np.nan)
+    ok = pos >= 0
+    out[ok] = vals[pos[ok]]
+    return pd.DataFrame(out, index=base.index, columns=list(COLUMNS))

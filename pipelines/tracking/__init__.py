@@ -1,0 +1,12 @@
+"""MLflow tracking through an explicit ``MlflowClient``: one run (``tracker``), experiments and
+registered models (``experiments``), and the store boundary where MLflow, HTTP and SQLAlchemy
+errors become ``TrackingError`` (``store``).
+
+    from pipelines.tracking import Tracker
+"""
+
+from pipelines.tracking.experiments import ensure_registered_model, experiment_id_for
+from pipelines.tracking.store import call_mlflow
+from pipelines.tracking.tracker import Tracker
+
+__all__ = ["Tracker", "call_mlflow", "ensure_registered_model", "experiment_id_for"]

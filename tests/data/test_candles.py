@@ -1,0 +1,112 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.data.candles import (
+    align_higher_timeframe,
+    find_gaps,
+    infer_timeframe,
+    normalize_columns,
+    resample,
+    validate_candles,
+)
+from pipelines.errors import CandleValidationError
+
+
+def frame(n: int = 6, start: str = "2024-01-01", freq: str = "1h") -> pd.DataFrame:
+    idx = pd.date_range(start, periods=n, freq=freq, tz="UTC", name="time")
+    close = 100 + np.arange(n, dtype=float)
+    return pd.DataFrame(
+        {
+            "open": close - 0.5,
+            "high": close + 1,
+            "low": close - 1,
+            "close": close,
+            "volume": np.full(n, 10.0),
+        },
+        index=idx,
+    )
+
+
+def test_valid_frame_passes():
+    df = frame()
+    assert validate_candles(df, "X") is df
+
+
+def _set(df, row, col, val):
+    df = df.copy()
+    df.iloc[row, df.columns.get_loc(col)] = val
+    return df
+
+
+@pytest.mark.parametrize(
+    ("mutate", "rule"),
+    [
+        (lambda d: _set(d, 3, "close", np.nan), "finite"),
+        (lambda d: _set(d, 3, "volume", np.inf), "finite"),
+        (lambda d: _set(_set(d, 3, "low", -1.0), 3, "open", 0.0), "positive-price"),
+        (lambda d: _set(d, 3, "high", 50.0), "high-covers-open-close"),
+        (lambda d: _set(d, 3, "low", 200.0), "low-covers-open-close"),
+        (lambda d: _set(d, 3, "volume", -5.0), "volume-non-negative"),
+    ],
+)
+def test_each_rule_names_symbol_row_and_rule(mutate, rule):
+    with pytest.raises(CandleValidationError) as exc:
+        validate_candles(mutate(frame()), "binance:BTC/USDT")
+    e = exc.value
+    assert e.rule == rule and e.row == 3 and e.symbol == "binance:BTC/USDT"
+    assert "row 3" in str(e) and rule in str(e) and "binance:BTC/USDT" in str(e)
+
+
+def test_duplicate_and_unsorted_timestamps():
+    df = frame()
+    dup = df.iloc[[0, 1, 2, 2, 3]]
+    with pytest.raises(CandleValidationError, match="row 3.*unique-timestamps"):
+        validate_candles(dup, "X")
+    uns = df.iloc[[0, 2, 1, 3]]
+    with pytest.raises(CandleValidationError, match="row 2.*sorted-timestamps"):
+        validate_candles(uns, "X")
+
+
+def test_wrong_columns_index_and_dtype():
+    with pytest.raises(CandleValidationError, match="columns"):
+        validate_candles(frame().drop(columns="volume"), "X")
+    with pytest.raises(CandleValidationError, match="UTC"):
+        validate_candles(frame().tz_localize(None), "X")
+    with pytest.raises(CandleValidationError, match="dtype"):
+        validate_candles(frame().astype({"volume": "int64"}), "X")
+    with pytest.raises(CandleValidationError, match="missing column"):
+        normalize_columns(frame().drop(columns="high"))
+
+
+def test_gaps_are_reported_not_filled():
+    df = frame(10).drop(index=frame(10).index[[3, 4, 7]])
+    gaps = find_gaps(df, "1h")
+    assert [(g.missing_bars) for g in gaps] == [2, 1]
+    assert len(df) == 7  # untouched
+    assert infer_timeframe(df) == "1h"
+
+
+def test_resample_aggregates_ohlcv():
+    df = frame(8)
+    r = resample(df, "4h")
+    assert len(r) == 2
+    first = r.iloc[0]
+    assert first["open"] == df["open"].iloc[0] and first["close"] == df["close"].iloc[3]
+    assert first["high"] == df["high"].iloc[:4].max() and first["volume"] == 40.0
+
+
+def test_higher_timeframe_visible_only_after_close():
+    base = frame(12)  # 00:00 .. 11:00
+    higher = resample(base, "4h")  # opens 00:00, 04:00, 08:00
+    al = align_higher_timeframe(base, "1h", higher, "4h")
+    # the 00:00-04:00 candle closes at 04:00 = close of the 03:00 base bar
+    assert al.iloc[:3].isna().all().all()
+    assert al["close"].iloc[3] == base["close"].iloc[3]
+    assert al["close"].iloc[6] == base["close"].iloc[3]  # 04:00 candle not closed yet at 07:00 open
+    assert al["close"].iloc[7] == base["close"].iloc[7]
+    # no look-ahead: changing the future never changes what a bar saw
+    fut = base.copy()
+    fut.iloc[8:, :] *= 1.5
+    al2 = align_higher_timeframe(fut, "1h", resample(fut, "4h"), "4h")
+    pd.testing.assert_frame_equal(al.iloc[:8], al2.iloc[:8])
