@@ -19,7 +19,6 @@ COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
 PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
 
 _TF_RE = re.compile(r"^(\d+)(m|h|d|w)$")
-_TF_UNITS = {"m": "min", "h": "h", "d": "D", "w": "W"}
 _TF_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -181,14 +180,53 @@ def infer_timeframe(df: pd.DataFrame) -> str:
     )
 
 
+# Weeks start on Monday 00:00 UTC, as the weekly candles of the exchanges whose ccxt-style
+# timeframes these are (and ISO weeks); 1970-01-05 is the first Monday after the epoch (a
+# Thursday). Everything else is counted from the epoch itself.
+_WEEK_ORIGIN_NS = 4 * 86400 * 1_000_000_000
+
+
+def bin_starts(index: pd.DatetimeIndex, timeframe: str) -> pd.DatetimeIndex:
+    """The open time of the ``timeframe`` bin holding each stamp, on one fixed grid.
+
+    Bins are ``timeframe_seconds(timeframe)`` wide and counted from 1970-01-01 00:00 UTC
+    (weeks: from Monday 1970-01-05), so a stamp falls in the same bin whatever the data's
+    first stamp. (pandas' ``resample(origin="epoch")`` ignores the origin for day and week
+    frequencies on a tz-aware index: 2d/3d bins started at the first data day, and weeks
+    on Sunday.)
+    """
+    width = timeframe_seconds(timeframe) * 1_000_000_000
+    origin = _WEEK_ORIGIN_NS if timeframe.endswith("w") else 0
+    t = index.as_unit("ns").asi8
+    starts = (t - origin) // width * width + origin  # floor division: right for pre-1970 too
+    return pd.DatetimeIndex(starts.astype("datetime64[ns]"), name=index.name).tz_localize("UTC")
+
+
 def resample(df: pd.DataFrame, timeframe: str) -> pd.DataFrame:
-    """Aggregate candles to a coarser timeframe. Each output bar is stamped with its open time."""
-    rule = _TF_UNITS[_TF_RE.match(timeframe).group(2)]  # type: ignore[union-attr]
-    n = _TF_RE.match(timeframe).group(1)  # type: ignore[union-attr]
-    agg = df.resample(f"{n}{rule}", label="left", closed="left", origin="epoch").agg(
-        {"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"}
+    """Aggregate candles to a coarser timeframe on the fixed grid of ``bin_starts``.
+
+    ``df`` follows the schema (sorted). Each output bar is stamped with its bin's open time;
+    bins with no input bar are left out (gaps stay gaps). The first and last bins may hold
+    only part of their span.
+    """
+    starts = bin_starts(df.index, timeframe).as_unit("ns").asi8
+    if len(starts) == 0:
+        return empty_candles()
+    first = np.flatnonzero(np.r_[True, starts[1:] != starts[:-1]])  # (B,) first row of each bin
+    last = np.r_[first[1:], len(starts)] - 1
+    v = {c: df[c].to_numpy(dtype="float64") for c in COLUMNS}
+    return pd.DataFrame(
+        {
+            "open": v["open"][first],
+            "high": np.maximum.reduceat(v["high"], first),
+            "low": np.minimum.reduceat(v["low"], first),
+            "close": v["close"][last],
+            "volume": np.add.reduceat(v["volume"], first),
+        },
+        index=pd.DatetimeIndex(starts[first].astype("datetime64[ns]"), name="time").tz_localize(
+            "UTC"
+        ),
     )
-    return agg.dropna(subset=["open"])
 
 
 def align_higher_timeframe(

@@ -110,3 +110,39 @@ def test_higher_timeframe_visible_only_after_close():
     fut.iloc[8:, :] *= 1.5
     al2 = align_higher_timeframe(fut, "1h", resample(fut, "4h"), "4h")
     pd.testing.assert_frame_equal(al.iloc[:8], al2.iloc[:8])
+
+
+@pytest.mark.parametrize(
+    ("base", "tf"), [("1h", "4h"), ("1d", "2d"), ("1d", "3d"), ("1h", "1w"), ("1d", "2w")]
+)
+def test_resample_bins_do_not_depend_on_where_the_data_starts(base, tf):
+    df = frame(24 * 40 if base == "1h" else 120, start="2024-01-01", freq=base)
+    whole = resample(df, tf)
+    width = pd.Timedelta(tf.replace("w", "W").replace("d", "D"))
+    per_day = 24 if base == "1h" else 1
+    for skip in (1, 2, 5, 8 * per_day + 1, 30 * per_day):
+        late = resample(df.iloc[skip:], tf)
+        # every bin after the first (which the later start cuts short) is the same candle
+        pd.testing.assert_frame_equal(late.iloc[1:], whole.loc[late.index[1:]])
+        assert late.index[0] <= df.index[skip] < late.index[0] + width
+
+
+def test_resample_bins_sit_on_the_epoch_grid_and_weeks_start_on_monday():
+    df = frame(24 * 40, start="2024-01-02 05:00")  # a Tuesday, mid-morning
+    epoch, monday = pd.Timestamp(0, tz="UTC"), pd.Timestamp("1970-01-05", tz="UTC")
+    for tf, days, origin in (
+        ("2d", 2, epoch),
+        ("3d", 3, epoch),
+        ("1w", 7, monday),
+        ("2w", 14, monday),
+    ):
+        starts = resample(df, tf).index
+        assert ((starts - origin).days % days == 0).all(), tf
+        assert ((starts - origin) % pd.Timedelta(days=1) == pd.Timedelta(0)).all(), tf
+    assert resample(df, "3d").index[0] == pd.Timestamp("2023-12-31", tz="UTC")
+    assert resample(df, "1w").index[0] == pd.Timestamp("2024-01-01", tz="UTC")  # a Monday
+    assert (
+        resample(df, "2w")
+        .index[:2]
+        .equals(pd.DatetimeIndex(["2023-12-25", "2024-01-08"], tz="UTC", name="time"))
+    )

@@ -52,3 +52,15 @@ def test_extra_timeframe_not_coarser_uses_base_candles():
     df = candles(50).set_axis(idx)
     (h,) = higher_timeframes(df, "1d", ("4h",))
     np.testing.assert_allclose(h[:, 3], np.log(df["close"].to_numpy()))
+
+
+def test_higher_timeframe_features_do_not_depend_on_where_the_data_starts():
+    # training sees the series from its start, a backtest from later: the same bar must see
+    # the same 3-day / 2-week candle once the backtest's first (partial) bin has closed
+    idx = pd.date_range("2024-01-01", periods=120, freq="1D", tz="UTC", name="time")
+    df = candles(120).set_axis(idx)
+    for tf, skip in (("3d", 1), ("3d", 2), ("2w", 3), ("2w", 9)):
+        (whole,) = higher_timeframes(df, "1d", (tf,))
+        (late,) = higher_timeframes(df.iloc[skip:], "1d", (tf,))
+        settled = skip + 2 * int(tf[0]) * (7 if tf.endswith("w") else 1)  # past one full bin
+        np.testing.assert_array_equal(late[settled - skip :], whole[settled:], err_msg=tf)
