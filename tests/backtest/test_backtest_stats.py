@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from test_backtest_simulator import run, six_candles
 
+from pipelines.backtest import simulate
 from pipelines.backtest.stats import compute_stats, infer_bars_per_year
 
 
@@ -107,3 +108,61 @@ def test_bars_per_year_of_the_shipped_samples_and_of_a_short_sample():
     # under a week of data cannot show whether weekends trade: the 24/7 rule applies
     one_day = pd.date_range("2024-01-02", periods=1440, freq="1min", tz="UTC")
     assert infer_bars_per_year(one_day) == pytest.approx(525_960.0)
+
+
+# --- growth rates beyond float range ------------------------------------------------------------
+
+
+def _one_hour_ramp(end: float) -> tuple[pd.DataFrame, np.ndarray]:
+    """60 one-minute candles whose close goes from 100 to ``end``; BUY on bar 0."""
+    idx = pd.date_range("2024-01-01", periods=60, freq="1min", tz="UTC", name="time")
+    close = np.linspace(100, end, 60)
+    open_ = np.r_[100, close[:-1]]
+    df = pd.DataFrame(
+        {
+            "open": open_,
+            "high": np.maximum(open_, close),
+            "low": np.minimum(open_, close),
+            "close": close,
+            "volume": 1.0,
+        },
+        index=idx,
+    )
+    sig = np.zeros(60, dtype=np.int8)
+    sig[0] = 1
+    return df, sig
+
+
+def test_a_gain_on_a_short_fast_range_compounds_to_inf_not_an_error():
+    # +9 % in an hour of 1-minute bars compounds to about 1.09 ** 8766 a year: past float range
+    df, sig = _one_hour_ramp(109.0)
+    s = simulate(df, sig, units="fractional").stats
+    assert s["total_return"] == pytest.approx(0.09)  # bought at 100 (bar 1 open), marked at 109
+    assert s["cagr"] == math.inf and s["annual_return"] == math.inf
+    assert math.isnan(s["calmar"])  # a ratio with an infinite numerator is NaN, as documented
+    assert math.isfinite(s["sharpe"]) and math.isfinite(s["annual_volatility"])
+
+
+def test_a_loss_on_a_short_fast_range_compounds_to_minus_one():
+    df, sig = _one_hour_ramp(91.0)
+    s = simulate(df, sig, units="fractional").stats
+    assert s["total_return"] < 0
+    assert s["cagr"] == -1.0 and s["annual_return"] == -1.0
+
+
+def test_growth_in_float_range_is_unchanged_by_the_log_space_form():
+    idx = pd.date_range("2024-01-01", periods=3, freq="D", tz="UTC")
+    s = compute_stats(
+        equity=np.array([100.0, 101.0, 102.0]),
+        index=idx,
+        close=np.array([1.0, 1.0, 1.0]),
+        cash=100.0,
+        pnl=np.empty(0),
+        returns=np.empty(0),
+        held_from=np.empty(0, dtype=np.int64),
+        held_to=np.empty(0, dtype=np.int64),
+        commissions=0.0,
+        bars_per_year=365.25,
+    )
+    assert s["cagr"] == pytest.approx(1.02 ** (365.25 / 2) - 1, rel=1e-12)
+    assert s["annual_return"] == pytest.approx(1.02 ** (365.25 / 2) - 1, rel=1e-12)
