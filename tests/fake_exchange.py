@@ -1,8 +1,8 @@
 """A local HTTP server that speaks enough of Binance's spot REST API for ccxt.
 
-Only two routes: ``GET /api/v3/exchangeInfo`` (what ``ccxt.binance.load_markets``
-reads when told to load spot markets only) and ``GET /api/v3/klines`` (what
-``fetch_ohlcv`` calls). Candles come from a deterministic series, so a test can
+Three routes: ``GET /api/v3/exchangeInfo`` (what ``ccxt.binance.load_markets``
+reads when told to load spot markets only), ``GET /api/v3/klines`` (what
+``fetch_ohlcv`` calls) and ``GET /api/v3/time`` (``fetch_time``). Candles come from a deterministic series, so a test can
 compute exactly what a fetch must return; ``startTime`` / ``endTime`` / ``limit``
 are honoured as Binance does, so pagination is real.
 
@@ -20,6 +20,14 @@ route takes the next entry (``"ok"`` once the plan is used up):
 
 Every request is recorded in :attr:`FakeBinance.requests`. ``bars`` (how many candles
 exist) and ``page_cap`` (most rows per answer) may be changed while serving.
+
+The exchange's clock: by default "now" is half-way through bar ``bars - 1`` (served, still
+open). Setting ``now_ms`` instead makes the bars up to the one open at ``now_ms`` exist
+(``bars`` is then ignored), and ``/api/v3/time`` answers it.
+
+Answers can be rewritten per request with :meth:`FakeBinance.edit_next`: each klines
+answer takes the next queued function of its rows (reorder them, repeat them, drop some,
+break one), to play a late, repeated or out-of-order exchange.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -60,7 +68,7 @@ _FAULTS = {
     "reset",
     "badrequest",
 }
-_ROUTES = ("klines", "exchangeInfo")
+_ROUTES = ("klines", "exchangeInfo", "time")
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,8 @@ class FakeBinance:
         self.slow_s = slow_s
         self.page_cap = 1000  # most rows per answer, whatever the client asks (Binance: 1000)
         self.requests: list[Request] = []
+        self.now_ms: int | None = None  # the exchange's clock; None: half-way through bar bars-1
+        self._edits: deque[Callable[[list[list]], list[list]]] = deque()
         self._plans: dict[str, deque[str]] = {r: deque() for r in _ROUTES}
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None  # bound on __enter__
@@ -162,6 +172,24 @@ class FakeBinance:
             self.requests.clear()
             for q in self._plans.values():
                 q.clear()
+            self._edits.clear()
+
+    def edit_next(self, *edits: Callable[[list[list]], list[list]]) -> None:
+        """Rewrite the rows of the next klines answers, one function per answer, in order."""
+        with self._lock:
+            self._edits.extend(edits)
+
+    def server_ms(self) -> int:
+        """The exchange's "now" in ms."""
+        if self.now_ms is not None:
+            return self.now_ms
+        return self.open_ms(self.bars) - self.step_ms // 2
+
+    def last_bar(self) -> int:
+        """Index of the newest bar the exchange has (it is still open)."""
+        if self.now_ms is not None:
+            return (self.now_ms - self.start_ms) // self.step_ms
+        return self.bars - 1
 
     def calls(self, route: str = "klines") -> list[Request]:
         with self._lock:
@@ -221,7 +249,7 @@ class FakeBinance:
         if params.get("interval") != self.interval:
             return 400, {"code": -1120, "msg": "Invalid interval."}
         limit = min(int(params.get("limit", 500)), self.page_cap)
-        end = self.bars - 1
+        end = self.last_bar()
         if "endTime" in params:
             end = min(end, (int(params["endTime"]) - self.start_ms) // self.step_ms)
         if "startTime" in params:
@@ -229,7 +257,10 @@ class FakeBinance:
         else:  # Binance answers the most recent bars
             first = max(0, end - limit + 1)
         last = min(end, first + limit - 1)
-        return 200, [self.kline(symbol, i) for i in range(first, last + 1)]
+        rows = [self.kline(symbol, i) for i in range(first, last + 1)]
+        with self._lock:
+            edit = self._edits.popleft() if self._edits else None
+        return 200, rows if edit is None else edit(rows)
 
     def exchange_info(self) -> dict:
         return {
@@ -264,9 +295,11 @@ def _handler_for(server: FakeBinance) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             parts = urlsplit(self.path)
             params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-            route = {"/api/v3/klines": "klines", "/api/v3/exchangeInfo": "exchangeInfo"}.get(
-                parts.path, parts.path
-            )
+            route = {
+                "/api/v3/klines": "klines",
+                "/api/v3/exchangeInfo": "exchangeInfo",
+                "/api/v3/time": "time",
+            }.get(parts.path, parts.path)
             fault = server._next_fault(route, params)
             if route not in _ROUTES:
                 self._json(404, {"code": -1, "msg": f"fake exchange has no route {parts.path}"})
@@ -301,6 +334,8 @@ def _handler_for(server: FakeBinance) -> type[BaseHTTPRequestHandler]:
                 return
             if route == "exchangeInfo":
                 self._json(200, server.exchange_info())
+            elif route == "time":
+                self._json(200, {"serverTime": server.server_ms()})
             else:
                 self._json(*server.klines(params))
 

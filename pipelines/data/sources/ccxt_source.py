@@ -1,6 +1,6 @@
 """Candles from any ccxt exchange: paginated ``fetch_ohlcv``, retries, incremental cache.
 
-Every call into ccxt goes through :meth:`CcxtSource._call`, the one place where ccxt
+Every call into ccxt goes through :meth:`CcxtSource.call`, the one place where ccxt
 errors become candleray errors:
 
 - ``ccxt.NetworkError`` and subclasses (``RequestTimeout``, ``ExchangeNotAvailable`` for
@@ -136,7 +136,7 @@ class CcxtSource:
         self.exchange_id = exchange_id
         self._cfg = cfg
         self._ex = exchange if exchange is not None else build_exchange(exchange_id, cfg)
-        self._ex.enableLastJsonResponse = True  # lets _call tell "no data" from garbage
+        self._ex.enableLastJsonResponse = True  # lets call() tell "no data" from garbage
         self._cache = CandleCache(cache_dir)
         self._now = now
         self._sleep = sleep
@@ -180,7 +180,7 @@ class CcxtSource:
     def _download(self, symbol: str, timeframe: str, a: int, b: int, step: int) -> list[list]:
         """Rows with open time in [a, b], page by page from ``a``."""
         ex = self._ex
-        self._call(
+        self.call(
             f"loading the markets of {self.exchange_id} (for {symbol})", ex.load_markets, symbol
         )
         if ex.timeframes and timeframe not in ex.timeframes:
@@ -191,7 +191,7 @@ class CcxtSource:
         rows: list[list] = []
         cursor, pages = a, 0
         while cursor <= b:
-            page = self._call(
+            page = self.call(
                 f"fetching {symbol} {timeframe} candles from {self.exchange_id} since {_iso(cursor)}",
                 functools.partial(
                     ex.fetch_ohlcv, symbol, timeframe, since=cursor, limit=self._cfg.limit
@@ -221,8 +221,11 @@ class CcxtSource:
         )
         return rows
 
-    def _call(self, what: str, fn: Callable[[], T], symbol: str) -> T:
-        """Run one ccxt call with errors translated and temporary ones retried."""
+    def call(self, what: str, fn: Callable[[], T], symbol: str) -> T:
+        """Run one ccxt call with errors translated and temporary ones retried.
+
+        Public so that other users of this exchange (the polling feed) share the mapping.
+        """
         ex = self._ex
 
         def once() -> T:
