@@ -6,11 +6,18 @@ backtest, so its value is the average of the normalised curves ``E_s(t) / cash_s
 ``cash``. (With ``units: whole`` a sleeve of cash / n could buy other whole numbers of units
 than the full-cash run; the scaled copy is what is reported.)
 
-Curves are aligned on the union of their timestamps: a symbol's value is carried forward
-(forward fill) between and after its bars; before its first bar it is still all cash
-(normalised value 1). Symbols of different timeframes or ranges thus combine without gaps.
-Statistics follow ``pipelines.backtest.stats`` (fractions, risk-free rate 0, NaN when
-undefined); Sharpe is annualised with the bars per year of the union index.
+A backtest's equity is stamped with each bar's *open* time but is the value at its *close*.
+Given each curve's timeframe, ``combine`` re-stamps it at the bar close (open + timeframe),
+the time its value is known, before aligning: otherwise a daily symbol's end-of-day value
+would show at 00:00 of that day among hourly stamps, a day early (look-ahead). The
+portfolio's stamps are therefore close times.
+
+Curves are aligned on the union of their (close) timestamps: a symbol's value is carried
+forward (forward fill) between and after its bars; before its first bar closes it is still
+all cash (normalised value 1). Symbols of different timeframes or ranges thus combine
+without gaps and without look-ahead. Statistics follow ``pipelines.backtest.stats``
+(fractions, risk-free rate 0, NaN when undefined); Sharpe is annualised with the bars per
+year of the union index.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.backtest.stats import infer_bars_per_year
+from pipelines.data.candles import timeframe_offset
 from pipelines.errors import BacktestError
 
 
@@ -37,11 +45,29 @@ class Portfolio:
 
 
 def combine_equity(
-    curves: Mapping[str, pd.Series], initial_cash: Mapping[str, float], cash: float
+    curves: Mapping[str, pd.Series],
+    initial_cash: Mapping[str, float],
+    cash: float,
+    timeframes: Mapping[str, str] | None = None,
 ) -> pd.Series:
-    """``cash`` x the mean over symbols of ``curve / initial_cash``, on the union of timestamps."""
+    """``cash`` x the mean over symbols of ``curve / initial_cash``, on the union of timestamps.
+
+    timeframes: each curve's bar timeframe when its stamps are bar opens (as every
+    ``BacktestResult.equity``): the curve is shifted to its bar closes first. None: the
+    stamps already are the times the values are known.
+    """
     if not curves:
         raise BacktestError("no equity curves to combine: every symbol failed")
+    if timeframes is not None:
+        missing = sorted(set(curves) - set(timeframes))
+        if missing:
+            raise BacktestError(
+                f"no timeframe for equity curve(s) {missing}; give one per curve, "
+                "e.g. timeframes={'A': '1d', 'B': '1h'}"
+            )
+        curves = {
+            k: c.set_axis(c.index + timeframe_offset(timeframes[k])) for k, c in curves.items()
+        }
     norm = pd.concat(
         {k: c / float(initial_cash[k]) for k, c in curves.items()}, axis=1
     ).sort_index()
@@ -81,8 +107,12 @@ def combine(
     initial_cash: Mapping[str, float],
     cash: float,
     bars_per_year: float | None = None,
+    *,
+    timeframes: Mapping[str, str] | None = None,
 ) -> Portfolio:
-    equity = combine_equity(curves, initial_cash, cash)
+    """The even-split portfolio; ``timeframes`` as in ``combine_equity`` (give them for
+    backtest equity curves, which are stamped at bar opens)."""
+    equity = combine_equity(curves, initial_cash, cash, timeframes)
     shares = {k: 1.0 / len(curves) for k in curves}
     return Portfolio(
         equity, shares, {"symbols": len(curves), **portfolio_stats(equity, cash, bars_per_year)}

@@ -113,16 +113,19 @@ def _failure(job: BacktestJob, exc: BaseException) -> SymbolOutcome:
 
 
 def _portfolio(outcomes: Sequence[SymbolOutcome], cfg: Config) -> Portfolio | None:
-    ran = [o.backtest for o in outcomes if o.backtest is not None]
+    ran = [(o, o.backtest) for o in outcomes if o.backtest is not None]
     if not ran:
         return None
-    curves, initial = {}, {}
-    for i, b in enumerate(ran):
+    curves, initial, timeframes = {}, {}, {}
+    for i, (o, b) in enumerate(ran):
         key = (
             b.symbol if b.symbol not in curves else f"{b.symbol}#{i}"
         )  # one symbol over two ranges
         curves[key], initial[key] = b.result.equity, b.result.spec.cash
-    return combine(curves, initial, cfg.backtest.cash, cfg.backtest.bars_per_year)
+        timeframes[key] = parse_symbol(o.job.symbol, cfg.data.timeframe).timeframe  # as run_job
+    return combine(
+        curves, initial, cfg.backtest.cash, cfg.backtest.bars_per_year, timeframes=timeframes
+    )
 
 
 def run_backtests(
