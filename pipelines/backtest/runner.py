@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -30,11 +30,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BacktestJob:
-    """One symbol over one range; ``since``/``until`` None: ``backtest.since/until``, then ``data.*``."""
+    """One symbol over one range; ``since``/``until`` None: ``backtest.since/until``, then ``data.*``.
+
+    range_from: what set the range (``--range``, ``backtest.since/backtest.until`` ...), named
+    when the range holds no candles; None: worked out from the job and the config.
+    """
 
     symbol: str
     since: str | None = None
     until: str | None = None
+    range_from: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -79,9 +84,33 @@ def _bounds(job: BacktestJob, cfg: Config) -> tuple[str | None, str | None]:
     )
 
 
-def jobs_for(symbols: Sequence[str], cfg: Config) -> list[BacktestJob]:
-    """One job per symbol over ``backtest.since/until`` (``data.since/until`` where unset)."""
-    return [BacktestJob(s, *_bounds(BacktestJob(s), cfg)) for s in symbols]
+def _range_from(job: BacktestJob, cfg: Config) -> str | None:
+    """The option(s) that set the job's range, for the error when it holds no candles."""
+    if job.range_from is not None:
+        return job.range_from
+    names = []
+    for side, own, bt, data in (
+        ("since", job.since, cfg.backtest.since, cfg.data.since),
+        ("until", job.until, cfg.backtest.until, cfg.data.until),
+    ):
+        if own is not None:
+            names.append(f"the job's {side}")
+        elif bt is not None:
+            names.append(f"backtest.{side}")
+        elif data is not None:
+            names.append(f"data.{side}")
+    return "/".join(names) or None  # no range: the whole series
+
+
+def jobs_for(
+    symbols: Sequence[str], cfg: Config, *, range_from: str | None = None
+) -> list[BacktestJob]:
+    """One job per symbol over ``backtest.since/until`` (``data.since/until`` where unset).
+
+    range_from: what set the range, when not the config (the CLI passes ``--range``).
+    """
+    origin = range_from or _range_from(BacktestJob(""), cfg)
+    return [BacktestJob(s, *_bounds(BacktestJob(s), cfg), range_from=origin) for s in symbols]
 
 
 def run_job(job: BacktestJob, weights: BacktestWeights, cfg: Config) -> ModelBacktest:
@@ -89,7 +118,7 @@ def run_job(job: BacktestJob, weights: BacktestWeights, cfg: Config) -> ModelBac
     spec = parse_symbol(job.symbol, cfg.data.timeframe)
     since, until = _bounds(job, cfg)
     data = dataclasses.replace(cfg.data, since=since, until=until)
-    candles = load_candles(spec, data)
+    candles = load_candles(spec, data, range_from=_range_from(job, cfg))
     return backtest_model(candles, weights, cfg, timeframe=spec.timeframe, symbol=spec.key)
 
 

@@ -80,7 +80,7 @@ def cmd_backtest(
             raise ConfigError(
                 "--symbols is empty; name at least one, e.g. --symbols sample:EURUSD,synthetic:SYN0"
             )
-        jobs = jobs_for(names, cfg)
+        jobs = jobs_for(names, cfg, range_from="--range" if range_ is not None else None)
     owns_ray = init_ray(cfg)
     try:
         weights = resolve_weights(cfg, checkpoint)

@@ -270,3 +270,46 @@ def test_a_job_without_a_range_uses_the_configured_one(make_cfg):
     assert eq.index[-1] == pd.Timestamp("2024-01-20", tz="UTC")
     own = run_job(BacktestJob("synthetic:S0", "2024-01-15"), random_weights(cfg), cfg)
     assert own.result.equity.index[0] == pd.Timestamp("2024-01-15", tz="UTC")
+
+
+EURUSD_SPAN = "the series covers 2017-04-19T09:00:00+00:00 to 2018-02-07T15:00:00+00:00"
+
+
+@pytest.mark.ray
+def test_cli_range_without_candles_names_the_series_span_and_the_option(
+    ray_cluster, tmp_path, capsys
+):
+    overrides = _cli_overrides(tmp_path, f"t{uuid.uuid4().hex[:10]}")
+    cfg = load_config(None, overrides)
+    trainer = Trainer(spec_from_config(cfg), cfg.train, torch.device("cpu"), seed=1)
+    info = CheckpointStore(f"{cfg.checkpoint.uri}/{cfg.run.name}").save(
+        trainer.state(), {"step": 1, "config": to_dict(cfg)}
+    )
+    base = ["backtest", "--symbols", "sample:EURUSD", "--checkpoint", info.path, *overrides]
+    assert main([*base, "--range", "2017-01-01:2017-03-01"]) == 1
+    printed = capsys.readouterr().out
+    assert (
+        "FAILED sample:EURUSD: DataSourceError: sample:EURUSD@1h: no candles in "
+        "[2017-01-01T00:00:00, 2017-03-01T00:00:00] (set by --range); " + EURUSD_SPAN
+    ) in printed
+    assert "(5000 candles): change --range to overlap it" in printed
+    # the same range from the config names the config keys
+    assert main([*base, "backtest.since=2017-01-01", "backtest.until=2017-03-01"]) == 1
+    printed = capsys.readouterr().out
+    assert "(set by backtest.since/backtest.until); " + EURUSD_SPAN in printed
+    assert main([*base, "backtest.since=2019-01-01", "data.until=2019-06-01"]) == 1
+    assert "(set by backtest.since/data.until); " + EURUSD_SPAN in capsys.readouterr().out
+
+
+def test_cli_data_range_without_candles_names_the_series_span(tmp_path, capsys):
+    rc = main(
+        [
+            "train",
+            *_cli_overrides(tmp_path, "t"),
+            "data.symbols=[sample:EURUSD]",
+            "data.since=2019-01-01",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "no candles in [2019-01-01, end] (set by data.since); " + EURUSD_SPAN in err

@@ -54,9 +54,17 @@ def _bound(value: str | None) -> pd.Timestamp | None:
 
 
 def load_candles(
-    spec: SymbolSpec, cfg: DataConfig, *, exchange: object | None = None
+    spec: SymbolSpec,
+    cfg: DataConfig,
+    *,
+    exchange: object | None = None,
+    range_from: str | None = None,
 ) -> pd.DataFrame:
-    """Validated candles for one symbol, sliced to [data.since, data.until]."""
+    """Validated candles for one symbol, sliced to [data.since, data.until].
+
+    range_from: the option that set ``cfg.since/until`` (e.g. ``--range`` for a backtest),
+    named when the range holds no candles; None: ``data.since`` / ``data.until``.
+    """
     since, until = _bound(cfg.since), _bound(cfg.until)
     if spec.source == "sample":
         from pipelines.data.sources.sample import load_sample, native_timeframe
@@ -79,15 +87,35 @@ def load_candles(
 
         src = CcxtSource(spec.source, cfg.ccxt, cfg.cache_dir, exchange=exchange)
         df = src.fetch(spec.symbol, spec.timeframe, since, until)
+    whole = df
     if since is not None:
         df = df[df.index >= since]
     if until is not None:
         df = df[df.index <= until]
     if df.empty:
-        raise DataSourceError(
-            f"{spec.key}: no candles in [{cfg.since}, {cfg.until}]; widen data.since/data.until"
-        )
+        raise DataSourceError(_no_candles(spec, cfg, whole, range_from))
     return df
+
+
+def _no_candles(
+    spec: SymbolSpec, cfg: DataConfig, whole: pd.DataFrame, range_from: str | None
+) -> str:
+    """What was asked, what is there, and which option to change."""
+    if range_from is None:
+        named = [n for n, v in (("data.since", cfg.since), ("data.until", cfg.until)) if v]
+        range_from = "/".join(named) or None
+    if range_from is None:  # no range asked: the source itself had nothing
+        return f"{spec.key}: the source returned no candles at all"
+    asked = f"{spec.key}: no candles in [{cfg.since or 'start'}, {cfg.until or 'end'}] (set by {range_from})"
+    if len(whole):
+        return (
+            f"{asked}; the series covers {whole.index[0].isoformat()} to "
+            f"{whole.index[-1].isoformat()} ({len(whole)} candles): change {range_from} to overlap it"
+        )
+    # an exchange is asked for the range only, so the series' own span is not known here
+    return (
+        f"{asked}; {spec.source} has none there (listed later, or delisted?): change {range_from}"
+    )
 
 
 def gap_report(df: pd.DataFrame, spec: SymbolSpec) -> str:
