@@ -110,6 +110,11 @@ class TrainConfig:
     batches_per_call: int = 32  # batches per call into the ModelActor during batch training
 
 
+# The metrics the trainer reports (pipelines.model.trainer.METRICS; a test keeps the two
+# equal): the choices of checkpoint.best_metric. Losses: lower is better; accuracies: higher.
+BEST_METRICS = ("total_loss", "candle_loss", "action_loss", "candle_accuracy", "action_accuracy")
+
+
 @dataclass(frozen=True)
 class CheckpointConfig:
     uri: str = (
@@ -118,7 +123,7 @@ class CheckpointConfig:
     every_steps: int = 200
     keep_last: int = 3  # plus the best, which is always kept
     on_best: bool = True
-    best_metric: str = "total_loss"  # lower is better
+    best_metric: str = "total_loss"  # one of BEST_METRICS
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from conf.schema import Config
+from conf.schema import BEST_METRICS, Config
 from pipelines.errors import ConfigError
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
@@ -50,6 +50,11 @@ def check(cfg: Config) -> None:
         f"train.holdout_fraction={t.holdout_fraction} must be in (0, 1)",
     )
     _need(t.batches_per_call >= 1, "train.batches_per_call must be >= 1")
+    _need(
+        t.trend_window >= 1,
+        f"train.trend_window={t.trend_window} must be >= 1 (steps in the rolling metrics, "
+        "the trend and the best-checkpoint cadence); e.g. train.trend_window=50",
+    )
     _need(cfg.labels.pivot_bars >= 1, f"labels.pivot_bars={cfg.labels.pivot_bars} must be >= 1")
     _need(
         cfg.labels.move_threshold >= 0,
@@ -58,6 +63,11 @@ def check(cfg: Config) -> None:
     _need(
         cfg.checkpoint.every_steps >= 1 and cfg.checkpoint.keep_last >= 1,
         "checkpoint.every_steps and checkpoint.keep_last must be >= 1",
+    )
+    _need(
+        cfg.checkpoint.best_metric in BEST_METRICS,
+        f"checkpoint.best_metric={cfg.checkpoint.best_metric!r} is not a metric the trainer "
+        f"reports; use one of {', '.join(BEST_METRICS)} (e.g. checkpoint.best_metric=total_loss)",
     )
     _need(cfg.ray.call_timeout_s > 0, f"ray.call_timeout_s={cfg.ray.call_timeout_s} must be > 0")
     _need(cfg.ray.max_restarts >= -1, "ray.max_restarts must be >= -1 (-1: restart forever)")

@@ -51,6 +51,12 @@ def test_overrides_apply_with_yaml_values():
         ("data.extra_timeframes=[30m]", "coarser than data.timeframe"),
         ("data.timeframe=1x", "timeframe '1x' is not understood"),
         ("train.holdout_fraction=1.5", "train.holdout_fraction"),
+        ("train.trend_window=0", "train.trend_window=0 must be >= 1"),
+        (
+            "checkpoint.best_metric=val_loss",
+            "checkpoint.best_metric='val_loss' is not a metric the trainer reports; use one of "
+            "total_loss, candle_loss, action_loss, candle_accuracy, action_accuracy",
+        ),
         ("nokey", "section.key=value"),
     ],
 )
@@ -80,3 +86,11 @@ def test_bad_backtest_values_name_the_key():
         load_config(overrides=["backtest.walk_forward=sometimes"])
     with pytest.raises(ConfigError, match="data.since"):
         load_config(overrides=["data.since=soon"])
+
+
+def test_best_metric_choices_are_the_metrics_the_trainer_reports():
+    """conf keeps its own list (it must not import the model); this keeps the two equal."""
+    from conf.schema import BEST_METRICS
+    from pipelines.model.trainer import METRICS
+
+    assert BEST_METRICS == METRICS
