@@ -22,10 +22,15 @@ from actors.tracking_writer import start_writer
 from conf import Config, to_dict
 from pipelines.data.dataset import Dataset
 from pipelines.data.features import n_features
-from pipelines.errors import CandlerayError, CheckpointError, InvalidInputError
+from pipelines.errors import (
+    CandlerayError,
+    CheckpointError,
+    InvalidInputError,
+    PartialTrainingError,
+)
 from pipelines.model.checkpoints import CheckpointInfo, CheckpointStore
 from pipelines.model.network import ModelSpec, resolve_device
-from pipelines.model.trainer import Trainer, check_batch
+from pipelines.model.trainer import Trainer, check_batch, mean_metrics, sample_indices
 from pipelines.version import code_version
 
 log = logging.getLogger(__name__)
@@ -178,31 +183,73 @@ class ModelCore:
             # "version" stays the published snapshot's; "steps" moves on during a long call
             self.summary = {**self.summary, **self.trainer.summary()}
 
+    def _fail_partway(
+        self, exc: Exception, call: str, start_step: int, samples: int, retry: str
+    ) -> None:
+        """From a training call's ``except``: if steps were applied, publish them and raise
+        PartialTrainingError saying how many; else return, and the caller re-raises ``exc``
+        (nothing changed, so a plain retry is safe)."""
+        applied = self.trainer.step - start_step
+        if applied == 0:
+            return
+        self._publish()  # readers and checkpoints see the weights the caller now has
+        cause = exc.__cause__ if isinstance(exc, PartialTrainingError) and exc.__cause__ else exc
+        raise PartialTrainingError(
+            f"{call} failed after {applied} step(s) on {samples} sample(s) were applied: "
+            f"{type(cause).__name__}: {cause}. Those steps stay applied and are published as "
+            f"weights version {self.trainer.step}; {retry}",
+            steps_applied=applied,
+            samples_applied=samples,
+            version=self.trainer.step,
+        ) from cause
+
     def train_batch(
         self, x: Any, y_candle: Any, y_action: Any, kind: str = "manual"
     ) -> dict[str, Any]:
-        m = self.trainer.train_step(x, y_candle, y_action)
-        self._after_step(m, kind)
+        start = self.trainer.step
+        try:
+            m = self.trainer.train_step(x, y_candle, y_action)
+            self._after_step(m, kind)  # a checkpoint that cannot be written fails here
+        except Exception as exc:
+            self._fail_partway(
+                exc, "train_batch", start, len(x), "do not retry this batch: it would train twice"
+            )
+            raise
         self._publish()
         return {**m, "step": self.trainer.step, "version": self.trainer.step}
 
     def train_samples(
         self, data: Dataset, indices: Any = None, batch_size: int | None = None, kind: str = "batch"
     ) -> list[dict[str, float]]:
-        """Train on ``data[indices]`` in order, ``batch_size`` at a time. All of it is checked first."""
-        idx = np.arange(len(data)) if indices is None else np.asarray(indices, dtype=np.int64)
-        if len(idx) == 0:
-            raise InvalidInputError("no samples to train on; pass at least one index")
-        if idx.min() < 0 or idx.max() >= len(data):
-            raise InvalidInputError(f"sample indices must lie in [0, {len(data) - 1}]")
+        """Train on ``data[indices]`` in order, ``batch_size`` at a time.
+
+        ``indices``: positions, a boolean mask over ``data``, or None (all). All of it is
+        checked first: bad input changes nothing. A failure after some steps raises
+        PartialTrainingError naming the samples already trained, and publishes them.
+        """
+        idx = sample_indices(indices, len(data))
+        bs = self.cfg.train.batch_size if batch_size is None else batch_size
+        if bs < 1:
+            raise InvalidInputError(f"batch_size={bs} must be >= 1 (or None: train.batch_size)")
         check_batch(self.spec, data.x[idx], data.y_candle[idx], data.y_action[idx])
-        bs = batch_size or self.cfg.train.batch_size
-        out = []
-        for s in range(0, len(idx), bs):
-            b = idx[s : s + bs]
-            m = self.trainer.train_step(data.x[b], data.y_candle[b], data.y_action[b])
-            self._after_step(m, kind)
-            out.append(m)
+        start, out = self.trainer.step, []
+        try:
+            for s in range(0, len(idx), bs):
+                b = idx[s : s + bs]
+                m = self.trainer.train_step(data.x[b], data.y_candle[b], data.y_action[b])
+                self._after_step(m, kind)
+                out.append(m)
+        except Exception as exc:
+            done = min((self.trainer.step - start) * bs, len(idx))
+            self._fail_partway(
+                exc,
+                f"train_samples (batch {len(out) + 1} of {-(-len(idx) // bs)})",
+                start,
+                done,
+                f"the first {done} of the {len(idx)} samples (indices[:{done}]) are trained: "
+                f"go on with indices[{done}:] after fixing the failing batch, not the whole call",
+            )
+            raise
         self._publish()
         return out
 
@@ -214,12 +261,26 @@ class ModelCore:
         seed: int = 0,
         kind: str = "batch",
     ) -> list[dict[str, float]]:
-        """``epochs`` shuffled passes; returns the mean metrics of each epoch."""
+        """``epochs`` shuffled passes; returns the per-sample mean metrics of each epoch.
+
+        A failure after some steps raises PartialTrainingError (see ``train_samples``).
+        """
         rng = np.random.default_rng(seed)
-        out = []
-        for _ in range(epochs):
-            ms = self.train_samples(data, rng.permutation(len(data)), batch_size, kind)
-            out.append({k: float(np.mean([m[k] for m in ms])) for k in ms[0]})
+        start, out = self.trainer.step, []
+        try:
+            for _ in range(epochs):
+                ms = self.train_samples(data, rng.permutation(len(data)), batch_size, kind)
+                out.append(mean_metrics(ms))
+        except Exception as exc:
+            inner = exc.samples_applied if isinstance(exc, PartialTrainingError) else 0
+            self._fail_partway(
+                exc,
+                f"train_epochs (epoch {len(out) + 1} of {epochs})",
+                start,
+                len(out) * len(data) + inner,
+                f"{len(out)} epoch(s) finished; ask for the remaining epochs, not all {epochs}",
+            )
+            raise
         return out
 
     def set_data_window(self, window: dict[str, Any]) -> None:

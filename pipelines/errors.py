@@ -40,6 +40,27 @@ class InvalidInputError(CandlerayError):
     """A batch, window or request that the model refuses; nothing was changed."""
 
 
+class PartialTrainingError(CandlerayError):
+    """A training call failed part-way: its first ``steps_applied`` steps (on its first
+    ``samples_applied`` samples) stay applied and are published as weights ``version``.
+
+    Retrying the whole call would train those samples twice; the message says what to do.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        steps_applied: int = 0,
+        samples_applied: int = 0,
+        version: int | None = None,
+    ) -> None:
+        super().__init__(message)  # attributes travel in __dict__, so they survive pickling
+        self.steps_applied = steps_applied
+        self.samples_applied = samples_applied
+        self.version = version
+
+
 class ActorCallTimeout(CandlerayError):
     """A call into an actor missed its deadline; the message names the call."""
 

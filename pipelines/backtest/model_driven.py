@@ -36,6 +36,7 @@ from pipelines.backtest.simulator import simulate
 from pipelines.backtest.walk_forward import TrainRound, label_known_at, walk_forward
 from pipelines.backtest.weights import BacktestWeights
 from pipelines.data.labels import ACTIONS, UNKNOWN, action_labels
+from pipelines.model.direction import direction_accuracy
 from serve.predictor import Predictor
 
 
@@ -68,8 +69,9 @@ def model_stats(close: np.ndarray, inf: Inference, labels: np.ndarray) -> dict[s
 
     * action_acc: share of windows with a known label whose most likely action is the label;
       confusion: 3x3 counts, rows = label, columns = predicted (HOLD, BUY, SELL).
-    * direction_acc: share of windows with a next bar where the predicted next close change has
-      the sign of the actual one (a zero change counts as its own sign).
+    * direction_acc: share of windows with a next bar that moved whose predicted next close
+      change has the sign of the actual one; a flat next close is left out
+      (``pipelines.model.direction``, the rule training and evaluation use).
     * close_err_vol: mean |predicted - actual| next close change in units of the window's
       volatility (the model's own scale); close_err_pct: mean |predicted close / actual - 1| in %.
     """
@@ -91,7 +93,7 @@ def model_stats(close: np.ndarray, inf: Inference, labels: np.ndarray) -> dict[s
         "action_acc": float(np.trace(confusion) / confusion.sum()) if known.any() else nan,
         "confusion": confusion.tolist(),
         "confusion_labels": list(ACTIONS),
-        "direction_acc": float(np.mean(np.sign(pred) == np.sign(actual))) if len(e) else nan,
+        "direction_acc": direction_accuracy(pred, actual) if len(e) else nan,
         "close_err_vol": float(np.mean(np.abs(pred - actual / sigma))) if len(e) else nan,
         "close_err_pct": float(100 * np.mean(np.abs(pred_close / close[e + 1] - 1)))
         if len(e)

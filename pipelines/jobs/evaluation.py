@@ -5,6 +5,8 @@ Baselines:
   next close change = last close change;
 * no-change — the next close equals this close (the random-walk forecast), for close error;
 * always-HOLD and majority-class (the most frequent training label) for the action.
+
+Direction accuracies follow ``pipelines.model.direction``: a flat next close is left out.
 """
 
 from __future__ import annotations
@@ -13,11 +15,8 @@ import numpy as np
 import pandas as pd
 
 from pipelines.data.dataset import Dataset, Split
+from pipelines.model.direction import direction_accuracy
 from serve.predictor import Predictor
-
-
-def _direction_acc(pred_change: np.ndarray, true_change: np.ndarray) -> float:
-    return float(np.mean(np.sign(pred_change) == np.sign(true_change)))
 
 
 def evaluate_split(predictor: Predictor, split: Split) -> pd.DataFrame:
@@ -41,8 +40,8 @@ def _metrics(predictor: Predictor, d: Dataset, majority: int) -> dict[str, float
     last_change = -d.x[:, -2, 3]  # this bar's close change (features are relative to this close)
     return {
         "n": len(d),
-        "dir_acc": _direction_acc(p.candle[:, 3], true_close),
-        "dir_acc_persistence": _direction_acc(last_change, true_close),
+        "dir_acc": direction_accuracy(p.candle[:, 3], true_close),
+        "dir_acc_persistence": direction_accuracy(last_change, true_close),
         "action_acc": float(np.mean(p.probs.argmax(1) == d.y_action)),
         "action_acc_hold": float(np.mean(d.y_action == 0)),
         "action_acc_majority": float(np.mean(d.y_action == majority)),

@@ -15,6 +15,8 @@ import ray
 from conf import Config
 from pipelines.data.dataset import Split, build_split
 from pipelines.data.sources import SymbolSpec, gap_report, load_candles, parse_symbol
+from pipelines.errors import ActorCallTimeout, CandlerayError, PartialTrainingError
+from pipelines.model.trainer import mean_metrics
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,10 @@ def train_split(
     The training set goes into the object store once; each call trains
     ``train.batches_per_call`` batches by index. Two calls stay in flight, so the actor
     never idles between calls. ``progress(epoch, batches_done, last_metrics)`` is called
-    as each call returns.
+    as each call returns. Epoch metrics are per-sample means.
+
+    If a call fails, the call still in flight is waited for, and the error says how many
+    steps this run applied (PartialTrainingError when any were), so no one retries blindly.
     """
     data_ref = ray.put(split.train)
     client.call(
@@ -88,16 +93,44 @@ def train_split(
             if progress:
                 progress(epoch, len(done), ms[-1])
 
-        for chunk in chunks:
-            pending.append(client.submit("train_samples", data_ref, chunk, bs, "batch"))
-            if len(pending) == 2:
+        try:
+            for chunk in chunks:
+                pending.append(client.submit("train_samples", data_ref, chunk, bs, "batch"))
+                if len(pending) == 2:
+                    collect(pending.popleft())
+            while pending:
                 collect(pending.popleft())
-        while pending:
-            collect(pending.popleft())
-        mean = {k: float(np.mean([m[k] for m in done])) for k in done[0]}
+        except CandlerayError as exc:
+            earlier = sum(r.steps for r in results)
+            _stopped(client, exc, pending, epoch, earlier + len(done))
+            raise
+        mean = mean_metrics(done)
         results.append(EpochResult(epoch, len(done), mean))
         log.info("epoch %d: %s", epoch, mean)
     return results
+
+
+def _stopped(client: Any, exc: CandlerayError, pending: deque, epoch: int, finished: int) -> None:
+    """After a failed call: wait for the one still in flight, then raise PartialTrainingError
+    with the steps applied so far, if any (else return and the caller re-raises ``exc``)."""
+    applied = finished + getattr(exc, "steps_applied", 0)
+    unsure = isinstance(exc, ActorCallTimeout)  # that call may still be training
+    while pending:
+        try:
+            applied += len(client.wait(pending.popleft(), "train_samples"))
+        except CandlerayError as other:
+            applied += getattr(other, "steps_applied", 0)
+            unsure = unsure or isinstance(other, ActorCallTimeout)
+            log.warning("a train_samples call in flight failed too: %s", other)
+    if applied == 0:
+        return
+    raise PartialTrainingError(
+        f"batch training stopped in epoch {epoch + 1}: {type(exc).__name__}: {exc}. "
+        f"{'At least ' if unsure else ''}{applied} step(s) of this run were applied and stay "
+        "applied (the actor's metrics()['steps'] and weights version are the truth); "
+        "a rerun trains from there, it does not undo them",
+        steps_applied=applied,
+    ) from exc
 
 
 def prepare(cfg: Config, *, exchange: object | None = None) -> Split:

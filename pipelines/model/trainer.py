@@ -1,12 +1,20 @@
 """Plain-torch training of the candle transformer: loss, one step, metrics, state.
 
 No Ray here: the ModelActor wraps a ``Trainer`` and is the only caller of ``train_step``.
+
+A flat next close (target close change exactly 0) has no direction: it is left out of
+``candle_accuracy`` and gets no wrong-direction weight (``pipelines.model.direction``, the
+rule evaluation and backtests use too). A batch of flat targets only reports
+``candle_accuracy`` NaN. Means over several steps or batches (epochs, ``rolling``,
+``evaluate``) are per sample, never per batch: see ``mean_metrics``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,9 +24,40 @@ import torch.nn.functional as F
 from conf.schema import TrainConfig
 from pipelines.data.features import N_CANDLE_TARGETS
 from pipelines.errors import InvalidInputError
+from pipelines.model.direction import direction_hits
 from pipelines.model.network import CandleTransformer, ModelSpec
 
 METRICS = ("total_loss", "candle_loss", "action_loss", "candle_accuracy", "action_accuracy")
+# sample counts each step reports beside METRICS, so means over steps can weigh by them
+COUNTS = ("samples", "direction_samples")
+
+
+def mean_metrics(steps: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Per-sample mean of several steps' metrics (an epoch, a rolling window).
+
+    Each step weighs by its ``samples``, so a short last batch counts for its few samples,
+    not as much as a full one; ``candle_accuracy`` weighs by ``direction_samples`` and skips
+    steps that had none (NaN). Counts are summed; other keys (``lr``) are plain means. Steps
+    recorded before counts existed (old checkpoints' history) weigh 1.
+    """
+    out: dict[str, float] = {}
+    for k in dict.fromkeys(k for m in steps for k in m):  # keys in first-seen order
+        present = [m for m in steps if k in m]
+        if k in COUNTS:
+            out[k] = float(sum(m[k] for m in present))
+            continue
+        if k in METRICS:
+            wkey = "direction_samples" if k == "candle_accuracy" else "samples"
+            pairs = [
+                (float(m[k]), float(m.get(wkey, m.get("samples", 1.0))))
+                for m in present
+                if math.isfinite(m[k])
+            ]
+        else:
+            pairs = [(float(m[k]), 1.0) for m in present]
+        wsum = sum(w for _, w in pairs)
+        out[k] = sum(v * w for v, w in pairs) / wsum if wsum > 0 else float("nan")
+    return out
 
 
 def check_batch(spec: ModelSpec, x: Any, y_candle: Any = None, y_action: Any = None) -> None:
@@ -56,6 +95,44 @@ def check_batch(spec: ModelSpec, x: Any, y_candle: Any = None, y_action: Any = N
             )
 
 
+def sample_indices(indices: Any, n: int) -> np.ndarray:
+    """``indices`` into a dataset of ``n`` samples as int64 positions (N,); InvalidInputError.
+
+    ``None`` selects every sample. A boolean mask selects its True rows and must have one
+    entry per sample (never read as positions 0 and 1). Positions must lie in [0, n - 1].
+    """
+    if indices is None:
+        idx = np.arange(n, dtype=np.int64)
+    else:
+        a = np.asarray(indices)
+        if a.ndim != 1:
+            raise InvalidInputError(
+                f"sample indices must be one-dimensional; got shape {a.shape} — "
+                "pass a list/array of positions or a boolean mask"
+            )
+        if a.dtype == np.bool_:
+            if len(a) != n:
+                raise InvalidInputError(
+                    f"a boolean mask of samples needs one entry per sample ({n}); got {len(a)} — "
+                    "build it from this dataset (e.g. data.symbol == 0), or pass positions"
+                )
+            idx = np.flatnonzero(a)
+        elif a.size == 0 or np.issubdtype(a.dtype, np.integer):
+            idx = a.astype(np.int64)
+        else:
+            raise InvalidInputError(
+                f"sample indices must be integer positions or a boolean mask; got dtype "
+                f"{a.dtype} — e.g. np.arange(len(data)) or data.symbol == 0"
+            )
+    if len(idx) == 0:
+        raise InvalidInputError(
+            "no samples to train on; pass at least one index (or a mask with a True entry)"
+        )
+    if idx.min() < 0 or idx.max() >= n:
+        raise InvalidInputError(f"sample indices must lie in [0, {n - 1}]")
+    return idx
+
+
 class Trainer:
     def __init__(
         self, spec: ModelSpec, cfg: TrainConfig, device: torch.device, seed: int = 0
@@ -72,15 +149,25 @@ class Trainer:
         self.best_step = 0
         self.last_train_time: float | None = None
 
-    # -- loss -------------------------------------------------------------------------------
-    def _losses(
+    # -- loss ---------------------------------------------------------------------------------
+    def _per_sample(
         self, x: torch.Tensor, yc: torch.Tensor, ya: torch.Tensor
     ) -> dict[str, torch.Tensor]:
+        """Per-sample terms, each (B,): losses, direction right/counted, action right."""
         pred, logits = self.model(x)
-        candle = F.smooth_l1_loss(pred, yc, reduction="none").mean(dim=1)  # (B,)
-        action = F.cross_entropy(logits, ya, reduction="none")  # (B,)
-        base = self.cfg.candle_loss_weight * candle + self.cfg.action_loss_weight * action  # (B,)
-        wrong_dir = (torch.sign(pred[:, 3]) != torch.sign(yc[:, 3])).float()
+        right, counted = direction_hits(pred[:, 3], yc[:, 3])
+        return {
+            "candle": F.smooth_l1_loss(pred, yc, reduction="none").mean(dim=1),
+            "action": F.cross_entropy(logits, ya, reduction="none"),
+            "dir_right": right,
+            "dir_counted": counted,
+            "action_right": logits.argmax(dim=1) == ya,
+        }
+
+    def _reduce(self, p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """METRICS of one set of per-sample terms; ``total_loss`` is the weighted loss."""
+        base = self.cfg.candle_loss_weight * p["candle"] + self.cfg.action_loss_weight * p["action"]
+        wrong_dir = (p["dir_counted"] & ~p["dir_right"]).float()  # flat targets: never wrong
         with torch.no_grad():  # weights are data, not something to optimise
             hard = (base / base.mean().clamp_min(1e-8)).clamp(max=5.0)
             w = (
@@ -88,14 +175,19 @@ class Trainer:
                 + self.cfg.hard_sample_weight * hard
                 + self.cfg.wrong_direction_weight * wrong_dir
             )
-        total = (w * base).sum() / w.sum()
         return {
-            "total_loss": total,
-            "candle_loss": candle.mean(),
-            "action_loss": action.mean(),
-            "candle_accuracy": 1.0 - wrong_dir.mean(),
-            "action_accuracy": (logits.argmax(dim=1) == ya).float().mean(),
+            "total_loss": (w * base).sum() / w.sum(),
+            "candle_loss": p["candle"].mean(),
+            "action_loss": p["action"].mean(),
+            # 0/0 = NaN when every target is flat: there was no direction to score
+            "candle_accuracy": p["dir_right"].float().sum() / p["dir_counted"].float().sum(),
+            "action_accuracy": p["action_right"].float().mean(),
         }
+
+    def _losses(
+        self, x: torch.Tensor, yc: torch.Tensor, ya: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        return self._reduce(self._per_sample(x, yc, ya))
 
     def _tensors(self, x: Any, yc: Any, ya: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         d = self.device
@@ -112,10 +204,11 @@ class Trainer:
         check_batch(self.spec, x, y_candle, y_action)
         xt, yc, ya = self._tensors(x, y_candle, y_action)
         self.model.train()
-        losses = self._losses(xt, yc, ya)
+        per = self._per_sample(xt, yc, ya)
+        losses = self._reduce(per)
         if not torch.isfinite(losses["total_loss"]):
             raise InvalidInputError(
-                "the batch produced a non-finite loss; no weights were updated "
+                "the batch produced a non-finite loss, so its step was not applied "
                 "(targets too large? check the candles for outliers)"
             )
         self.optimizer.zero_grad(set_to_none=True)
@@ -127,6 +220,8 @@ class Trainer:
         self.last_train_time = time.time()
         out = {k: float(v.detach()) for k, v in losses.items()}
         out["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        out["samples"] = float(len(xt))
+        out["direction_samples"] = float(per["dir_counted"].sum())
         self.history.append(out)
         return out
 
@@ -134,23 +229,39 @@ class Trainer:
     def evaluate(
         self, x: Any, y_candle: Any, y_action: Any, batch_size: int = 1024
     ) -> dict[str, float]:
-        """Mean metrics over a dataset in eval mode (no update)."""
+        """Metrics over a whole dataset in eval mode (no update), per sample.
+
+        ``batch_size`` only bounds memory: the per-sample terms of all batches are reduced
+        once, so every metric (``total_loss``'s hard-sample weights included) is what one
+        batch of the whole dataset would give, whatever the batch size.
+        """
         check_batch(self.spec, x, y_candle, y_action)
         self.model.eval()
-        sums: dict[str, float] = dict.fromkeys(METRICS, 0.0)
-        n = len(x)
-        for s in range(0, n, batch_size):
-            xt, yc, ya = self._tensors(
-                x[s : s + batch_size], y_candle[s : s + batch_size], y_action[s : s + batch_size]
+        parts: list[dict[str, torch.Tensor]] = []
+        for s in range(0, len(x), batch_size):
+            parts.append(
+                self._per_sample(
+                    *self._tensors(
+                        x[s : s + batch_size],
+                        y_candle[s : s + batch_size],
+                        y_action[s : s + batch_size],
+                    )
+                )
             )
-            for k, v in self._losses(xt, yc, ya).items():
-                sums[k] += float(v) * len(xt)
-        return {k: v / n for k, v in sums.items()}
+        per = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        out = {k: float(v) for k, v in self._reduce(per).items()}
+        out["samples"] = float(len(x))
+        out["direction_samples"] = float(per["dir_counted"].sum())
+        return out
 
     # -- metrics ----------------------------------------------------------------------------
     def rolling(self, n: int | None = None) -> dict[str, float]:
+        """Per-sample mean of METRICS over the last ``n`` (default ``trend_window``) steps."""
         h = list(self.history)[-(n or self.cfg.trend_window) :]
-        return {k: float(np.mean([m[k] for m in h])) for k in METRICS} if h else {}
+        if not h:
+            return {}
+        mean = mean_metrics(h)
+        return {k: mean.get(k, float("nan")) for k in METRICS}
 
     def is_new_best(self, metric: str = "total_loss") -> bool:
         """True (and remembered) when the rolling mean of ``metric`` beats the best so far."""
@@ -159,8 +270,16 @@ class Trainer:
         cur = self.rolling()
         if metric not in cur:
             raise InvalidInputError(f"checkpoint.best_metric={metric!r} is not one of {METRICS}")
-        better = metric not in self.best or (
-            cur[metric] < self.best[metric] if "loss" in metric else cur[metric] > self.best[metric]
+        if math.isnan(cur[metric]):  # e.g. candle_accuracy over flat targets only
+            return False
+        better = (
+            metric not in self.best
+            or math.isnan(self.best[metric])
+            or (
+                cur[metric] < self.best[metric]
+                if "loss" in metric
+                else cur[metric] > self.best[metric]
+            )
         )
         if better:
             self.best = dict(cur)
