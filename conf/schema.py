@@ -163,6 +163,17 @@ class BacktestConfig:
 
 
 @dataclass(frozen=True)
+class LiveConfig:
+    """Live sessions (``pipelines/live``): hosting, metrics, the training queue and the journal."""
+
+    hosts: int = 2  # session host actors; each holds many sessions and predicts them in one pass
+    rolling_window: int = 100  # settled candles in the rolling direction accuracy
+    queue_capacity: int = 2048  # samples waiting for training; past it new samples are dropped
+    trend_window: int = 20  # training results compared for a session's loss trend
+    journal_dir: str = "live"  # below run.home; one SQLite journal per model: <run.name>.sqlite
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -174,3 +185,4 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     backtest: BacktestConfig = field(default_factory=BacktestConfig)
+    live: LiveConfig = field(default_factory=LiveConfig)

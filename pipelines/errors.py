@@ -40,6 +40,11 @@ class InvalidInputError(CandlerayError):
     """A batch, window or request that the model refuses; nothing was changed."""
 
 
+class ModeError(InvalidInputError):
+    """A live session was asked for something its training mode does not do (e.g. manual
+    training outside ``manual`` mode); the message names the mode and how to switch."""
+
+
 class PartialTrainingError(CandlerayError):
     """A training call failed part-way: its first ``steps_applied`` steps (on its first
     ``samples_applied`` samples) stay applied and are published as weights ``version``.

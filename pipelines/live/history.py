@@ -1,0 +1,177 @@
+"""A session's bounded candle history, and live windows built by the training code.
+
+Windows, next-candle targets and labels are computed by the very functions training uses
+(``pipelines.data.features.make_windows``/``higher_timeframes``/``candle_targets``,
+``pipelines.data.labels.action_labels``) on the newest bars only, so there is no second
+feature implementation to drift from the first (tested equal to the batch windows).
+
+How many bars are enough. A window of T bars ending at bar e, with the sample of bar
+e - n still to build (n = ``labels.pivot_bars``), reads bars e - n - T + 1 .. e. For an extra
+timeframe H over base B (k = ceil(H / B)), each window bar also reads the last *closed*
+higher candle, which opened at most 2H - B before that bar: up to 2k - 1 bars earlier.
+``capacity = T + n + 2k + 1`` keeps all of it (gaps only shorten the span in bars), so
+truncating the history never changes a number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pipelines.data.candles import COLUMNS, timeframe_seconds, validate_candles
+from pipelines.data.features import candle_targets, higher_timeframes, make_windows
+from pipelines.data.labels import UNKNOWN, action_labels, pivot_actions
+from pipelines.errors import CandleValidationError
+
+
+@dataclass(frozen=True, slots=True)
+class Candle:
+    """One closed candle. ``time`` is its open time in ns since the epoch (UTC), as the index."""
+
+    time: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+    @classmethod
+    def at(
+        cls, time: pd.Timestamp | int, o: float, h: float, lo: float, c: float, v: float
+    ) -> Candle:
+        t = time if isinstance(time, int) else int(pd.Timestamp(time).as_unit("ns").value)
+        return cls(t, float(o), float(h), float(lo), float(c), float(v))
+
+    @property
+    def timestamp(self) -> pd.Timestamp:
+        return pd.Timestamp(self.time, tz="UTC")
+
+    def values(self) -> tuple[float, float, float, float, float]:
+        return (self.open, self.high, self.low, self.close, self.volume)
+
+
+def iter_candles(frame: pd.DataFrame) -> Iterator[Candle]:
+    """The rows of a candle frame (the schema of ``pipelines.data.candles``) as ``Candle``s."""
+    times = frame.index.as_unit("ns").asi8
+    for t, row in zip(times.tolist(), frame[list(COLUMNS)].to_numpy().tolist(), strict=True):
+        yield Candle(t, *row)
+
+
+def check_candle(c: Candle, last_time: int | None, symbol: str) -> tuple[str, str] | None:
+    """(kind, message) if a feed candle must be skipped, else None.
+
+    kind: ``nan`` or ``invalid`` (the candle schema's rules, checked by ``validate_candles``,
+    whose message names the rule), ``duplicate`` or ``out_of_order`` (not after ``last_time``).
+    """
+    o, h, lo, cl, v = c.values()
+    sound = (
+        all(math.isfinite(x) for x in (o, h, lo, cl, v))
+        and min(o, h, lo, cl) > 0
+        and h >= max(o, cl)
+        and lo <= min(o, cl)
+        and v >= 0
+    )
+    if not sound:  # the fast test above is the schema's rules; the validator names the one broken
+        one = pd.DataFrame(
+            [c.values()], columns=list(COLUMNS), index=pd.DatetimeIndex([c.timestamp], name="time")
+        )
+        try:
+            validate_candles(one, symbol)
+        except CandleValidationError as exc:
+            return ("nan" if exc.rule == "finite" else "invalid"), str(exc)
+    if last_time is not None and c.time <= last_time:
+        kind = "duplicate" if c.time == last_time else "out_of_order"
+        last = pd.Timestamp(last_time, tz="UTC")
+        return kind, f"candle at {c.timestamp} is not after the last one ({last})"
+    return None
+
+
+def history_capacity(window: int, pivot_bars: int, timeframe: str, extra: tuple[str, ...]) -> int:
+    """Bars a session keeps: enough for every window, target, label and higher candle it builds."""
+    base = timeframe_seconds(timeframe)
+    k = max((math.ceil(timeframe_seconds(tf) / base) for tf in extra), default=0)
+    return max(window + pivot_bars + 2 * k + 1, 2 * pivot_bars + 2)
+
+
+class CandleHistory:
+    """The newest ``capacity`` candles of one session; ``seen`` counts every candle appended."""
+
+    def __init__(self, capacity: int, timeframe: str, extra: tuple[str, ...]) -> None:
+        self.capacity, self.timeframe, self.extra = capacity, timeframe, tuple(extra)
+        self._bars: deque[Candle] = deque(maxlen=capacity)
+        self.seen = 0  # bars appended since the session began (primed ones included)
+        self._cache: tuple[int, pd.DataFrame, list[np.ndarray]] | None = None
+
+    def __len__(self) -> int:
+        return len(self._bars)
+
+    @property
+    def last(self) -> Candle | None:
+        return self._bars[-1] if self._bars else None
+
+    def append(self, candle: Candle) -> None:
+        self._bars.append(candle)
+        self.seen += 1
+
+    def candles(self) -> list[Candle]:
+        return list(self._bars)
+
+    def frame(self) -> pd.DataFrame:
+        """The history as a candle frame (UTC index named ``time``, float64 o/h/l/c/v)."""
+        return self._inputs()[0]
+
+    def _inputs(self) -> tuple[pd.DataFrame, list[np.ndarray]]:
+        """The frame and its higher-timeframe arrays, built once per appended candle."""
+        if self._cache is not None and self._cache[0] == self.seen:
+            return self._cache[1], self._cache[2]
+        bars = list(self._bars)
+        times = np.array([b.time for b in bars], dtype="int64")
+        idx = pd.DatetimeIndex(times.view("M8[ns]"), name="time").tz_localize("UTC")
+        vals = np.array([b.values() for b in bars], dtype=np.float64).reshape(len(bars), 5)
+        frame = pd.DataFrame(vals, index=idx, columns=list(COLUMNS))
+        higher = higher_timeframes(frame, self.timeframe, self.extra) if len(bars) else []
+        self._cache = (self.seen, frame, higher)
+        return frame, higher
+
+    def windows(
+        self, window: int, back: tuple[int, ...], targets: tuple[int, ...] = ()
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Windows ending ``back`` bars before the newest (0 = newest), in one call.
+
+        Returns x (M, T, F) float32, sigma (M,) and the next-candle targets (K, 5) float32 of
+        the windows at positions ``targets`` of ``back`` (each needs a next bar: back >= 1).
+        """
+        frame, higher = self._inputs()
+        ends = len(frame) - 1 - np.asarray(back, dtype=np.int64)
+        x, sigma = make_windows(frame, window, higher, ends)
+        pick = np.asarray(targets, dtype=np.int64)
+        y = (
+            candle_targets(frame, window, ends[pick], sigma[pick])
+            if len(pick)
+            else np.zeros((0, 5), dtype=np.float32)
+        )
+        return x, sigma, y
+
+    def has_window(self, window: int, back: int = 0) -> bool:
+        """True when the session has seen a full window ending ``back`` bars before the newest."""
+        return self.seen - back >= window and len(self._bars) - back >= window
+
+    def labels_at(self, back: int, pivot_bars: int, move_threshold: float) -> tuple[int, int]:
+        """(pivot action, per-candle label) of the bar ``back`` before the newest; UNKNOWN = -1.
+
+        Computed on the newest bars by ``pivot_actions`` and ``action_labels`` themselves;
+        with ``back >= pivot_bars`` both are final (the same values the whole series gives).
+        """
+        bars = list(self._bars)[-(back + pivot_bars + 1) :]
+        if len(bars) <= back:
+            return UNKNOWN, UNKNOWN
+        frame = pd.DataFrame([b.values() for b in bars], columns=list(COLUMNS), dtype=np.float64)
+        i = len(bars) - 1 - back
+        piv = pivot_actions(frame["high"].to_numpy(), frame["low"].to_numpy(), pivot_bars)
+        lab = action_labels(frame, pivot_bars, move_threshold)
+        return int(piv[i]), int(lab[i])

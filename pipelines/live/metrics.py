@@ -1,0 +1,114 @@
+"""Settling a prediction against the candle that arrived, and a session's running metrics.
+
+Errors per field (open, high, low, close) are given two ways:
+
+* ``err_pct``: predicted price / actual price − 1, in %;
+* ``err_vol``: predicted − actual log change from the anchor close, in units of the window's
+  volatility sigma (the model's own scale, as ``model_stats`` in backtests).
+
+Direction is right when the predicted and the actual next-close changes have the same sign
+(a zero change counts as its own sign), the rule of ``pipelines.backtest.model_driven``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+FIELDS: tuple[str, ...] = ("open", "high", "low", "close")
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """One prediction settled: errors (4,) per o/h/l/c and whether the direction was right."""
+
+    err_pct: tuple[float, ...]
+    err_vol: tuple[float, ...]
+    hit: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **{f"err_pct_{f}": e for f, e in zip(FIELDS, self.err_pct, strict=True)},
+            **{f"err_vol_{f}": e for f, e in zip(FIELDS, self.err_vol, strict=True)},
+            "hit": self.hit,
+        }
+
+
+def settle(
+    pred: np.ndarray, ghost: np.ndarray, anchor: float, sigma: float, actual: np.ndarray
+) -> Settlement:
+    """pred (5,) normalised candle; ghost (4,) its prices; anchor the close it was made at;
+    actual (4,) the o/h/l/c that arrived."""
+    pred = np.asarray(pred, dtype=np.float64)
+    actual = np.asarray(actual, dtype=np.float64)
+    real = np.log(actual / anchor) / sigma  # (4,) actual change, volatility units
+    pct = 100.0 * (np.asarray(ghost, dtype=np.float64) / actual - 1.0)
+    hit = bool(np.sign(pred[3]) == np.sign(np.log(actual[3] / anchor)))
+    return Settlement(tuple(pct.tolist()), tuple((pred[:4] - real).tolist()), hit)
+
+
+@dataclass
+class SessionMetrics:
+    """Counters of one session (JSON-friendly: journaled with the session's state).
+
+    ``rolling`` holds the hits of the newest ``rolling_window`` settled predictions.
+    """
+
+    candles: int = 0  # candles accepted (bad ones are not)
+    predictions: int = 0
+    settled: int = 0
+    expired: int = 0  # predictions a gap left without the candle they were for
+    missed: int = 0  # candles that got no prediction from the host in time (traded as HOLD)
+    hits: int = 0
+    rolling: deque[int] = field(default_factory=lambda: deque(maxlen=100))
+    abs_err_pct: list[float] = field(default_factory=lambda: [0.0] * 4)
+    abs_err_vol: list[float] = field(default_factory=lambda: [0.0] * 4)
+    bad: dict[str, int] = field(
+        default_factory=dict
+    )  # kind -> count (nan, invalid, duplicate, ...)
+    samples: int = 0  # training samples this session produced (requested)
+    weights_version: int = -1
+
+    def add(self, s: Settlement) -> None:
+        self.settled += 1
+        self.hits += int(s.hit)
+        self.rolling.append(int(s.hit))
+        for i in range(4):
+            self.abs_err_pct[i] += abs(s.err_pct[i])
+            self.abs_err_vol[i] += abs(s.err_vol[i])
+
+    def count_bad(self, kind: str) -> None:
+        self.bad[kind] = self.bad.get(kind, 0) + 1
+
+    def summary(self) -> dict[str, Any]:
+        n = self.settled
+        nan = float("nan")
+        return {
+            "candles": self.candles,
+            "predictions": self.predictions,
+            "settled": n,
+            "expired": self.expired,
+            "missed": self.missed,
+            "direction_acc": self.hits / n if n else nan,
+            "direction_acc_rolling": float(np.mean(self.rolling)) if self.rolling else nan,
+            "rolling_n": len(self.rolling),
+            **{f"mae_pct_{f}": self.abs_err_pct[i] / n if n else nan for i, f in enumerate(FIELDS)},
+            **{f"mae_vol_{f}": self.abs_err_vol[i] / n if n else nan for i, f in enumerate(FIELDS)},
+            "bad_data": dict(self.bad),
+            "weights_version": self.weights_version,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["rolling"] = list(self.rolling)
+        d["rolling_maxlen"] = self.rolling.maxlen
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SessionMetrics:
+        d = dict(d)
+        rolling = deque(d.pop("rolling"), maxlen=d.pop("rolling_maxlen"))
+        return cls(**d, rolling=rolling)

@@ -1,0 +1,354 @@
+"""A live session: one (symbol, timeframe, mode) with its own state, driven candle by candle.
+
+A host drives many sessions per closed candle::
+
+    win = session.on_candle(candle)            # settle, paper fills, due samples; the window
+    ...one forward pass over the windows of all sessions (``predict_windows``)...
+    session.apply_prediction(row.candle, row.probs, row.version)   # ghost, signal, paper order
+    queue.put(session.take_samples()); journal.write(session.take_records())
+
+``on_candle`` returns None (and the bar trades as HOLD) until a full window exists, and for a
+bad candle (NaN or broken candle rules, duplicate, out of order: counted, journaled and
+skipped; a gap is reported and the candle accepted). If the host never answers a window, the
+next candle trades the bar as HOLD and counts a missed prediction.
+
+Which samples each mode trains, and when: ``pipelines.live.policy``.
+
+Sample weighting (more for badly predicted samples, extra for a wrong direction) is applied
+by ``Trainer`` when the batch trains, from the model's own errors at that step; samples carry
+no weight of their own, so the rule lives in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipelines.backtest.inference import confidence_actions, trade_signals
+from pipelines.data.candles import COLUMNS, timeframe_seconds
+from pipelines.data.features import denormalise
+from pipelines.data.labels import ACTIONS
+from pipelines.errors import InvalidInputError, ModeError
+from pipelines.live.config import SessionSettings, check_mode
+from pipelines.live.history import Candle, CandleHistory, check_candle, history_capacity
+from pipelines.live.metrics import SessionMetrics, settle
+from pipelines.live.paper import PaperBook, PaperState, Trade
+from pipelines.live.policy import due_samples
+from pipelines.live.queue import Sample, TrainCounts
+
+log = logging.getLogger(__name__)
+
+Record = tuple[str, int, dict[str, Any]]  # (kind, bar time ns, data) for the journal
+
+
+@dataclass(frozen=True)
+class LiveWindow:
+    """The model input of one session at bar ``time``: x (T, F) float32, its sigma and anchor close."""
+
+    session_id: str
+    time: int
+    x: np.ndarray
+    sigma: float
+    anchor: float
+
+
+@dataclass(frozen=True)
+class LivePrediction:
+    """What a session publishes for the next bar: ghost o/h/l/c (4,), probs (3,), action, signal."""
+
+    time: int  # the bar it was made at
+    target: int  # the bar it predicts (time + one timeframe)
+    ghost: np.ndarray
+    probs: np.ndarray
+    action: str
+    signal: int
+    version: int
+
+
+class Session:
+    def __init__(
+        self, session_id: str, symbol: str, timeframe: str, mode: str, settings: SessionSettings
+    ) -> None:
+        self.session_id, self.symbol, self.timeframe = session_id, symbol, timeframe
+        self.settings = settings
+        self.mode = check_mode(mode)
+        self.step_ns = timeframe_seconds(timeframe) * 1_000_000_000
+        cap = history_capacity(
+            settings.window, settings.pivot_bars, timeframe, settings.extra_timeframes
+        )
+        self.history = CandleHistory(cap, timeframe, settings.extra_timeframes)
+        self.book = PaperBook(settings.spec)
+        self.metrics = SessionMetrics(rolling=deque(maxlen=settings.rolling_window))
+        self.last_time: int | None = None
+        self.pending: dict[str, Any] | None = None  # the prediction waiting for its candle
+        self.awaiting: dict[str, Any] | None = None  # the newest bar waiting for its prediction
+        self.manual: tuple[int, int] | None = None  # (bar time, action) asked, queued next bar
+        self.trades: deque[Trade] = deque(maxlen=1000)  # recent closed trades (all in the journal)
+        self._samples: list[Sample] = []
+        self._records: list[Record] = []
+
+    # -- the step -----------------------------------------------------------------------------
+    def on_candle(self, c: Candle) -> LiveWindow | None:
+        """Take one closed candle; returns the window to predict, or None (see module doc)."""
+        bad = check_candle(c, self.last_time, self.symbol)
+        if bad is not None:
+            kind, why = bad
+            self.metrics.count_bad(kind)
+            self._record("bad_data", c.time, {"kind": kind, "detail": why})
+            log.warning("%s: skipped a candle at %s: %s", self.session_id, c.timestamp, why)
+            return None
+        if self.awaiting is not None:  # the host never answered the previous window
+            self.metrics.missed += 1
+            self._close_bar(0)
+        if self.last_time is not None and c.time > self.last_time + self.step_ns:
+            missing = (c.time - self.last_time) // self.step_ns - 1
+            self.metrics.count_bad("gap")
+            self._record("bad_data", c.time, {"kind": "gap", "detail": f"{missing} bar(s) missing"})
+        self.history.append(c)
+        self.metrics.candles += 1
+        self.last_time = c.time
+        self._record(
+            "candle",
+            c.time,
+            dict(zip(COLUMNS, c.values(), strict=True)),
+        )
+        self._trades(self.book.open_bar(c.time, c.open))
+        self._settle(c)
+        return self._window_and_samples(c)
+
+    def prime(self, candles: list[Candle]) -> int:
+        """Load past candles (e.g. from the source's history) before the first live one, so
+        the session predicts from its first live candle instead of after a window of them.
+
+        Primed bars are journaled and feed windows and labels, but are not predicted, settled
+        or paper-traded. Returns how many were taken (bad ones are skipped, as live).
+        """
+        if self.metrics.candles:
+            raise InvalidInputError(
+                f"{self.session_id}: prime() is for a new session; this one has taken "
+                f"{self.metrics.candles} live candles already"
+            )
+        taken = 0
+        for c in candles:
+            if check_candle(c, self.last_time, self.symbol) is None:
+                self.history.append(c)
+                self.last_time = c.time
+                self._record("candle", c.time, dict(zip(COLUMNS, c.values(), strict=True)))
+                taken += 1
+        return taken
+
+    def apply_prediction(self, candle: Any, probs: Any, version: int) -> LivePrediction:
+        """The model's row for this session's window: candle (5,) normalised, probs (3,)."""
+        a = self.awaiting
+        if a is None:
+            raise InvalidInputError(
+                f"{self.session_id}: no window is waiting for a prediction; call on_candle first"
+            )
+        pred = np.asarray(candle, dtype=np.float64).reshape(-1)
+        p = np.asarray(probs, dtype=np.float64).reshape(-1)
+        if (
+            pred.shape != (5,)
+            or p.shape != (3,)
+            or not (np.isfinite(pred).all() and np.isfinite(p).all())
+        ):
+            raise InvalidInputError(
+                f"{self.session_id}: a prediction is a finite candle (5,) and probs (3,); "
+                f"got shapes {pred.shape} and {p.shape}"
+            )
+        s = self.settings
+        ghost = denormalise(pred[None], np.array([a["anchor"]]), np.array([a["sigma"]]))[0]
+        act = int(confidence_actions(p[None], s.confidence)[0])
+        signal = int(trade_signals(np.array([act]))[0])
+        out = LivePrediction(
+            a["time"], a["time"] + self.step_ns, ghost, p, ACTIONS[act], signal, int(version)
+        )
+        self.metrics.predictions += 1
+        self.metrics.weights_version = int(version)
+        self.pending = {**a, "target": out.target, "pred": pred.tolist(), "ghost": ghost.tolist()}
+        self._record(
+            "prediction",
+            a["time"],
+            {
+                "target": out.target,
+                "ghost": ghost.tolist(),
+                "probs": p.tolist(),
+                "action": out.action,
+                "signal": signal,
+                "version": int(version),
+            },
+        )
+        self._close_bar(signal)
+        return out
+
+    # -- training requests ---------------------------------------------------------------------
+    def manual_sample(self, action: str | int) -> dict[str, Any]:
+        """Mark the newest closed bar with ``action`` (BUY/SELL/HOLD) for training (module doc)."""
+        if self.mode != "manual":
+            raise ModeError(
+                f"{self.session_id} is in {self.mode!r} mode, which trains "
+                f"{'never' if self.mode == 'none' else 'by itself'}; manual training needs "
+                "mode 'manual': switch with set_mode('manual') (candleray live --mode manual)"
+            )
+        a = (
+            ACTIONS.index(action.upper())
+            if isinstance(action, str) and action.upper() in ACTIONS
+            else action
+        )
+        if a not in (0, 1, 2):
+            raise InvalidInputError(f"manual action {action!r} is not one of {list(ACTIONS)}")
+        if self.last_time is None or not self.history.has_window(self.settings.window):
+            raise InvalidInputError(
+                f"{self.session_id}: no full window of {self.settings.window} candles yet; "
+                "wait for more candles before training manually"
+            )
+        self.manual = (self.last_time, int(a))
+        self._record("manual", self.last_time, {"action": ACTIONS[int(a)]})
+        return {
+            "bar": self.last_time,
+            "action": ACTIONS[int(a)],
+            "queued_at": self.last_time + self.step_ns,
+        }
+
+    def set_mode(self, mode: str) -> None:
+        """Switch the training mode now; samples due from the next candle on follow it."""
+        old, self.mode = self.mode, check_mode(mode)
+        if self.mode != "manual":
+            self.manual = None
+        self._record("mode", self.last_time or 0, {"from": old, "to": self.mode})
+
+    def take_samples(self) -> list[Sample]:
+        out, self._samples = self._samples, []
+        return out
+
+    def take_records(self) -> list[Record]:
+        """This step's journal records, ending with the session's state (written atomically)."""
+        out, self._records = self._records, []
+        if out:
+            out.append(("state", self.last_time or 0, self.state_dict()))
+        return out
+
+    # -- internals -----------------------------------------------------------------------------
+    def _settle(self, c: Candle) -> None:
+        p, self.pending = self.pending, None
+        if p is None:
+            return
+        if p["target"] != c.time:
+            self.metrics.expired += 1
+            self._record("expired", p["time"], {"target": p["target"]})
+            return
+        s = settle(
+            np.array(p["pred"]),
+            np.array(p["ghost"]),
+            p["anchor"],
+            p["sigma"],
+            np.array([c.open, c.high, c.low, c.close]),
+        )
+        self.metrics.add(s)
+        self._record("settlement", c.time, {"made_at": p["time"], **s.as_dict()})
+
+    def _window_and_samples(self, c: Candle) -> LiveWindow | None:
+        """Queue the due samples and build the window to predict, in one feature pass."""
+        s, h = self.settings, self.history
+        due, self.manual = due_samples(self.mode, h, s, self.manual, c.time)
+        full = h.has_window(s.window)
+        backs = tuple(b for b, _, _ in due) + ((0,) if full else ())
+        if backs:
+            x, sigma, y = h.windows(s.window, backs, tuple(range(len(due))))
+            bars = h.candles()
+            for k, (back, act, reason) in enumerate(due):
+                t = bars[-1 - back].time
+                self._samples.append(Sample(self.session_id, t, x[k], y[k], act, reason, c.time))
+                self.metrics.samples += 1
+                self._record(
+                    "train_request", t, {"action": ACTIONS[act], "reason": reason, "due": c.time}
+                )
+        if not full:
+            self._close_bar(0)
+            return None
+        self.awaiting = {"time": c.time, "sigma": float(sigma[-1]), "anchor": c.close}
+        return LiveWindow(self.session_id, c.time, x[-1], float(sigma[-1]), c.close)
+
+    def window_to_predict(self) -> LiveWindow | None:
+        """The window still waiting for a prediction (e.g. after a restore), else None."""
+        if self.awaiting is None:
+            return None
+        x, sigma, _ = self.history.windows(self.settings.window, (0,))
+        return LiveWindow(
+            self.session_id, self.awaiting["time"], x[0], float(sigma[0]), self.awaiting["anchor"]
+        )
+
+    def _close_bar(self, signal: int) -> None:
+        last = self.history.last
+        assert last is not None
+        self.awaiting = None
+        self._trades(self.book.close_bar(last.close, signal))
+
+    def _trades(self, trades: list[Trade]) -> None:
+        for t in trades:
+            self.trades.append(t)
+            self._record("trade", t.exit_time, t.as_dict())
+
+    def _record(self, kind: str, time: int, data: dict[str, Any]) -> None:
+        self._records.append((kind, int(time), data))
+
+    # -- state ---------------------------------------------------------------------------------
+    def summary(self, train: TrainCounts | None = None) -> dict[str, Any]:
+        """The per-session metrics a user sees (``train``: this session's queue accounting)."""
+        st = self.book.st
+        opened = self.book.open_trade()
+        return {
+            "session_id": self.session_id,
+            "symbol": self.symbol,
+            "timeframe": self.timeframe,
+            "mode": self.mode,
+            "last_time": self.last_time,
+            **self.metrics.summary(),
+            "equity": st.equity,
+            "paper_pnl": st.equity - self.settings.spec.cash,
+            "closed_pnl": st.pnl,
+            "trades": st.trades,
+            "win_rate": st.wins / st.trades if st.trades else float("nan"),
+            "open_trade_pnl": opened.pnl if opened else 0.0,
+            "skipped_entries": st.skipped_entries,
+            **(train or TrainCounts()).summary(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "symbol": self.symbol,
+            "timeframe": self.timeframe,
+            "mode": self.mode,
+            "last_time": self.last_time,
+            "seen": self.history.seen,
+            "pending": self.pending,
+            "awaiting": self.awaiting,
+            "manual": list(self.manual) if self.manual else None,
+            "metrics": self.metrics.to_json(),
+            "paper": dataclasses.asdict(self.book.st),
+        }
+
+    @classmethod
+    def restore(
+        cls,
+        state: dict[str, Any],
+        candles: list[Candle],
+        settings: SessionSettings,
+        trades: list[Trade] = (),  # type: ignore[assignment]
+    ) -> Session:
+        """Rebuild a session from its journaled state, newest candles and closed trades."""
+        s = cls(state["session_id"], state["symbol"], state["timeframe"], state["mode"], settings)
+        for c in candles[-s.history.capacity :]:
+            s.history.append(c)
+        s.history.seen = int(state["seen"])
+        s.last_time, s.pending, s.awaiting = state["last_time"], state["pending"], state["awaiting"]
+        s.manual = tuple(state["manual"]) if state["manual"] else None  # type: ignore[assignment]
+        s.metrics = SessionMetrics.from_json(state["metrics"])
+        s.book = PaperBook(settings.spec, PaperState(**state["paper"]))
+        s.trades.extend(trades)
+        return s

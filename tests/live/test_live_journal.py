@@ -1,0 +1,102 @@
+"""The journal: a restarted host rebuilds each session exactly and resumes after its last candle."""
+
+import math
+
+import numpy as np
+from live_support import FakePredictor, settings, synthetic
+
+from pipelines.live import Journal, Session, TrainingQueue, iter_candles, tick
+
+
+def same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], float) and math.isnan(a[k]):
+            assert math.isnan(b[k]), k
+        else:
+            assert a[k] == b[k], k
+
+
+def test_restart_resumes_after_the_last_journaled_candle_with_state_intact(tmp_path):
+    frame = synthetic(220)
+    s = settings()
+    cands = list(iter_candles(frame))
+    fake = FakePredictor()
+
+    # the reference: one session that never stops
+    ref = Session("x", "SYN", "1h", "every_candle", s)
+    ref_samples = []
+    for c in cands:
+        tick([(ref, c)], fake)
+        ref_samples += [(x.time, x.y_action) for x in ref.take_samples()]
+
+    path = tmp_path / "live" / "m.sqlite"
+    journal = Journal(path)
+    first = Session("x", "SYN", "1h", "every_candle", s)
+    samples = []
+    for c in cands[:120]:
+        tick([(first, c)], fake, journal=journal)
+        samples += [(x.time, x.y_action) for x in first.take_samples()]
+    first.on_candle(cands[120])  # the host dies mid-step: nothing of this step is journaled
+    del first, journal
+
+    journal = Journal(path)  # a new host process
+    restored, _ = journal.restore("x", s)
+    last = journal.last_time("x")
+    assert last == cands[119].time
+    rest = [c for c in cands if c.time > last]
+    assert rest[0] is cands[120]  # the interrupted candle is fed again, nothing skipped
+    for c in rest:
+        tick([(restored, c)], fake, journal=journal)
+        samples += [(x.time, x.y_action) for x in restored.take_samples()]
+
+    same(restored.summary(), ref.summary())
+    assert samples == ref_samples
+    assert [t.as_dict() for t in restored.trades] == [t.as_dict() for t in ref.trades]
+    made_at = [t for t, _ in journal.events("x", "prediction")]
+    assert made_at == sorted(set(made_at)) and len(made_at) == ref.metrics.predictions
+
+
+def test_training_accounting_survives_a_restart(tmp_path):
+    frame = synthetic(80)
+    s = settings()
+    journal = Journal(tmp_path / "j.sqlite")
+    queue = TrainingQueue(capacity=100, batch_size=8)
+    session = Session("a", "SYN", "1h", "every_candle", s)
+    for c in iter_candles(frame):
+        tick([(session, c)], FakePredictor(), queue=queue, journal=journal)
+        batch = queue.take()
+        if batch is not None:
+            if batch.id == 2:
+                queue.timed_out(batch.id)
+                journal.record_training(batch, "timeout")
+            else:
+                queue.done(batch.id, {"total_loss": 1.0 / batch.id})
+                journal.record_training(batch, "done", {"total_loss": 1.0 / batch.id})
+    live = queue.counts["a"]
+    assert live.requested == 80 - 15 - 3 and live.timeouts == 1
+
+    _, counts = Journal(tmp_path / "j.sqlite").restore("a", s)
+    assert (counts.requested, counts.done, counts.timeouts) == (live.requested, live.done, 1)
+    assert counts.pending == 0  # what waited in the dead host's queue is counted as dropped
+    assert counts.dropped == live.dropped + live.pending
+    assert list(counts.losses) == list(live.losses)
+
+
+def test_chart_returns_candles_ghosts_pivots_signals_and_trades(tmp_path):
+    frame = synthetic(150)
+    journal = Journal(tmp_path / "c.sqlite")
+    session = Session("c", "SYN", "1h", "none", settings())
+    for c in iter_candles(frame):
+        tick([(session, c)], FakePredictor(), journal=journal)
+    since = int(frame.index[100].value)
+    chart = journal.chart("c", since)
+    assert len(chart["candles"]) == 50
+    np.testing.assert_array_equal(chart["candles"].to_numpy(), frame.iloc[100:].to_numpy())
+    assert len(chart["ghosts"]) == len(chart["signals"]) == 50
+    assert (
+        chart["ghosts"]["time"] - chart["ghosts"]["made_at"] == frame.index[1] - frame.index[0]
+    ).all()
+    assert set(chart["signals"]["action"]) <= {"HOLD", "BUY", "SELL"}
+    assert len(chart["pivots"]) > 0 and set(chart["pivots"]["kind"]) <= {"H", "L"}
+    assert len(chart["trades"]) > 0 and (chart["trades"]["exit_time"] >= frame.index[100]).all()
