@@ -174,6 +174,16 @@ class LiveConfig:
 
 
 @dataclass(frozen=True)
+class AnnotationConfig:
+    """Trades a person marked (``candleray annotate``) and training on them (``train --annotations``)."""
+
+    path: str = "annotations.sqlite"  # the store: a SQLite file below run.home
+    price_tolerance: float = 0.001  # fraction a price may lie outside its candle's low-high
+    hold_between: bool = True  # the candles between entry and exit become HOLD samples
+    epochs: int = 20  # passes over all annotation samples in ``candleray train --annotations``
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -185,4 +195,5 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     backtest: BacktestConfig = field(default_factory=BacktestConfig)
+    annotations: AnnotationConfig = field(default_factory=AnnotationConfig)
     live: LiveConfig = field(default_factory=LiveConfig)

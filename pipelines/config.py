@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import conf
 from conf import Config
 from pipelines.backtest.config import check_backtest_config
+from pipelines.data.annotations import check_annotation_config
 from pipelines.data.candles import timeframe_seconds
 from pipelines.errors import ConfigError
 from pipelines.live.config import check_live_config
@@ -22,6 +23,7 @@ __all__ = ["check", "load_config"]
 def check(cfg: Config) -> None:
     """Raise ``ConfigError`` naming the key when a value breaks a domain rule."""
     check_backtest_config(cfg.backtest)
+    check_annotation_config(cfg.annotations)
     check_live_config(cfg.live)
     base = timeframe_seconds(cfg.data.timeframe)
     for tf in cfg.data.extra_timeframes:

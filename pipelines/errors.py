@@ -66,6 +66,11 @@ class PartialTrainingError(CandlerayError):
         self.version = version
 
 
+class AnnotationError(InvalidInputError):
+    """A marked trade (annotation) that the store refuses; the message names the rule it
+    breaks and how to fix it. Nothing was stored."""
+
+
 class ActorCallTimeout(CandlerayError):
     """A call into an actor missed its deadline; the message names the call."""
 

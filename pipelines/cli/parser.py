@@ -10,7 +10,7 @@ import logging
 import sys
 from types import ModuleType
 
-from pipelines.cli import backtest, checkpoints, config, demo, train
+from pipelines.cli import annotate, backtest, checkpoints, config, demo, train
 from pipelines.config import load_config
 from pipelines.errors import CandlerayError
 
@@ -19,6 +19,7 @@ COMMANDS: dict[str, ModuleType] = {
     "demo": demo,
     "backtest": backtest,
     "checkpoints": checkpoints,
+    "annotate": annotate,
     "config": config,
 }
 

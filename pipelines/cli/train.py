@@ -1,11 +1,21 @@
-"""``candleray train``: epochs over history through the ModelActor, then a held-out evaluation."""
+"""``candleray train``: epochs over history through the ModelActor, then a held-out evaluation.
+
+``candleray train --annotations``: epochs (``annotations.epochs``) over the samples of every
+stored annotation instead (see ``pipelines.data.annotations``), checkpoints of kind
+"annotations", no held-out evaluation (the marked trades are all there is).
+
+Either way the model's MLflow run is tagged ``candleray.training_kind`` = batch or
+annotations: the kind of its latest training.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from conf import Config
@@ -13,14 +23,99 @@ from pipelines.errors import CandlerayError
 
 
 def register(sub: Any) -> None:
-    sub.add_parser(
+    p = sub.add_parser(
         "train", help="train over history through the ModelActor (checkpoints + MLflow run)"
+    )
+    p.add_argument(
+        "--annotations",
+        action="store_true",
+        help="train on the stored annotations (candleray annotate) instead of history",
     )
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    cmd_train(cfg, show_table=True)
+    if args.annotations:
+        cmd_train_annotations(cfg)
+    else:
+        cmd_train(cfg, show_table=True)
     return 0
+
+
+@contextlib.contextmanager
+def _model_client(cfg: Config) -> Iterator[Any]:
+    """A client of the ModelActor on a (possibly local) Ray cluster, closed on the way out.
+
+    An error or Ctrl-C still ends the MLflow run (as FAILED) and the local cluster.
+    """
+    import ray
+
+    from actors import ModelClient
+    from pipelines.cluster import init_ray
+
+    owns_ray = init_ray(cfg)
+    client, status = None, "FAILED"
+    try:
+        client = ModelClient.connect(cfg)
+        yield client
+        status = "FINISHED"
+    finally:
+        if client is not None and not cfg.ray.detached:
+            try:
+                client.call("close", status)
+            except CandlerayError as exc:
+                print(f"candleray: could not close the MLflow run: {exc}", file=sys.stderr)
+        if owns_ray:
+            ray.shutdown()
+
+
+def _tag_kind(cfg: Config, tracking: dict[str, Any], kind: str) -> None:
+    from pipelines.jobs.annotations import TRAINING_KIND_TAG, tag_run
+
+    if tracking.get("enabled"):
+        tag_run(cfg.tracking.uri, tracking["run_id"], {TRAINING_KIND_TAG: kind})
+
+
+def cmd_train_annotations(cfg: Config) -> dict[str, Any]:
+    """Epochs over every stored annotation's samples; checkpoints of kind "annotations"."""
+    import numpy as np
+
+    from pipelines.data.labels import ACTIONS
+    from pipelines.jobs.annotations import annotation_split
+    from pipelines.jobs.training import train_split
+
+    got = annotation_split(cfg)  # refused before Ray starts when there is nothing to train
+    ds, epochs = got.split.train, cfg.annotations.epochs
+    counts = np.bincount(ds.y_action, minlength=len(ACTIONS))
+    print(
+        f"annotations: {got.annotations} trades on {len(ds.symbols)} symbol(s), {len(ds)} "
+        f"samples ({', '.join(f'{n} {a}' for a, n in zip(ACTIONS, counts, strict=True))})"
+        + (f"; {len(got.samples.skipped)} bar(s) gave no sample" if got.samples.skipped else "")
+    )
+    with _model_client(cfg) as client:
+        bar, update = _progress_bar(-(-len(ds) // cfg.train.batch_size), epochs)
+        t0 = time.time()
+        try:
+            results = train_split(
+                client, got.split, cfg, epochs=epochs, progress=update, kind="annotations"
+            )
+        finally:
+            bar.close()
+        train_s = time.time() - t0
+        ckpt = client.call("save_checkpoint", "annotations")
+        tracking = client.call("flush_tracking")
+        _tag_kind(cfg, tracking, "annotations")
+        metrics = client.call("metrics")
+    steps = sum(r.steps for r in results)
+    last = results[-1].metrics
+    print(
+        f"trained {steps} steps ({epochs} epochs) on annotations in {train_s:.1f}s, model at step "
+        f"{metrics['steps']}; last epoch: loss {last['total_loss']:.3f}, action acc "
+        f"{last['action_accuracy']:.2f}"
+    )
+    print(f"checkpoint: {ckpt['path']}")
+    if tracking.get("enabled"):
+        print(f"MLflow run {tracking['run_id']} tagged training_kind=annotations")
+    return {"epochs": results, "checkpoint": ckpt, "tracking": tracking, "samples": len(ds)}
 
 
 def _progress_bar(total_batches: int, epochs: int) -> tuple[Any, Any]:
@@ -56,10 +151,6 @@ def _progress_bar(total_batches: int, epochs: int) -> tuple[Any, Any]:
 
 
 def cmd_train(cfg: Config, *, show_table: bool = False) -> dict[str, Any]:
-    import ray
-
-    from actors import ModelClient
-    from pipelines.cluster import init_ray
     from pipelines.jobs.training import prepare
 
     t0 = time.time()
@@ -68,21 +159,9 @@ def cmd_train(cfg: Config, *, show_table: bool = False) -> dict[str, Any]:
         f"data: {len(split.train.symbols)} symbols, {len(split.train)} training windows, "
         f"{len(split.holdout)} held-out windows ({time.time() - t0:.1f}s)"
     )
-    owns_ray = init_ray(cfg)
-    client, status = None, "FAILED"
-    try:
-        client = ModelClient.connect(cfg)
-        out = _train_and_evaluate(client, cfg, split, show_table)
-        status = "FINISHED"
-        return out
-    finally:  # an error or Ctrl-C still ends the MLflow run (as FAILED) and the local cluster
-        if client is not None and not cfg.ray.detached:
-            try:
-                client.call("close", status)
-            except CandlerayError as exc:
-                print(f"candleray: could not close the MLflow run: {exc}", file=sys.stderr)
-        if owns_ray:
-            ray.shutdown()
+    print(_cut_line(split))
+    with _model_client(cfg) as client:
+        return _train_and_evaluate(client, cfg, split, show_table)
 
 
 def _train_and_evaluate(client: Any, cfg: Config, split: Any, show_table: bool) -> dict[str, Any]:
@@ -113,6 +192,7 @@ def _train_and_evaluate(client: Any, cfg: Config, split: Any, show_table: bool) 
         artifacts={"evaluation/holdout.json": json.loads(table.to_json(orient="index"))},
     )
     tracking = client.call("flush_tracking")
+    _tag_kind(cfg, tracking, "batch")
     metrics = client.call("metrics")
     samples = sum(e.steps for e in epochs) * cfg.train.batch_size
     print(
@@ -130,17 +210,33 @@ def _train_and_evaluate(client: Any, cfg: Config, split: Any, show_table: bool) 
             )
         )
     if show_table:
-        _print_table(table)
+        _print_table(table, split.cut)
     return {
         "table": table,
         "epochs": epochs,
         "checkpoint": ckpt,
         "tracking": tracking,
         "ranges": split.ranges,
+        "cut": split.cut,
     }
 
 
-def _print_table(table: Any) -> None:
+def _cut_line(split: Any) -> str:
+    """The hold-out cut, and the symbols that lie wholly on one side of it."""
+    text = (
+        f"hold-out cut {split.cut}: one time for all symbols; held-out windows end at or after "
+        "it, training windows' labels close by it"
+    )
+    only_train = [k for k, r in split.ranges.items() if not r["holdout_start"]]
+    only_held = [k for k, r in split.ranges.items() if not r["train_end"]]
+    if only_train:
+        text += f"\n  training only (all their windows end before the cut): {', '.join(only_train)}"
+    if only_held:
+        text += f"\n  held out only (no label closes before the cut): {', '.join(only_held)}"
+    return text
+
+
+def _print_table(table: Any, cut: str) -> None:
     cols = [
         ("n", "windows", "{:.0f}"),
         ("dir_acc", "dir acc", "{:.3f}"),
@@ -153,7 +249,10 @@ def _print_table(table: Any) -> None:
         ("close_mae_nochange", "no-change", "{:.3f}"),
     ]
     width = max(len(s) for s in table.index) + 2
-    print("\nHeld-out evaluation (close MAE in units of each window's volatility; lower is better)")
+    print(
+        f"\nHeld-out evaluation, windows ending at or after {cut} "
+        "(close MAE in units of each window's volatility; lower is better)"
+    )
     print("symbol".ljust(width) + "".join(h.rjust(12) for _, h, _ in cols))
     for sym, row in table.iterrows():
         print(sym.ljust(width) + "".join(f.format(row[c]).rjust(12) for c, _, f in cols))

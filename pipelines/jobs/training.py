@@ -57,8 +57,11 @@ def train_split(
     *,
     epochs: int | None = None,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
+    kind: str = "batch",
 ) -> list[EpochResult]:
     """Run ``epochs`` shuffled passes over ``split.train`` through the actor.
+
+    ``kind`` names the training in its checkpoints ("batch"; "annotations" for marked trades).
 
     The training set goes into the object store once; each call trains
     ``train.batches_per_call`` batches by index. Two calls stay in flight, so the actor
@@ -95,7 +98,7 @@ def train_split(
 
         try:
             for chunk in chunks:
-                pending.append(client.submit("train_samples", data_ref, chunk, bs, "batch"))
+                pending.append(client.submit("train_samples", data_ref, chunk, bs, kind))
                 if len(pending) == 2:
                     collect(pending.popleft())
             while pending:
