@@ -23,8 +23,8 @@ __all__ = ["check", "load_config"]
 def check(cfg: Config) -> None:
     """Raise ``ConfigError`` naming the key when a value breaks a domain rule."""
     check_backtest_config(cfg.backtest)
-    check_annotation_config(cfg.annotations)
     check_live_config(cfg.live)
+    check_annotation_config(cfg.annotations)
     base = timeframe_seconds(cfg.data.timeframe)
     for tf in cfg.data.extra_timeframes:
         if timeframe_seconds(tf) <= base:
