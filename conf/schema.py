@@ -174,6 +174,24 @@ class LiveConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """Ray Serve app (``serve/``): the batched predictor deployment and the HTTP ingress."""
+
+    host: str = "127.0.0.1"  # a host other than loopback needs serve.token
+    port: int = 8000
+    replicas: int = 1  # predictor replicas
+    replica_num_cpus: float = 0.25  # Ray CPUs per predictor replica (fractional on a laptop)
+    replica_num_gpus: float = 0.0  # set 1 (or a fraction) to run replicas on GPUs
+    max_batch_size: int = 16  # requests per forward pass; live-changeable through reconfigure()
+    batch_wait_timeout_s: float = 0.005  # longest the first request of a batch waits for more
+    max_ongoing_requests: int = 64  # per replica; >= max_batch_size, so a batch can fill
+    weights_poll_s: float = 0.2  # how often a replica asks the ModelActor for a newer version
+    max_request_bytes: int = 1_000_000  # bigger requests are refused (HTTP 413)
+    token: str | None = None  # bearer token for routes that change state; secret, never logged
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none by default
+
+
+@dataclass(frozen=True)
 class AnnotationConfig:
     """Trades a person marked (``candleray annotate``) and training on them (``train --annotations``)."""
 
@@ -197,3 +215,4 @@ class Config:
     backtest: BacktestConfig = field(default_factory=BacktestConfig)
     annotations: AnnotationConfig = field(default_factory=AnnotationConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)

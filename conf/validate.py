@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from conf.schema import BEST_METRICS, Config
+from conf.schema import BEST_METRICS, Config, ServeConfig
 from pipelines.errors import ConfigError
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
@@ -74,6 +74,7 @@ def check(cfg: Config) -> None:
     _need(
         len(cfg.data.symbols) >= 1, "data.symbols is empty; name at least one, e.g. [sample:EURUSD]"
     )
+    check_serve(cfg.serve)
     for key in ("since", "until"):
         value = getattr(cfg.data, key)
         if value is not None:
@@ -83,6 +84,32 @@ def check(cfg: Config) -> None:
                 raise ConfigError(
                     f"data.{key}={value!r} is not an ISO date; use e.g. 2024-01-01"
                 ) from exc
+
+
+def check_serve(s: ServeConfig) -> None:
+    """The serve section; also the rule ``reconfigure()`` applies to live batching changes."""
+    _need(
+        s.max_batch_size >= 1,
+        f"serve.max_batch_size={s.max_batch_size} must be >= 1 (1 turns batching off)",
+    )
+    _need(
+        0.0 <= s.batch_wait_timeout_s <= 1.0,
+        f"serve.batch_wait_timeout_s={s.batch_wait_timeout_s} must be in [0, 1] seconds "
+        "(every request may wait this long for its batch to fill); e.g. 0.005",
+    )
+    _need(
+        s.max_ongoing_requests >= s.max_batch_size,
+        f"serve.max_ongoing_requests={s.max_ongoing_requests} must be >= serve.max_batch_size="
+        f"{s.max_batch_size}, or a replica never holds enough requests to fill a batch",
+    )
+    _need(s.replicas >= 1, f"serve.replicas={s.replicas} must be >= 1")
+    _need(
+        s.replica_num_cpus >= 0 and s.replica_num_gpus >= 0,
+        "serve.replica_num_cpus and serve.replica_num_gpus must be >= 0",
+    )
+    _need(1 <= s.port <= 65535, f"serve.port={s.port} must be in 1..65535")
+    _need(s.weights_poll_s > 0, f"serve.weights_poll_s={s.weights_poll_s} must be > 0")
+    _need(s.max_request_bytes >= 1, f"serve.max_request_bytes={s.max_request_bytes} must be >= 1")
 
 
 def _abs(home: Path, p: str) -> str:

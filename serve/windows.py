@@ -1,0 +1,91 @@
+"""A window of candles → the model input, and a model answer → prices and a signal.
+
+Plain code for any caller of the predictor (the HTTP ingress, scripts). The input is built
+by the training code itself (``pipelines.data.features``: ``higher_timeframes`` then
+``make_windows`` for the last bar), so served features cannot drift from trained ones; the
+ghost candle is ``features.denormalise``; the signal is the backtests' confidence rule
+(``pipelines.backtest.inference.confidence_actions``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pipelines.backtest.inference import confidence_actions, trade_signals
+from pipelines.data.candles import validate_candles
+from pipelines.data.features import denormalise, higher_timeframes, make_windows
+from pipelines.data.labels import ACTIONS
+from pipelines.errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """x (1, T, F) float32 for the window ending at ``end`` (the last candle's time);
+    ``anchor_close`` (that candle's close) and ``sigma`` turn the answer back into prices."""
+
+    x: np.ndarray
+    end: pd.Timestamp
+    anchor_close: float
+    sigma: float
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A prediction in the user's terms: the predicted next candle in prices (the ghost
+    candle), the action probabilities, the action taken and its simulator signal (+1 buy,
+    -1 sell, 0 hold)."""
+
+    ghost: dict[str, float]
+    probs: dict[str, float]
+    action: str
+    signal: int
+
+
+def model_input(
+    candles: pd.DataFrame,
+    window: int,
+    timeframe: str,
+    extra_timeframes: Sequence[str] = (),
+    symbol: str = "?",
+) -> ModelInput:
+    """The model input for the window ending at the last of ``candles`` (the candle schema).
+
+    Needs at least ``window`` candles; with extra timeframes, more history gives the
+    window's early bars their closed higher candles, as in training.
+    Raises CandleValidationError for a frame that breaks the schema, InvalidInputError
+    when it is too short.
+    """
+    validate_candles(candles, symbol)
+    if len(candles) < max(window, 2):
+        raise InvalidInputError(
+            f"{symbol}: {len(candles)} candles given; the model reads windows of {window} "
+            f"(send at least {max(window, 2)} candles, the newest last)"
+        )
+    higher = higher_timeframes(candles, timeframe, tuple(extra_timeframes))
+    ends = np.array([len(candles) - 1], dtype=np.int64)
+    x, sigma = make_windows(candles, window, higher, ends)
+    return ModelInput(x, candles.index[-1], float(candles["close"].iloc[-1]), float(sigma[0]))
+
+
+def interpret(
+    candle: Sequence[float],
+    probs: Sequence[float],
+    anchor_close: float,
+    sigma: float,
+    confidence: float,
+) -> Signal:
+    """One answer (normalised candle (5,), probs (3,)) → ghost candle in prices and the signal."""
+    pred = np.asarray(candle, dtype=np.float64)[None, :]  # (1, 5)
+    ghost = denormalise(pred, np.array([anchor_close]), np.array([sigma]))[0]  # (4,) o, h, l, c
+    p = np.asarray(probs, dtype=np.float64)[None, :]  # (1, 3)
+    action = confidence_actions(p, confidence)
+    return Signal(
+        ghost=dict(zip(("open", "high", "low", "close"), map(float, ghost), strict=True)),
+        probs=dict(zip(ACTIONS, map(float, p[0]), strict=True)),
+        action=ACTIONS[int(action[0])],
+        signal=int(trade_signals(action)[0]),
+    )

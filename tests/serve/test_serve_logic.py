@@ -1,0 +1,231 @@
+"""The predictor replica's logic without Serve: batching knobs, requests, one forward pass per
+batch, weight swaps, and candles in / prices and signals out."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from conf import ServeConfig
+from conf.schema import SyntheticConfig
+from pipelines.backtest.inference import all_windows
+from pipelines.data.features import denormalise
+from pipelines.data.sources.synthetic import generate
+from pipelines.errors import CandlerayError, CandleValidationError, ConfigError, InvalidInputError
+from pipelines.model.network import CandleTransformer, ModelSpec
+from serve.batched import WeightFollower, check_request, predict_batch
+from serve.config import Batching, deployment_options, parse_batching
+from serve.predictor import Predictor
+from serve.windows import interpret, model_input
+
+SPEC = ModelSpec(n_features=5, window=8, d_model=16, n_heads=2, n_layers=1, dim_feedforward=32)
+
+
+def windows(b: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((b, SPEC.window, SPEC.n_features)).astype(np.float32)
+
+
+def state(seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return CandleTransformer(SPEC).state_dict()
+
+
+# -- batching knobs ------------------------------------------------------------------------
+
+
+def test_good_batching_values_are_taken_and_missing_ones_come_from_config():
+    s = ServeConfig(max_batch_size=16, batch_wait_timeout_s=0.005, max_ongoing_requests=64)
+    assert parse_batching({"max_batch_size": 32}, s) == Batching(32, 0.005)
+    assert parse_batching({"batch_wait_timeout_s": 0}, s) == Batching(16, 0.0)
+    assert parse_batching({}, s) == Batching.of(s)
+
+
+@pytest.mark.parametrize(
+    ("user_config", "message"),
+    [
+        ({"max_batch_size": 0}, "max_batch_size=0 must be >= 1"),
+        ({"max_batch_size": 128}, "max_ongoing_requests=64 must be >= serve.max_batch_size=128"),
+        ({"max_batch_size": 2.5}, "must be an integer"),
+        ({"max_batch_size": True}, "must be an integer"),
+        ({"max_batch_size": "8"}, "must be an integer"),
+        ({"batch_wait_timeout_s": -0.1}, r"must be in \[0, 1\]"),
+        ({"batch_wait_timeout_s": 5}, r"must be in \[0, 1\]"),
+        ({"batch_wait_timeout_s": None}, "number of seconds"),
+        ({"max_batch": 8}, r"unknown key\(s\) \['max_batch'\]"),
+        ({"num_replicas": 3}, "Replicas, CPUs and GPUs change by redeploying"),
+        ([8, 0.01], "must be a mapping"),
+    ],
+)
+def test_bad_batching_values_are_refused_with_the_rule(user_config, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_batching(user_config, ServeConfig())
+
+
+def test_deployment_options_come_from_the_serve_section_and_are_checked():
+    s = ServeConfig(replicas=3, replica_num_cpus=0.5, replica_num_gpus=1.0, max_batch_size=4)
+    opts = deployment_options(s)
+    assert opts["num_replicas"] == 3
+    assert opts["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 1.0}
+    assert opts["user_config"] == {"max_batch_size": 4, "batch_wait_timeout_s": 0.005}
+    with pytest.raises(ConfigError, match="serve.replicas=0"):
+        deployment_options(dataclasses.replace(s, replicas=0))
+
+
+# -- requests and batches ------------------------------------------------------------------
+
+
+def test_bad_requests_are_refused_with_what_was_wrong():
+    with pytest.raises(InvalidInputError, match=r"shape \(2, 8, 3\).*\(B, 8, 5\)"):
+        check_request(SPEC, windows(2)[:, :, :3], 10**6)
+    with pytest.raises(InvalidInputError, match="shape"):
+        check_request(SPEC, windows(1)[0], 10**6)  # one window without the batch axis
+    bad = windows(3)
+    bad[1, 2, 0] = np.nan
+    with pytest.raises(InvalidInputError, match="NaN or infinite values.*sample 1"):
+        check_request(SPEC, bad, 10**6)
+    with pytest.raises(InvalidInputError, match="must be numbers"):
+        check_request(SPEC, [["a"]], 10**6)
+    with pytest.raises(InvalidInputError, match="serve.max_request_bytes"):
+        check_request(SPEC, windows(100), 1000)
+    assert check_request(SPEC, windows(2).astype(np.float64), 10**6).dtype == np.float32
+
+
+def test_a_batch_of_requests_is_one_forward_pass_with_the_unbatched_answers():
+    p = Predictor(SPEC, "cpu")
+    p.load(state(1), 7, "gen")
+    calls: list[int] = []
+    p.model.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
+    reqs = [windows(1, 1), windows(3, 2), windows(2, 3)]
+    answers = predict_batch(p, reqs, "r1", 5)
+    assert calls == [6]  # one forward pass over all six windows
+    assert [len(a) for a in answers] == [1, 3, 2]
+    for req, ans in zip(reqs, answers, strict=True):
+        alone = p.predict(req)
+        np.testing.assert_allclose([a.candle for a in ans], alone.candle, atol=1e-5)
+        np.testing.assert_allclose([a.probs for a in ans], alone.probs, atol=1e-6)
+        assert {
+            (a.version, a.generation, a.replica, a.forward_pass, a.batch_windows) for a in ans
+        } == {(7, "gen", "r1", 5, 6)}
+
+
+# -- weight swaps --------------------------------------------------------------------------
+
+
+class Source:
+    """A ModelActor stand-in: publishes (generation, version) and state dicts."""
+
+    def __init__(self, spec: ModelSpec = SPEC) -> None:
+        self.generation, self.published, self.spec = "g1", 0, spec
+        self.state = state(0)
+        self.snapshots = 0
+        self.fail: Exception | None = None
+
+    def publish(self, seed: int) -> None:
+        self.published += 1
+        self.state = state(seed)
+
+    async def version(self) -> tuple[str, int]:
+        if self.fail:
+            raise self.fail
+        return self.generation, self.published
+
+    async def snapshot(self) -> dict:
+        self.snapshots += 1
+        return {
+            "generation": self.generation,
+            "version": self.published,
+            "spec": self.spec.to_dict(),
+            "state": self.state,
+        }
+
+
+def test_a_new_version_is_swapped_in_whole_and_a_running_batch_keeps_its_weights():
+    src = Source()
+    f = WeightFollower(SPEC, "cpu", src)
+    x = windows(4)
+
+    async def scenario():
+        assert await f.refresh() is True and f.predictor.version == 0
+        assert await f.refresh() is False and src.snapshots == 1  # same version: no fetch
+        in_flight = f.predictor  # what a batch that started now holds
+        before = in_flight.predict(x).probs
+        src.publish(seed=5)
+        assert await f.refresh() is True
+        return in_flight, before
+
+    in_flight, before = asyncio.run(scenario())
+    assert f.predictor is not in_flight and f.predictor.version == 1
+    np.testing.assert_array_equal(in_flight.predict(x).probs, before)  # untouched by the swap
+    fresh = Predictor(SPEC, "cpu")
+    fresh.load(state(5), 1)
+    np.testing.assert_allclose(f.predictor.predict(x).probs, fresh.predict(x).probs, atol=1e-6)
+
+
+def test_a_failed_poll_keeps_serving_the_loaded_weights_and_says_why():
+    src = Source()
+    f = WeightFollower(SPEC, "cpu", src)
+
+    async def scenario():
+        await f.refresh()
+        src.fail = ConnectionError("actor restarting")
+        task = asyncio.create_task(f.follow(0.01))
+        await asyncio.sleep(0.05)
+        assert f.predictor.version == 0 and "actor restarting" in (f.last_error or "")
+        src.fail = None
+        src.publish(seed=2)
+        await asyncio.sleep(0.1)
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert f.predictor.version == 1 and f.last_error is None
+
+
+def test_weights_of_another_model_shape_are_refused():
+    other = dataclasses.replace(SPEC, d_model=32)
+    f = WeightFollower(SPEC, "cpu", Source(other))
+    with pytest.raises(CandlerayError, match="was built for"):
+        asyncio.run(f.refresh())
+    assert f.predictor.version == -1
+
+
+# -- candles in, prices and signal out -----------------------------------------------------
+
+
+def test_served_input_equals_the_training_window_for_the_same_bar():
+    df = generate("S", "1h", SyntheticConfig(length=200))
+    full = all_windows(df, "1h", ("4h",), 16)
+    for end in (60, 120, 199):
+        mi = model_input(df.iloc[: end + 1], 16, "1h", ("4h",))
+        m = int(np.flatnonzero(full.ends == end)[0])
+        np.testing.assert_array_equal(mi.x[0], full.x[m])
+        assert mi.sigma == full.sigma[m] and mi.end == df.index[end]
+        assert mi.anchor_close == df["close"].iloc[end]
+
+
+def test_bad_candles_are_refused_before_the_model():
+    df = generate("S", "1h", SyntheticConfig(length=40))
+    with pytest.raises(InvalidInputError, match="10 candles given.*windows of 16"):
+        model_input(df.iloc[:10], 16, "1h")
+    broken = df.copy()
+    broken.iloc[5, 3] = np.nan
+    with pytest.raises(CandleValidationError, match="row 5"):
+        model_input(broken, 16, "1h", symbol="S")
+
+
+def test_an_answer_becomes_a_ghost_candle_in_prices_and_a_signal_by_the_confidence_rule():
+    candle = [0.5, 1.0, -1.0, 0.8, 0.1]
+    s = interpret(candle, [0.2, 0.7, 0.1], anchor_close=100.0, sigma=0.01, confidence=0.5)
+    ghost = denormalise(np.array([candle]), np.array([100.0]), np.array([0.01]))[0]
+    assert list(s.ghost.values()) == pytest.approx(list(ghost))
+    assert s.ghost["close"] == pytest.approx(100.0 * np.exp(0.008))
+    assert s.probs == pytest.approx({"HOLD": 0.2, "BUY": 0.7, "SELL": 0.1})
+    assert (s.action, s.signal) == ("BUY", 1)
+    unsure = interpret(candle, [0.3, 0.25, 0.45], 100.0, 0.01, confidence=0.5)
+    assert (unsure.action, unsure.signal) == ("HOLD", 0)  # SELL is likeliest but below 0.5
+    sure = interpret(candle, [0.3, 0.25, 0.45], 100.0, 0.01, confidence=0.4)
+    assert (sure.action, sure.signal) == ("SELL", -1)
