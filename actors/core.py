@@ -90,6 +90,11 @@ class ModelCore:
             self.run_id = meta.get("mlflow_run_id")
             self.data_window = meta.get("data", {})
             self.restored_from = self.trainer.step
+            # saving these weights again returns this record (and its best flag) unchanged
+            self._last_ckpt = (
+                (self.generation, self.trainer.step),
+                self.store.info(meta).to_dict(),
+            )
             log.info("restored %s from checkpoint step %d", cfg.run.name, self.trainer.step)
         self._tracking = None
         if (
@@ -305,8 +310,8 @@ class ModelCore:
     ) -> dict[str, Any]:
         """Write the current state (atomically); a second save of the same weights is a no-op.
 
-        "The same weights" is the same (generation, step): saving them again would only
-        overwrite the first file's metadata (and could drop its best flag).
+        "The same weights" is the same (generation, step), including those just restored or
+        loaded: saving them again would only write a duplicate without the best flag.
         """
         key = (self.generation, self.trainer.step)
         last = self._last_ckpt
@@ -330,7 +335,11 @@ class ModelCore:
         return info.to_dict()
 
     def load_checkpoint(self, path: str | None = None) -> dict[str, Any]:
-        """Load a listed checkpoint (default: the newest good one) into the training weights."""
+        """Load a listed checkpoint (default: the newest good one) into the training weights.
+
+        Loading any other than the newest checkpoint is a rewind: a copy of it is written as
+        the newest checkpoint, so a restart resumes from it, not from the abandoned future.
+        """
         if path is None:
             got = self.store.load_latest_good()
             if got is None:
@@ -338,14 +347,27 @@ class ModelCore:
                     f"no checkpoint under {self.store.uri}; train first or pass a path"
                 )
             state, meta = got
+            path = self.store.info(meta).path
         else:
             state, meta = self.store.load(path)
         self.trainer.load_state(state)
         # new lineage: (generation, version) never names two different sets of weights, so
         # predictors reload even when the step goes back to a number they have seen
         self.generation = uuid.uuid4().hex[:12]
+        newest = self.store.is_newest(path)
+        record = (
+            self.store.info(meta)
+            if newest
+            else self.store.promote(path, generation=self.generation, mlflow_run_id=self.run_id)
+        )
+        self._last_ckpt = ((self.generation, self.trainer.step), record.to_dict())
         self._publish()
-        return {"step": self.trainer.step, "kind": meta.get("kind"), "file": meta.get("file")}
+        return {
+            "step": self.trainer.step,
+            "kind": meta.get("kind"),
+            "file": meta.get("file"),
+            "path": record.path,  # the newest checkpoint now: what a restart restores
+        }
 
     def list_checkpoints(self) -> list[dict[str, Any]]:
         return [i.to_dict() for i in self.store.list()]

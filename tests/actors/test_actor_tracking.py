@@ -52,7 +52,7 @@ def check_run(uri: str, cfg, status) -> None:
     arts = {a.path for a in mc.list_artifacts(run.info.run_id)}
     assert {"checkpoints", "config"} <= arts
     ckpts = [a.path for a in mc.list_artifacts(run.info.run_id, "checkpoints")]
-    assert any(p.endswith("ckpt-000000020.pt") for p in ckpts)  # every_steps=10, keep_last=3
+    assert any("-step000000020-" in p for p in ckpts)  # every_steps=10, keep_last=3
     best = mc.get_model_version_by_alias(cfg.run.name, "best")
     assert best.run_id == run.info.run_id
     assert run.info.status == "FINISHED"
