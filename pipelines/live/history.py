@@ -11,6 +11,10 @@ timeframe H over base B (k = ceil(H / B)), each window bar also reads the last *
 higher candle, which opened at most 2H - B before that bar: up to 2k - 1 bars earlier.
 ``capacity = T + n + 2k + 1`` keeps all of it (gaps only shorten the span in bars), so
 truncating the history never changes a number.
+
+Cost. A bar's higher-timeframe row is final once the bar has closed, so each is kept, and
+``higher_timeframes`` (a pandas resample, the dearest step) runs again only on a bar that
+may see a newly closed higher candle: about once per higher bar (tested exact, gaps too).
 """
 
 from __future__ import annotations
@@ -106,6 +110,17 @@ class CandleHistory:
         self._bars: deque[Candle] = deque(maxlen=capacity)
         self.seen = 0  # bars appended since the session began (primed ones included)
         self._cache: tuple[int, pd.DataFrame, list[np.ndarray]] | None = None
+        # per bar, its higher-timeframe row (4E,) log o/h/l/c: final once the bar has closed
+        self._rows: deque[np.ndarray] = deque(maxlen=capacity)
+        self._rows_seen = 0  # ``seen`` when the newest row was computed
+        base_ns = timeframe_seconds(timeframe) * 1_000_000_000
+        grid = [timeframe_seconds(tf) * 1_000_000_000 for tf in self.extra]
+        # resample bins of minute/hour/day timeframes start at multiples of the timeframe since
+        # the epoch; weekly bins are anchored otherwise, and a non-coarser "extra" is the bar
+        # itself: for those, recompute every bar
+        fixed = all(tf[-1] in "mhd" and g > base_ns for tf, g in zip(self.extra, grid, strict=True))
+        self._grid: list[int] | None = grid if fixed else None
+        self._base_ns = base_ns
 
     def __len__(self) -> int:
         return len(self._bars)
@@ -134,9 +149,32 @@ class CandleHistory:
         idx = pd.DatetimeIndex(times.view("M8[ns]"), name="time").tz_localize("UTC")
         vals = np.array([b.values() for b in bars], dtype=np.float64).reshape(len(bars), 5)
         frame = pd.DataFrame(vals, index=idx, columns=list(COLUMNS))
-        higher = higher_timeframes(frame, self.timeframe, self.extra) if len(bars) else []
+        higher = self._higher(frame, bars) if self.extra and bars else []
         self._cache = (self.seen, frame, higher)
         return frame, higher
+
+    def _higher(self, frame: pd.DataFrame, bars: list[Candle]) -> list[np.ndarray]:
+        """``higher_timeframes`` of the history, recomputed only when the newest bar may see a
+        newly closed higher candle (a bin boundary passed since the previous bar's close);
+        otherwise the newest bar's row is the previous bar's, as ``higher_timeframes`` gives."""
+        missing = min(self.seen - self._rows_seen, len(bars))
+        self._rows_seen = self.seen
+        reuse = (
+            self._grid is not None
+            and missing == 1
+            and len(bars) >= 2
+            and not any(
+                (bars[-1].time + self._base_ns) // g > (bars[-2].time + self._base_ns) // g
+                for g in self._grid
+            )
+        )
+        if reuse:
+            self._rows.append(self._rows[-1])
+        else:
+            full = np.concatenate(higher_timeframes(frame, self.timeframe, self.extra), axis=1)
+            self._rows.extend(full[len(full) - missing :])
+        rows = np.stack(list(self._rows)[len(self._rows) - len(bars) :])  # (N, 4E)
+        return [rows[:, 4 * e : 4 * e + 4] for e in range(len(self.extra))]
 
     def windows(
         self, window: int, back: tuple[int, ...], targets: tuple[int, ...] = ()

@@ -6,8 +6,9 @@ Errors per field (open, high, low, close) are given two ways:
 * ``err_vol``: predicted − actual log change from the anchor close, in units of the window's
   volatility sigma (the model's own scale, as ``model_stats`` in backtests).
 
-Direction is right when the predicted and the actual next-close changes have the same sign
-(a zero change counts as its own sign), the rule of ``pipelines.backtest.model_driven``.
+Direction follows ``pipelines.model.direction``, the rule of the loss, training metrics and
+backtests: right when the predicted next-close change has the actual change's sign; a flat
+next close (no change) has no direction and is left out of direction accuracy.
 """
 
 from __future__ import annotations
@@ -18,16 +19,18 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.model.direction import direction_hits
+
 FIELDS: tuple[str, ...] = ("open", "high", "low", "close")
 
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
-    """One prediction settled: errors (4,) per o/h/l/c and whether the direction was right."""
+    """One prediction settled: errors (4,) per o/h/l/c; ``hit``: direction right (None: flat)."""
 
     err_pct: tuple[float, ...]
     err_vol: tuple[float, ...]
-    hit: bool
+    hit: bool | None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -46,7 +49,8 @@ def settle(
     actual = np.asarray(actual, dtype=np.float64)
     real = np.log(actual / anchor) / sigma  # (4,) actual change, volatility units
     pct = 100.0 * (np.asarray(ghost, dtype=np.float64) / actual - 1.0)
-    hit = bool(np.sign(pred[3]) == np.sign(np.log(actual[3] / anchor)))
+    right, counted = direction_hits(pred[3:4], np.log(actual[3:4] / anchor))
+    hit = bool(right[0]) if counted[0] else None
     return Settlement(tuple(pct.tolist()), tuple((pred[:4] - real).tolist()), hit)
 
 
@@ -54,7 +58,8 @@ def settle(
 class SessionMetrics:
     """Counters of one session (JSON-friendly: journaled with the session's state).
 
-    ``rolling`` holds the hits of the newest ``rolling_window`` settled predictions.
+    ``rolling`` holds the hits of the newest ``rolling_window`` settled predictions whose next
+    close moved.
     """
 
     candles: int = 0  # candles accepted (bad ones are not)
@@ -63,6 +68,7 @@ class SessionMetrics:
     expired: int = 0  # predictions a gap left without the candle they were for
     missed: int = 0  # candles that got no prediction from the host in time (traded as HOLD)
     hits: int = 0
+    directions: int = 0  # settled predictions whose next close moved (direction counted)
     rolling: deque[int] = field(default_factory=lambda: deque(maxlen=100))
     abs_err_pct: list[float] = field(default_factory=lambda: [0.0] * 4)
     abs_err_vol: list[float] = field(default_factory=lambda: [0.0] * 4)
@@ -74,8 +80,10 @@ class SessionMetrics:
 
     def add(self, s: Settlement) -> None:
         self.settled += 1
-        self.hits += int(s.hit)
-        self.rolling.append(int(s.hit))
+        if s.hit is not None:
+            self.directions += 1
+            self.hits += int(s.hit)
+            self.rolling.append(int(s.hit))
         for i in range(4):
             self.abs_err_pct[i] += abs(s.err_pct[i])
             self.abs_err_vol[i] += abs(s.err_vol[i])
@@ -92,7 +100,7 @@ class SessionMetrics:
             "settled": n,
             "expired": self.expired,
             "missed": self.missed,
-            "direction_acc": self.hits / n if n else nan,
+            "direction_acc": self.hits / self.directions if self.directions else nan,
             "direction_acc_rolling": float(np.mean(self.rolling)) if self.rolling else nan,
             "rolling_n": len(self.rolling),
             **{f"mae_pct_{f}": self.abs_err_pct[i] / n if n else nan for i, f in enumerate(FIELDS)},

@@ -47,7 +47,7 @@ def assert_same_trades(frame, trades, book, res):
         dict(fill="close", direction="long_short", units="fractional", commission=0.002),
         dict(fill="next_open", direction="long_short", units="whole", commission=0.001),
         # whole units on little cash: entries are skipped and retried, as the engine does
-        dict(fill="close", direction="long_only", units="whole", commission=0.0, cash=60.0),
+        dict(fill="close", direction="long_only", units="whole", commission=0.0, cash=23.5),
     ],
 )
 def test_paper_book_equals_simulate(options):
@@ -60,6 +60,8 @@ def test_paper_book_equals_simulate(options):
     assert_same_trades(frame, trades, book, res)
     np.testing.assert_allclose(equity, res.equity.to_numpy(), rtol=0, atol=1e-6)
     assert book.st.skipped_entries == res.stats["skipped_entries"]
+    if spec.cash == 23.5:
+        assert res.stats["skipped_entries"] > 0  # the retry path really ran
 
 
 def test_wiped_out_short_stops_like_the_simulator():

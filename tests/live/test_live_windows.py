@@ -1,6 +1,7 @@
 """Live windows are the training windows: built candle by candle, equal to the batch ones."""
 
 import numpy as np
+import pytest
 from live_support import settings, synthetic
 
 from pipelines.data.features import candle_targets, higher_timeframes, make_windows
@@ -8,8 +9,11 @@ from pipelines.live import CandleHistory, Session, iter_candles
 from pipelines.live.history import history_capacity
 
 
-def test_live_windows_equal_batch_windows_with_extra_timeframes():
+@pytest.mark.parametrize("gaps", [False, True])
+def test_live_windows_equal_batch_windows_with_extra_timeframes(gaps):
     frame = synthetic(260)
+    if gaps:  # missing bars, some across 4h and 1d boundaries: live and batch see the same rows
+        frame = frame.drop(frame.index[[30, 31, 95, 96, 97, 98, 99, 143, 200, 201, 202]])
     extra = ("4h", "1d")
     window = 16
     cap = history_capacity(window, 3, "1h", extra)
