@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from actors.tracking_writer import start_writer
+from actors.tracking_writer import ProcessWriter, RunPlan, ThreadWriter, start_writer
 from conf import Config, to_dict
 from pipelines.data.dataset import Dataset
 from pipelines.data.features import n_features
@@ -90,6 +90,7 @@ class ModelCore:
             self.run_id = meta.get("mlflow_run_id")
             self.data_window = meta.get("data", {})
             self.restored_from = self.trainer.step
+            self._restored_generation = meta.get("generation")  # finds its MLflow run if unnamed
             # saving these weights again returns this record (and its best flag) unchanged
             self._last_ckpt = (
                 (self.generation, self.trainer.step),
@@ -97,16 +98,43 @@ class ModelCore:
             )
             log.info("restored %s from checkpoint step %d", cfg.run.name, self.trainer.step)
         self._tracking = None
-        if (
-            cfg.tracking.enabled
-        ):  # create the run now so its id is in the first checkpoint's metadata
-            self._tracking = start_writer(
-                cfg, self.run_id, self.generation, writer, tracker_factory
+        if cfg.tracking.enabled:
+            # a new run, linked to the restored checkpoint's (actors.tracking_writer says why),
+            # opened by the writer in the background: a store that is down or slow never
+            # stops a start; the short wait lets a healthy store's run into the first checkpoint
+            plan = RunPlan(
+                cfg,
+                self.generation,
+                previous_run_id=self.run_id,
+                restored_from=self.restored_from,
+                previous_generation=self._restored_generation,
+                factory=tracker_factory,
             )
-            self.run_id = self._tracking.run_id
+            self._tracking = start_writer(plan, writer, self.store.uri)
+            self._tracking.wait_opened(min(5.0, 0.25 * cfg.ray.call_timeout_s))
         self._publish()
 
     # -- tracking ---------------------------------------------------------------------------
+    _tracking: ThreadWriter | ProcessWriter | None = None
+    _recorded_run_id: str | None = None
+    _restored_generation: str | None = None
+
+    @property
+    def run_id(self) -> str | None:
+        """This core's MLflow run once the writer has opened it; until then the run named by
+        the restored checkpoint (the one the new run continues), so checkpoints keep the link."""
+        live = self._tracking.run_id if self._tracking is not None else None
+        return live or self._recorded_run_id
+
+    @run_id.setter
+    def run_id(self, value: str | None) -> None:
+        self._recorded_run_id = value
+
+    def _writer_wait_s(self, wait_s: float | None) -> float:
+        """How long a call waits for the writer: by default half of ray.call_timeout_s, so the
+        status reaches a caller holding that deadline before it gives up."""
+        return 0.5 * self.cfg.ray.call_timeout_s if wait_s is None else wait_s
+
     def _send_metrics(self) -> None:
         """Hand the buffered per-step metrics to the writer as one message.
 
@@ -142,14 +170,20 @@ class ModelCore:
             alias="best",
         )
 
-    def flush_tracking(self) -> dict[str, Any]:
-        """Register the best checkpoint, wait until every queued MLflow write is done."""
+    def flush_tracking(self, wait_s: float | None = None) -> dict[str, Any]:
+        """Register the best checkpoint, queue a flush and wait for the writer at most
+        ``wait_s`` (default: half of ray.call_timeout_s).
+
+        Returns the writer's status: ``state`` (opening/open), ``pending`` writes (0: all
+        done), ``errors``, ``open_failures``, ``last_error``, ``failed_uploads``. Writes still
+        pending go on in the background; a slow store never makes this call miss its deadline.
+        """
         if self._tracking is None:
             return {"enabled": False}
         self._register_best()
         self._send_metrics()
         self._track("flush")
-        return {"enabled": True, "run_id": self.run_id, **self._tracking.join()}
+        return {"enabled": True, **self._tracking.join(self._writer_wait_s(wait_s))}
 
     # -- publishing -------------------------------------------------------------------------
     def _publish(self) -> None:
@@ -375,9 +409,12 @@ class ModelCore:
     def best_checkpoint(self) -> CheckpointInfo | None:
         return self.store.best()
 
-    def close(self, status: str = "FINISHED") -> None:
-        """Flush MLflow (registering the best checkpoint) and end the run (FINISHED or FAILED)."""
-        if self._tracking is not None:
-            self.flush_tracking()
-            self._track("set_terminated", status)
-            self._tracking.join()
+    def close(self, status: str = "FINISHED", wait_s: float | None = None) -> dict[str, Any]:
+        """Register the best checkpoint, flush and end the run (FINISHED or FAILED); waits
+        like ``flush_tracking`` and returns the same status."""
+        if self._tracking is None:
+            return {"enabled": False}
+        self._register_best()
+        self._send_metrics()
+        self._track("set_terminated", status)  # flushes first
+        return {"enabled": True, **self._tracking.join(self._writer_wait_s(wait_s))}

@@ -71,8 +71,8 @@ class ModelActor:
     def flush_tracking(self) -> dict[str, Any]:
         return self.core.flush_tracking()
 
-    def close(self, status: str = "FINISHED") -> None:
-        self.core.close(status)
+    def close(self, status: str = "FINISHED") -> dict[str, Any]:
+        return self.core.close(status)
 
     # -- reads (own group; never wait behind training) --------------------------------------
     @ray.method(concurrency_group=READ)

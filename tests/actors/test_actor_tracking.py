@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 import numpy as np
 import pytest
 import ray
 from mlflow.tracking import MlflowClient
+from support import free_port
 
 from actors import ModelClient, spec_from_config
 
@@ -23,13 +27,13 @@ def train_and_flush(cfg, steps=30):
     client.call("save_checkpoint", "batch")
     client.call("log_evaluation", {"holdout_dir_acc": 0.6})
     status = client.call("flush_tracking")
-    client.call("close")
+    assert client.call("close")["pending"] == 0
     ray.kill(client.handle, no_restart=True)
     return status
 
 
 def check_run(uri: str, cfg, status) -> None:
-    assert status["enabled"] and status["errors"] == 0, status
+    assert status["enabled"] and status["errors"] == 0 and status["pending"] == 0, status
     mc = MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = mc.get_experiment_by_name(cfg.run.name)
     assert exp is not None  # one experiment per model name
@@ -72,3 +76,53 @@ def test_actor_against_a_real_mlflow_server(ray_cluster, make_cfg, server_uri):
         "train.trend_window=10",
     )
     check_run(server_uri, cfg, train_and_flush(cfg))
+
+
+def batch(cfg, n=8):
+    spec, rng = spec_from_config(cfg), np.random.default_rng(0)
+    return (
+        rng.standard_normal((n, spec.window, spec.n_features)).astype(np.float32),
+        rng.standard_normal((n, 5)).astype(np.float32),
+        rng.integers(0, 3, n),
+    )
+
+
+def starts_trains_and_reports(cfg) -> dict:
+    """The actor starts, trains and answers flush_tracking within ray.call_timeout_s."""
+    client = ModelClient.connect(cfg)
+    try:
+        client.call("metrics", timeout_s=60)  # the actor's process start, not MLflow's
+        t0 = time.monotonic()
+        assert client.call("train_batch", *batch(cfg))["step"] == 1
+        status = client.call("flush_tracking")
+        assert time.monotonic() - t0 < 2 * cfg.ray.call_timeout_s
+        deadline = time.monotonic() + 60
+        while status["state"] == "starting" and time.monotonic() < deadline:
+            status = client.call("flush_tracking")  # the writer's own process is still starting
+        return status
+    finally:
+        ray.kill(client.handle, no_restart=True)
+
+
+def test_actor_starts_and_trains_while_the_store_is_down(ray_cluster, make_cfg):
+    cfg = make_cfg(
+        "tracking.enabled=true",
+        f"tracking.uri=http://127.0.0.1:{free_port()}",
+        "ray.call_timeout_s=10",
+    )
+    status = starts_trains_and_reports(cfg)
+    assert status["state"] == "opening" and status["pending"] >= 1, status
+    assert status["open_failures"] >= 1 and "127.0.0.1" in status["last_error"]
+
+
+def test_actor_starts_and_flushes_in_time_while_the_store_never_answers(ray_cluster, make_cfg):
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        cfg = make_cfg(
+            "tracking.enabled=true",
+            f"tracking.uri=http://127.0.0.1:{silent.getsockname()[1]}",
+            "ray.call_timeout_s=3",
+        )
+        status = starts_trains_and_reports(cfg)
+    assert status["state"] == "opening" and status["pending"] >= 1, status

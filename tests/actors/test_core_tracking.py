@@ -1,0 +1,232 @@
+"""ModelCore's MLflow run across restarts and outages, without Ray (the thread writer).
+
+A restart opens a new run linked to the old one; a replacement run is a full run; a store
+that is down or slow never stops a start, training or a flush; queued checkpoint uploads
+survive retention; a failed upload is reported with its path.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from support import free_port
+
+from actors.core import ModelCore
+from pipelines.errors import TrackingError
+from pipelines.tracking.tracker import Tracker
+
+QUIET = ("tracking.log_checkpoints=false", "tracking.register_best=false")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One sqlite store for the module (creating MLflow's tables takes seconds); each test's
+    model has its own run.name, so its own experiment."""
+    return f"tracking.uri=sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+
+
+def train(core: ModelCore, steps: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    s = core.spec
+    for _ in range(steps):
+        core.train_batch(
+            rng.standard_normal((8, s.window, s.n_features)).astype(np.float32),
+            rng.standard_normal((8, 5)).astype(np.float32),
+            rng.integers(0, 3, 8),
+        )
+
+
+def client(cfg) -> MlflowClient:
+    return MlflowClient(tracking_uri=cfg.tracking.uri, registry_uri=cfg.tracking.uri)
+
+
+def steps(mc: MlflowClient, run_id: str, key: str = "total_loss") -> list[int]:
+    return [m.step for m in sorted(mc.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+@pytest.fixture
+def silent_store() -> Iterator[str]:
+    """An http URI whose server accepts connections and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_a_restart_opens_a_new_run_linked_to_the_old_one(make_cfg, store):
+    cfg = make_cfg(
+        store,
+        "tracking.enabled=true",
+        "tracking.log_every_steps=1",
+        "checkpoint.every_steps=4",
+        "checkpoint.on_best=false",
+        *QUIET,
+    )
+    first = ModelCore(cfg)
+    train(first, 7)
+    assert first.flush_tracking()["errors"] == 0
+    second = ModelCore(cfg)  # the actor died after step 7; the restart restores step 4
+    assert second.restored_from == 4
+    train(second, 2, seed=100)
+    assert second.flush_tracking()["pending"] == 0
+    mc = client(cfg)
+    old, new = first.run_id, second.run_id
+    assert new != old
+    assert steps(mc, old) == [1, 2, 3, 4, 5, 6, 7]
+    assert steps(mc, new) == [5, 6]  # never a step twice, never past the model's step
+    tags = mc.get_run(new).data.tags
+    assert tags["candleray.previous_run"] == old
+    assert tags["candleray.restored_from"] == "4" and tags["candleray.restarts"] == "1"
+    before = mc.get_run(old)
+    assert before.data.tags["candleray.continued_in"] == new
+    assert before.info.status == "KILLED"  # its actor died mid-run
+    assert mc.get_run(new).data.params == before.data.params
+    second.close()
+    third = ModelCore(cfg)  # restored from step 4 again: the counter goes on
+    third.close()
+    assert client(cfg).get_run(third.run_id).data.tags["candleray.restarts"] == "2"
+
+
+def test_a_run_that_is_gone_is_replaced_by_a_full_run(make_cfg, store):
+    cfg = make_cfg(store, "tracking.enabled=true", "checkpoint.every_steps=2", *QUIET)
+    first = ModelCore(cfg)
+    train(first, 2)
+    first.close()
+    mc = client(cfg)
+    mc.delete_run(first.run_id)
+    second = ModelCore(cfg)
+    second.close()
+    gone, run = mc.get_run(first.run_id), mc.get_run(second.run_id)
+    assert run.info.run_id != gone.info.run_id
+    assert run.data.params == gone.data.params and len(run.data.params) > 20
+    assert run.data.tags["candleray.code_version"] == gone.data.tags["candleray.code_version"]
+    assert run.data.tags["candleray.previous_run"] == first.run_id
+    assert [a.path for a in mc.list_artifacts(run.info.run_id, "config")] == [
+        "config/resolved.yaml"
+    ]
+
+
+def test_a_store_that_is_down_does_not_stop_a_restart_or_training(make_cfg):
+    cfg = make_cfg("checkpoint.every_steps=2")
+    train(ModelCore(cfg), 2)
+    down = make_cfg(
+        "tracking.enabled=true",
+        f"tracking.uri=http://127.0.0.1:{free_port()}",
+        "checkpoint.every_steps=2",
+        name=cfg.run.name,
+    )
+    t0 = time.monotonic()
+    core = ModelCore(down)
+    train(core, 2)
+    status = core.flush_tracking(wait_s=0.2)
+    assert time.monotonic() - t0 < 10
+    assert core.restored_from == 2 and core.trainer.step == 4
+    assert status["state"] == "opening" and status["open_failures"] >= 1, status
+    assert status["pending"] >= 1 and "127.0.0.1" in status["last_error"]
+
+
+def test_a_store_that_never_answers_does_not_stop_a_start_or_a_flush(make_cfg, silent_store):
+    cfg = make_cfg("tracking.enabled=true", f"tracking.uri={silent_store}", "ray.call_timeout_s=2")
+    t0 = time.monotonic()
+    core = ModelCore(cfg)
+    train(core, 3)
+    status = core.flush_tracking()
+    assert time.monotonic() - t0 < 2  # within one call deadline, start included
+    assert status["state"] == "opening" and status["pending"] >= 1, status
+
+
+def test_the_run_opens_when_the_store_comes_back_and_nothing_queued_is_lost(make_cfg, store):
+    tries = []
+
+    def store_down_once(*args, **kwargs):
+        tries.append(time.monotonic())
+        if len(tries) == 1:
+            raise TrackingError("MLflow connect failed at http://mlflow:5000: connection refused")
+        return Tracker(*args, **kwargs)
+
+    cfg = make_cfg(store, "tracking.enabled=true", "tracking.log_every_steps=1", *QUIET)
+    core = ModelCore(cfg, tracker_factory=store_down_once)
+    train(core, 3)
+    status = core.flush_tracking(wait_s=60)
+    assert status["state"] == "open" and status["pending"] == 0, status
+    assert status["open_failures"] == 1 and "connection refused" in status["last_error"]
+    mc = client(cfg)
+    assert steps(mc, core.run_id) == [1, 2, 3]
+    assert mc.get_run(core.run_id).data.params["model.d_model"] == "32"
+    core.close()
+
+
+class SlowFlush(Tracker):
+    """A store that takes a second to write metrics."""
+
+    def flush(self) -> None:
+        if self._pending:
+            time.sleep(1.0)
+        super().flush()
+
+
+def test_flush_tracking_answers_before_the_callers_deadline(make_cfg, store):
+    cfg = make_cfg(store, "tracking.enabled=true", "ray.call_timeout_s=1", *QUIET)
+    core = ModelCore(cfg, tracker_factory=SlowFlush)
+    core.flush_tracking(wait_s=60)  # the run is open
+    train(core, 1)
+    t0 = time.monotonic()
+    status = core.flush_tracking()
+    assert time.monotonic() - t0 < 0.9, "the caller (ray.call_timeout_s=1) would time out first"
+    assert status["pending"] >= 1 and status["errors"] == 0, status
+    assert core.flush_tracking(wait_s=60)["pending"] == 0
+    assert steps(client(cfg), core.run_id) == [1]
+    core.close()
+
+
+class SlowUploads(Tracker):
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        time.sleep(0.2)
+        super().log_artifact(local_path, artifact_path)
+
+
+def test_checkpoints_pruned_while_their_upload_is_queued_still_reach_mlflow(make_cfg, store):
+    cfg = make_cfg(
+        store,
+        "tracking.enabled=true",
+        "checkpoint.every_steps=2",
+        "checkpoint.keep_last=2",
+        "checkpoint.on_best=false",
+        "tracking.register_best=false",
+    )
+    core = ModelCore(cfg, tracker_factory=SlowUploads)
+    train(core, 10)
+    assert len(core.list_checkpoints()) == 2  # retention pruned 3 of the 5
+    status = core.flush_tracking(wait_s=60)
+    assert status["errors"] == 0 and status["pending"] == 0, status
+    uploaded = [a.path for a in client(cfg).list_artifacts(core.run_id, "checkpoints")]
+    assert len([p for p in uploaded if p.endswith(".pt")]) == 5, uploaded
+    folder = Path(core.store.uri)
+    assert [p for p in folder.rglob("*") if p.is_file() and ".mlflow-uploads" in p.parts] == []
+    core.close()
+
+
+class RefusedUploads(Tracker):
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        raise TrackingError("MLflow log artifact failed at http://mlflow:5000: disk full")
+
+
+def test_a_failed_upload_is_reported_with_its_path(make_cfg, store):
+    cfg = make_cfg(
+        store, "tracking.enabled=true", "checkpoint.every_steps=2", "tracking.register_best=false"
+    )
+    core = ModelCore(cfg, tracker_factory=RefusedUploads)
+    train(core, 2)
+    status = core.flush_tracking(wait_s=60)
+    (ckpt,) = core.list_checkpoints()
+    assert status["errors"] == 1, status
+    (failed,) = status["failed_uploads"]
+    assert os.path.basename(ckpt["path"]) in failed and "disk full" in failed
+    core.close()
