@@ -64,7 +64,14 @@ def cmd_demo(cfg: Config, keep: bool) -> int:
     )
     from pipelines.backtest.runner import BacktestJob
 
-    jobs = [BacktestJob(key, r["holdout_start"] or None) for key, r in out["ranges"].items()]
+    # from each symbol's first held-out window; a symbol with none (all its data before the
+    # one cut) has nothing unseen to backtest: its whole range trained the model
+    jobs = [
+        BacktestJob(k, r["holdout_start"]) for k, r in out["ranges"].items() if r["holdout_start"]
+    ]
+    skipped = [k for k, r in out["ranges"].items() if not r["holdout_start"]]
+    if skipped:
+        print(f"not backtested (no data after the hold-out cut {out['cut']}): {', '.join(skipped)}")
     jobs.append(BacktestJob(DEMO_UNSEEN_SYMBOL))
     bt_rc = cmd_backtest(cfg, checkpoint=out["checkpoint"]["path"], jobs=jobs)
     print(

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from conf.schema import Config
+from pipelines.data.candles import timeframe_seconds
 from pipelines.data.features import candle_targets, higher_timeframes, make_windows
 from pipelines.data.labels import UNKNOWN, action_labels
 from pipelines.data.sources import SymbolSpec
@@ -61,9 +62,17 @@ class Dataset:
 
 @dataclass
 class Split:
+    """Training and held-out windows of all symbols, cut at one time.
+
+    cut: ISO time; held-out windows end at or after it, and every training window's label
+    horizon closes by it. ranges: per symbol, the first and last window end (ISO) of its
+    training and held-out windows ("" where it has none: all its data before or after the cut).
+    """
+
     train: Dataset
     holdout: Dataset
-    ranges: dict[str, dict[str, str]]  # symbol -> train/holdout first and last window end (ISO)
+    ranges: dict[str, dict[str, str]]
+    cut: str = ""
 
 
 def symbol_windows(
@@ -83,16 +92,28 @@ def symbol_windows(
     )
 
 
-def build_split(candles_by_spec: dict[SymbolSpec, pd.DataFrame], cfg: Config) -> Split:
-    """Per symbol, the last ``holdout_fraction`` of windows is held out.
+def holdout_cut(end_times: np.ndarray, holdout_fraction: float) -> int:
+    """The cut (ns): the window end time below which ``1 - holdout_fraction`` of windows end."""
+    t = np.sort(end_times)
+    return int(t[min(int(len(t) * (1.0 - holdout_fraction)), len(t) - 1)])
 
-    The ``pivot_bars + 1`` training windows just before the cut are dropped (purged):
-    their labels look that far ahead, into the held-out range.
+
+def build_split(candles_by_spec: dict[SymbolSpec, pd.DataFrame], cfg: Config) -> Split:
+    """Hold out every window ending at or after one cut time, the same for all symbols.
+
+    The cut is the ``1 - train.holdout_fraction`` quantile of all symbols' window end times,
+    so no symbol trains on a period another symbol holds out (the same asset at two
+    timeframes, or correlated assets, would leak it). A symbol whose data all lies before
+    (after) the cut only trains (is only held out).
+
+    Training windows are purged unless their label horizon has closed by the cut: the target
+    and label of a window ending at bar t need bars up to t + max(1, ``labels.pivot_bars``),
+    which close at t + (max(1, pivot_bars) + 1) bars of the symbol's own timeframe.
     """
     specs = list(candles_by_spec)
     symbols = tuple(s.key for s in specs)
-    purge = cfg.labels.pivot_bars + 1
-    trains, holds, ranges = [], [], {}
+    horizon = max(1, cfg.labels.pivot_bars)
+    sets = []
     for i, spec in enumerate(specs):
         ds = symbol_windows(candles_by_spec[spec], spec, cfg, i)
         if len(ds) < 10:
@@ -100,18 +121,29 @@ def build_split(candles_by_spec: dict[SymbolSpec, pd.DataFrame], cfg: Config) ->
                 f"{spec.key}: only {len(ds)} usable windows; need more candles than "
                 f"features.window={cfg.features.window} (widen data.since/until)"
             )
-        cut = int(len(ds) * (1.0 - cfg.train.holdout_fraction))
-        tr, ho = ds.subset(np.arange(0, max(cut - purge, 0))), ds.subset(np.arange(cut, len(ds)))
+        sets.append(ds)
+    cut = holdout_cut(np.concatenate([ds.end_time for ds in sets]), cfg.train.holdout_fraction)
+    trains, holds, ranges = [], [], {}
+    for spec, ds in zip(specs, sets, strict=True):
+        known = ds.end_time + (horizon + 1) * timeframe_seconds(spec.timeframe) * 1_000_000_000
+        tr = ds.subset(np.flatnonzero(known <= cut))
+        ho = ds.subset(np.flatnonzero(ds.end_time >= cut))
         trains.append(tr)
         holds.append(ho)
-
-        def iso(t: np.ndarray, k: int) -> str:
-            return pd.Timestamp(int(t[k]), tz="UTC").isoformat() if len(t) else ""
-
         ranges[spec.key] = {
-            "train_start": iso(tr.end_time, 0),
-            "train_end": iso(tr.end_time, -1),
-            "holdout_start": iso(ho.end_time, 0),
-            "holdout_end": iso(ho.end_time, -1),
+            "train_start": _iso(tr.end_time, 0),
+            "train_end": _iso(tr.end_time, -1),
+            "holdout_start": _iso(ho.end_time, 0),
+            "holdout_end": _iso(ho.end_time, -1),
         }
-    return Split(Dataset.concat(trains, symbols), Dataset.concat(holds, symbols), ranges)
+    train = Dataset.concat(trains, symbols)
+    if len(train) == 0:
+        raise ValueError(
+            f"no training windows end before the hold-out cut {_iso(np.array([cut]), 0)}; "
+            f"lower train.holdout_fraction={cfg.train.holdout_fraction} or load more history"
+        )
+    return Split(train, Dataset.concat(holds, symbols), ranges, _iso(np.array([cut]), 0))
+
+
+def _iso(t: np.ndarray, k: int) -> str:
+    return pd.Timestamp(int(t[k]), tz="UTC").isoformat() if len(t) else ""

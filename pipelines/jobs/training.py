@@ -76,6 +76,7 @@ def train_split(
         "set_data_window",
         {
             "symbols": list(split.train.symbols),
+            "holdout_cut": split.cut,  # one time for all symbols (build_split)
             "ranges": split.ranges,
             "train_windows": len(split.train),
             "holdout_windows": len(split.holdout),
