@@ -105,7 +105,7 @@ class TrainConfig:
         0.5  # extra per-sample weight, proportional to the sample's normalised loss
     )
     wrong_direction_weight: float = 0.5  # extra weight when the predicted close direction is wrong
-    holdout_fraction: float = 0.2  # last part of each symbol's history, kept out of training
+    holdout_fraction: float = 0.2  # share of all windows held out: those past one cut time
     trend_window: int = 50  # steps compared for the improving/flat/degrading trend
     batches_per_call: int = 32  # batches per call into the ModelActor during batch training
 
