@@ -136,6 +136,15 @@ class TrainingQueue:
             c = self.counts[session_id] = TrainCounts(losses=deque(maxlen=self.trend_window))
         return c
 
+    def adopt(self, session_id: str, counts: TrainCounts) -> None:
+        """Carry on a session's accounting (e.g. ``Journal.restore``'s after a restart)."""
+        if counts.pending:
+            raise InvalidInputError(
+                f"{session_id}: {counts.pending} sample(s) pending in accounting this queue "
+                "does not hold; restore it through Journal.restore, which counts them as dropped"
+            )
+        self.counts[session_id] = counts
+
     def put(self, samples: list[Sample]) -> int:
         """Queue ``samples``; returns how many were dropped because the queue was full."""
         dropped = 0

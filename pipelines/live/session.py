@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -339,7 +340,7 @@ class Session:
         state: dict[str, Any],
         candles: list[Candle],
         settings: SessionSettings,
-        trades: list[Trade] = (),  # type: ignore[assignment]
+        trades: Sequence[Trade] = (),
     ) -> Session:
         """Rebuild a session from its journaled state, newest candles and closed trades."""
         s = cls(state["session_id"], state["symbol"], state["timeframe"], state["mode"], settings)

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipelines.errors import InvalidInputError
 from pipelines.live.history import Candle
 from pipelines.live.journal import Journal
 from pipelines.live.queue import TrainingQueue
@@ -40,9 +41,15 @@ def tick(
 ) -> dict[str, LivePrediction]:
     """Feed each session its candle, predict all new windows at once, apply the rows back.
 
-    Then queue the due samples and journal each session's step (one transaction for all).
+    Then journal each session's step (one transaction for all) and queue the due samples.
     Returns the predictions by session id (sessions without a window are left out).
     """
+    sessions = list(dict.fromkeys(s for s, _ in steps))
+    if len(sessions) != len(steps):
+        raise InvalidInputError(
+            "a tick takes at most one candle per session (a second one would leave the first "
+            "window unpredicted); feed the later candle in the next tick"
+        )
     wins: list[tuple[Session, LiveWindow]] = []
     for session, candle in steps:
         w = session.on_candle(candle)
@@ -55,10 +62,11 @@ def tick(
             out[session.session_id] = session.apply_prediction(
                 pred.candle[i], pred.probs[i], pred.version
             )
-    sessions = list(dict.fromkeys(s for s, _ in steps))
+    # journal first: a crash in between leaves requests journaled but never queued, which a
+    # restore counts as dropped; the other order could train a replayed candle's sample twice
+    if journal is not None:
+        journal.write([(s.session_id, s.take_records()) for s in sessions])
     if queue is not None:
         for s in sessions:
             queue.put(s.take_samples())
-    if journal is not None:
-        journal.write([(s.session_id, s.take_records()) for s in sessions])
     return out

@@ -65,3 +65,15 @@ def test_a_missing_prediction_trades_the_bar_as_hold_and_is_counted():
         session.on_candle(c)  # the host never answers
     m = session.summary()
     assert m["missed"] == 40 - 16 and m["predictions"] == 0 and m["trades"] == 0
+
+
+def test_a_tick_refuses_two_candles_of_one_session():
+    import pytest
+
+    from pipelines.errors import InvalidInputError
+
+    cands = list(iter_candles(synthetic(3)))
+    session = Session("t", "SYN", "1h", "none", settings())
+    with pytest.raises(InvalidInputError, match="one candle per session"):
+        tick([(session, cands[0]), (session, cands[1])], FakePredictor())
+    assert session.metrics.candles == 0  # refused before anything was taken

@@ -81,6 +81,9 @@ def test_training_accounting_survives_a_restart(tmp_path):
     assert counts.pending == 0  # what waited in the dead host's queue is counted as dropped
     assert counts.dropped == live.dropped + live.pending
     assert list(counts.losses) == list(live.losses)
+    fresh = TrainingQueue(capacity=100, batch_size=8)
+    fresh.adopt("a", counts)
+    assert fresh.counts["a"].summary()["train_requested"] == live.requested
 
 
 def test_chart_returns_candles_ghosts_pivots_signals_and_trades(tmp_path):
