@@ -3,8 +3,10 @@
 import dataclasses
 
 import numpy as np
+import pytest
 from live_support import FakePredictor, settings, synthetic
 
+from pipelines.errors import InvalidInputError
 from pipelines.live import Session, iter_candles, tick
 
 
@@ -68,10 +70,6 @@ def test_a_missing_prediction_trades_the_bar_as_hold_and_is_counted():
 
 
 def test_a_tick_refuses_two_candles_of_one_session():
-    import pytest
-
-    from pipelines.errors import InvalidInputError
-
     cands = list(iter_candles(synthetic(3)))
     session = Session("t", "SYN", "1h", "none", settings())
     with pytest.raises(InvalidInputError, match="one candle per session"):
