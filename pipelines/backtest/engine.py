@@ -28,6 +28,7 @@ from pipelines.backtest.semantics import BacktestSpec
 log = logging.getLogger(__name__)
 
 _FULL = 1 - sys.float_info.epsilon  # backtesting's default order size, "all available margin"
+_TOGETHER_MIN = 4  # symbols from which stepping them together beats one Python loop each
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,28 +66,75 @@ def side_changes(sig: np.ndarray, long_short: bool) -> tuple[np.ndarray, np.ndar
     return at[keep], want[keep]
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Where the wanted side changes and what every change fills at, for one symbol."""
+
+    px: np.ndarray  # (N,) the price every fill happens at, indexed by fill bar
+    change: np.ndarray  # (M,) signal bar of each change
+    want: np.ndarray  # (M,) int8 side wanted from it on
+    fill: np.ndarray  # (M,) bar of each change's fills: close what is held, open what is wanted
+    price: np.ndarray  # (M,) fill price
+
+
+@dataclass(frozen=True, slots=True)
+class _Walk:
+    """Cash and units after every change (the sequential part), and the state it ends in."""
+
+    cash_e: np.ndarray  # (M,) cash after change k
+    size_e: np.ndarray  # (M,) signed units held after change k
+    retried: dict[int, tuple[int, float, float]]  # k -> (fill bar, price, cash while flat)
+    skipped: int
+    cash: float
+    size: float
+    entry: float
+
+
+def _plan(open_: np.ndarray, close: np.ndarray, sig: np.ndarray, spec: BacktestSpec) -> _Plan:
+    lag = spec.fill_lag
+    px = open_ if lag else close
+    change, want = side_changes(sig, spec.direction == "long_short")
+    keep = change + lag < len(close)  # a signal on the last bar has no next open to fill at
+    change, want = change[keep], want[keep]
+    fill = change + lag
+    return _Plan(px, change, want, fill, px[fill])
+
+
 def run(open_: np.ndarray, close: np.ndarray, sig: np.ndarray, spec: BacktestSpec) -> Book:
     """Simulate ``sig`` (int8 1/-1/0 per bar) on one symbol's prices under ``spec``."""
-    n = len(close)
-    lag = spec.fill_lag
-    px = open_ if lag else close  # the price every fill happens at, indexed by fill bar
+    plan = _plan(open_, close, sig, spec)
+    return _finish(plan, _walk(plan, sig, spec), close, spec)
+
+
+def run_many(
+    opens: list[np.ndarray], closes: list[np.ndarray], sigs: list[np.ndarray], spec: BacktestSpec
+) -> list[Book]:
+    """``run`` on many symbols at once, with the same results bit for bit.
+
+    The sequential part steps all symbols together, one NumPy operation over the symbols per
+    step instead of one Python step per symbol and change; a symbol that skips an entry (cash
+    cannot buy one whole unit: rare) is walked again on its own, as ``run`` does it.
+    """
+    plans = [_plan(o, c, s, spec) for o, c, s in zip(opens, closes, sigs, strict=True)]
+    walks = _walk_together(plans, spec) if len(plans) >= _TOGETHER_MIN else [None] * len(plans)
+    return [
+        _finish(p, w if w is not None else _walk(p, s, spec), c, spec)
+        for p, w, s, c in zip(plans, walks, sigs, closes, strict=True)
+    ]
+
+
+def _walk(plan: _Plan, sig: np.ndarray, spec: BacktestSpec) -> _Walk:
+    """The one sequential part: cash after each change decides the next all-in size."""
     c = float(spec.commission)
     whole = spec.units == "whole"
-    cash0 = float(spec.cash)
-
-    change, want = side_changes(sig, spec.direction == "long_short")
-    keep = change + lag < n  # a signal on the last bar has no next open to fill at
-    change, want = change[keep], want[keep]
-    fill = change + lag  # (M,) bar of each change's fills: close what is held, open what is wanted
-    price = px[fill]  # (M,)
-
-    # The one sequential part: cash after each change decides the next all-in size.
-    cash, size, entry = cash0, 0, 0.0
+    lag = spec.fill_lag
+    px, change = plan.px, plan.change
+    cash, size, entry = float(spec.cash), 0, 0.0
     cash_after: list[float] = []  # (M,) cash after change k
     size_after: list[float] = []  # (M,) signed units held after change k
-    retried: dict[int, tuple[int, float, float]] = {}  # k -> (fill bar, price, cash while flat)
+    retried: dict[int, tuple[int, float, float]] = {}
     skipped = 0
-    for k, (p, w) in enumerate(zip(price.tolist(), want.tolist(), strict=True)):
+    for k, (p, w) in enumerate(zip(plan.price.tolist(), plan.want.tolist(), strict=True)):
         if size:
             cash += size * (p - entry) - abs(size) * p * c
             size = 0
@@ -114,17 +162,94 @@ def run(open_: np.ndarray, close: np.ndarray, sig: np.ndarray, spec: BacktestSpe
                 entry = p
         cash_after.append(cash)
         size_after.append(size)
+    return _Walk(
+        np.asarray(cash_after, dtype=np.float64),
+        np.asarray(size_after, dtype=np.float64),
+        retried,
+        skipped,
+        cash,
+        size,
+        entry,
+    )
 
-    if skipped:
+
+def _walk_together(plans: list[_Plan], spec: BacktestSpec) -> list[_Walk | None]:
+    """``_walk`` of every plan at once; None for a symbol that skips an entry (walk it alone).
+
+    Step k applies every symbol's change k with the same float operations, in the same order,
+    as ``_walk`` (NumPy's float ``floor_divide`` is Python's ``//``), so the results are
+    identical. Symbols with fewer changes are padded with "flat at price 1" steps, which
+    touch nothing that is read back: only their first M entries and the state after change M-1.
+    """
+    c = float(spec.commission)
+    whole = spec.units == "whole"
+    s = len(plans)
+    m = np.array([len(p.want) for p in plans])
+    price = np.ones((int(m.max(initial=0)), s))  # (K, S) step-major: each step reads one row
+    want = np.zeros(price.shape, dtype=np.int8)
+    for j, p in enumerate(plans):
+        price[: m[j], j] = p.price
+        want[: m[j], j] = p.want
+    cash = np.full(s, float(spec.cash))
+    size = np.zeros(s)
+    entry = np.zeros(s)
+    cash_e, size_e = np.empty(price.shape), np.empty(price.shape)
+    skips = np.zeros(s, dtype=bool)
+    for k in range(len(price)):
+        p, w = price[k], want[k]
+        # closing a flat position adds exactly 0.0, as _walk's "if size" skips it
+        cash = cash + (size * (p - entry) - np.abs(size) * p * c)
+        if whole:
+            ap = p + (_FULL * p * c) / _FULL
+            units = np.floor_divide(cash * _FULL, ap)
+            units[units * ap > cash] = 0.0
+        else:
+            units = cash / (p * (1 + c))
+        wants = w != 0
+        units[~wants] = 0.0
+        skips |= wants & ((units <= 0) | (cash <= 0))
+        cash = cash - units * p * c
+        size = np.where(w < 0, -units, units)
+        entry = np.where(wants, p, entry)
+        cash_e[k] = cash
+        size_e[k] = size
+    out: list[_Walk | None] = []
+    for j in range(s):
+        if skips[j]:
+            out.append(None)
+            continue
+        mj = int(m[j])
+        cj, sj = cash_e[:mj, j].copy(), size_e[:mj, j].copy()
+        last = mj - 1
+        out.append(
+            _Walk(
+                cj,
+                sj,
+                {},
+                0,
+                float(cj[last]) if mj else float(spec.cash),
+                float(sj[last]) if mj else 0.0,
+                float(plans[j].price[last]) if mj and sj[last] else 0.0,
+            )
+        )
+    return out
+
+
+def _finish(plan: _Plan, walk: _Walk, close: np.ndarray, spec: BacktestSpec) -> Book:
+    """Equity and position per bar, and the trade list, from the state after every change."""
+    n = len(close)
+    c = float(spec.commission)
+    px, fill, price = plan.px, plan.fill, plan.price
+    cash, size, entry = walk.cash, walk.size, walk.entry
+    size_e, cash_e, retried = walk.size_e, walk.cash_e, walk.retried
+    if walk.skipped:
         log.warning(
             "%d entr%s skipped: cash could not buy one whole unit (use units='fractional' or more cash)",
-            skipped,
-            "y was" if skipped == 1 else "ies were",
+            walk.skipped,
+            "y was" if walk.skipped == 1 else "ies were",
         )
 
     m = len(fill)
-    size_e = np.asarray(size_after, dtype=np.float64)
-    cash_e = np.asarray(cash_after, dtype=np.float64)
     entry_bar, entry_price = fill.copy(), price.copy()
     for k, (f, p, _) in retried.items():
         entry_bar[k], entry_price[k] = f, p
@@ -133,7 +258,7 @@ def run(open_: np.ndarray, close: np.ndarray, sig: np.ndarray, spec: BacktestSpe
     # a retried entry is flat from the change's fill until the retry fills. Several states on
     # one bar (a reversal) are fine: the bar's close sees the last one.
     s_bar = _prepend(0, entry_bar)
-    s_cash = _prepend(cash0, cash_e)
+    s_cash = _prepend(float(spec.cash), cash_e)
     s_size = _prepend(0.0, size_e)
     s_entry = _prepend(0.0, entry_price)
     if retried:
@@ -195,7 +320,7 @@ def run(open_: np.ndarray, close: np.ndarray, sig: np.ndarray, spec: BacktestSpe
         n_closed=n_closed,
         equity=equity,
         position=position,
-        skipped_entries=skipped,
+        skipped_entries=walk.skipped,
     )
 
 

@@ -10,7 +10,8 @@ import numbers
 import numpy as np
 import pandas as pd
 
-from pipelines.data.candles import validate_candles
+from pipelines.backtest.stats import index_ns
+from pipelines.data.candles import COLUMNS, validate_candles
 from pipelines.errors import BacktestError
 
 BUY, SELL, HOLD = 1, -1, 0
@@ -27,6 +28,41 @@ def check_candles(candles: pd.DataFrame, symbol: str) -> pd.DataFrame:
             "pass a longer range of candles"
         )
     return candles
+
+
+def candle_arrays(candles: pd.DataFrame, symbol: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(timestamps in ns, open, close) of candles that pass ``check_candles``; else its error.
+
+    The same rules as ``check_candles``, in fewer passes over the data: NaN, -inf and signs
+    show in the column minima; +inf in high's or volume's maximum (an infinite open, low or
+    close forces an infinite high). Anything that looks wrong goes through ``check_candles``,
+    which names the rule and the row.
+    """
+    ok = (
+        isinstance(candles, pd.DataFrame)
+        and len(candles) >= 2
+        and tuple(candles.columns) == COLUMNS
+        and isinstance(candles.index, pd.DatetimeIndex)
+        and str(candles.index.tz) == "UTC"
+        and all(pd.api.types.is_float_dtype(d) for d in candles.dtypes.tolist())
+    )
+    if ok:
+        v = candles.to_numpy(dtype=np.float64)  # (N, 5)
+        o, h, low, c, vol = v.T
+        raw = candles.index.asi8
+        lo = v.min(axis=0)  # (5,)
+        ok = (
+            bool(np.isfinite(lo).all() and np.isfinite(h.max() + vol.max()))
+            and bool((lo[:4] > 0).all())
+            and lo[4] >= 0
+            and bool((h >= np.maximum(o, c)).all())
+            and bool((low <= np.minimum(o, c)).all())
+            and bool((raw[1:] > raw[:-1]).all())
+        )
+    if not ok:
+        check_candles(candles, symbol)  # raises, naming the rule and the row
+        v = candles.to_numpy(dtype=np.float64)
+    return index_ns(candles.index), v[:, 0], v[:, 3]
 
 
 def coerce_signals(signals: object, index: pd.DatetimeIndex, symbol: str) -> np.ndarray:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.backtest.semantics import BacktestSpec
+from pipelines.backtest.stats import index_ns
 
 TRADE_COLUMNS: tuple[str, ...] = (
     "entry_bar",
@@ -96,7 +97,7 @@ class TradeLedger:
     def frame(self, rows: slice) -> pd.DataFrame:
         """The trades in ``rows`` as a DataFrame with ``TRADE_COLUMNS``."""
         size = self.size[rows]
-        t_ns = self.index.as_unit("ns").asi8
+        t_ns = index_ns(self.index)
         return pd.DataFrame(
             {
                 "entry_bar": self.entry_bar[rows],
@@ -127,17 +128,27 @@ class BacktestResult:
         ``at_end="mark"``: exit bar/time/price are the last bar and its close, ``pnl`` is marked
         to market after the entry commission, ``commission`` is the entry commission only.
     ledger: the same trades as NumPy arrays (cheap; what statistics are computed from).
-    equity: cash + marked value of the position at each bar's close (index = candles' index).
-    position: signed units held at each bar's close (negative = short).
+    equity: cash + marked value of the position at each bar's close (index = candles' index);
+        built on first access from ``equity_values``, the same numbers as an array (N,).
+    position: signed units held at each bar's close (negative = short); built on first access
+        from ``position_values`` (N,).
     stats: read-only dict of statistics (see ``pipelines.backtest.stats``).
     """
 
     symbol: str
     spec: BacktestSpec
     ledger: TradeLedger
-    equity: pd.Series
-    position: pd.Series
+    equity_values: np.ndarray
+    position_values: np.ndarray
     stats: Stats
+
+    @cached_property
+    def equity(self) -> pd.Series:
+        return pd.Series(self.equity_values, index=self.ledger.index, name="equity")
+
+    @cached_property
+    def position(self) -> pd.Series:
+        return pd.Series(self.position_values, index=self.ledger.index, name="position")
 
     @cached_property
     def trades(self) -> pd.DataFrame:

@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 
 from pipelines.backtest import engine
-from pipelines.backtest.inputs import check_candles, coerce_signals
+from pipelines.backtest.engine import Book
+from pipelines.backtest.inputs import candle_arrays, coerce_signals
 from pipelines.backtest.result import BacktestResult, Stats, TradeLedger
 from pipelines.backtest.semantics import BacktestSpec
-from pipelines.backtest.stats import compute_stats, infer_bars_per_year
+from pipelines.backtest.stats import bars_per_year_of, compute_stats
 from pipelines.errors import BacktestError
 
 
@@ -34,27 +35,41 @@ def simulate(
 
     Every input is checked before anything runs: ``CandleValidationError`` for candles,
     ``BacktestError`` for signals and options, each naming the problem and the fix.
+    Many symbols under one spec: ``pipelines.backtest.batch.simulate_many`` (same results).
 
     >>> res = simulate(candles, model_actions, commission=0.001, direction="long_short")
     >>> res.stats["sharpe"], res.trades[["entry_time", "pnl"]]
     """
+    spec = resolve_spec(spec, options)
+    t_ns, open_, close = candle_arrays(candles, symbol)
+    sig = coerce_signals(signals, candles.index, symbol)
+    book = engine.run(open_, close, sig, spec)
+    bpy = spec.bars_per_year if spec.bars_per_year is not None else bars_per_year_of(t_ns)
+    return build_result(symbol, spec, candles.index, t_ns, close, book, bpy)
+
+
+def resolve_spec(spec: BacktestSpec | None, options: dict[str, Any]) -> BacktestSpec:
+    """``spec`` with ``options`` applied (the defaults when ``spec`` is None); checked."""
     if spec is None:
-        spec = BacktestSpec().replace(**options)
-    elif not isinstance(spec, BacktestSpec):
+        return BacktestSpec().replace(**options)
+    if not isinstance(spec, BacktestSpec):
         raise BacktestError(
             f"spec must be a BacktestSpec, got {type(spec).__name__}; build one with "
             "BacktestSpec(fill=..., commission=...) or pass the options as keywords"
         )
-    elif options:
-        spec = spec.replace(**options)
-    check_candles(candles, symbol)
-    sig = coerce_signals(signals, candles.index, symbol)
+    return spec.replace(**options) if options else spec
 
-    index = candles.index
-    open_ = candles["open"].to_numpy(dtype=np.float64)
-    close = candles["close"].to_numpy(dtype=np.float64)
-    book = engine.run(open_, close, sig, spec)
 
+def build_result(
+    symbol: str,
+    spec: BacktestSpec,
+    index: pd.DatetimeIndex,
+    t_ns: np.ndarray,
+    close: np.ndarray,
+    book: Book,
+    bars_per_year: float,
+) -> BacktestResult:
+    """Trades, statistics and the result of one symbol's ``Book``."""
     ledger = TradeLedger.build(
         index,
         book.entry_bar,
@@ -66,7 +81,6 @@ def simulate(
         n_closed=book.n_closed,
     )
     closed = slice(0, book.n_closed)
-    bpy = spec.bars_per_year if spec.bars_per_year is not None else infer_bars_per_year(index)
     stats = compute_stats(
         equity=book.equity,
         index=index,
@@ -77,14 +91,15 @@ def simulate(
         held_from=book.entry_bar,
         held_to=book.exit_bar,
         commissions=float(ledger.commission.sum()),
-        bars_per_year=bpy,
+        bars_per_year=bars_per_year,
+        t_ns=t_ns,
     )
     stats["skipped_entries"] = book.skipped_entries
     return BacktestResult(
         symbol=symbol,
         spec=spec,
         ledger=ledger,
-        equity=pd.Series(book.equity, index=index, name="equity"),
-        position=pd.Series(book.position, index=index, name="position"),
+        equity_values=book.equity,
+        position_values=book.position,
         stats=Stats(stats),
     )

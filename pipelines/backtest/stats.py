@@ -18,7 +18,25 @@ import pandas as pd
 _DAY_NS = 86_400 * 10**9
 _YEAR_DAYS = 365.25
 TRADING_DAYS = 252  # sessions per year of markets closed at weekends (NYSE-style)
+_NS_PER = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
+_INT64_MAX = 2**63 - 1
 _EXP_MAX = math.log(sys.float_info.max)  # exp() of more than this is past float range
+
+
+def index_ns(index: pd.DatetimeIndex) -> np.ndarray:
+    """A sorted index as int64 ns since the epoch: ``index.as_unit("ns").asi8``, without building
+    a new index when it is stored in another unit (pandas 3 stores ``date_range`` in us).
+
+    Sorted, so its first and last values bound the others (checked for the ns range).
+    """
+    raw = index.asi8
+    factor = _NS_PER.get(index.unit, 0)
+    if factor == 1:
+        return raw
+    bound = _INT64_MAX // factor if factor else 0
+    if not len(raw) or not (-bound <= int(raw[0]) and int(raw[-1]) <= bound):
+        return index.as_unit("ns").asi8  # out of the ns range: pandas raises its own error
+    return raw * factor
 
 
 def infer_bars_per_year(index: pd.DatetimeIndex) -> float:
@@ -35,7 +53,11 @@ def infer_bars_per_year(index: pd.DatetimeIndex) -> float:
 
     Sessions with holidays or odd hours are only approximated: pass ``bars_per_year`` to be exact.
     """
-    t = index.as_unit("ns").asi8
+    return bars_per_year_of(index_ns(index))
+
+
+def bars_per_year_of(t: np.ndarray) -> float:
+    """``infer_bars_per_year`` of the bar times ``t`` (N,), int64 nanoseconds since the epoch."""
     if len(t) < 2:
         return float("nan")
     spacing = float(np.median(np.diff(t)))
@@ -67,15 +89,17 @@ def compute_stats(
     held_to: np.ndarray,
     commissions: float,
     bars_per_year: float,
+    t_ns: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """All statistics of one run, in report order.
 
     ``equity`` (N,) is per bar close; ``pnl`` and ``returns`` (T,) are of closed trades in
     order; ``held_from``/``held_to`` are the first and last bar (inclusive) of every trade,
-    closed or still open, for exposure.
+    closed or still open, for exposure. ``t_ns``: the index as int64 ns, when at hand.
     """
     n = len(equity)
-    t_ns = index.as_unit("ns").asi8
+    if t_ns is None:
+        t_ns = index_ns(index)
     span = int(t_ns[-1] - t_ns[0])
     s: dict[str, Any] = {}
     s["start"] = index[0]
@@ -86,28 +110,35 @@ def compute_stats(
     s["initial_cash"] = float(cash)
     final = float(equity[-1])
     s["final_equity"] = final
-    s["peak_equity"] = float(equity.max())
+    peak = np.maximum.accumulate(equity)  # (N,) running peak; the last one is the highest
+    s["peak_equity"] = float(peak[-1])
     s["total_return"] = final / cash - 1
     s["buy_hold_return"] = float(close[-1] / close[0] - 1)
     years = span / (_YEAR_DAYS * _DAY_NS)
     s["cagr"] = _growth(final / cash, 1 / years) if years > 0 else math.nan
 
     if equity.min() > 0:
-        r = equity[1:] / equity[:-1] - 1  # (N-1,)
+        r = np.divide(equity[1:], equity[:-1])  # (N-1,)
+        r -= 1
     else:  # wiped out: no capital, no return from there on
         with np.errstate(divide="ignore", invalid="ignore"):
             r = np.where(equity[:-1] > 0, equity[1:] / equity[:-1] - 1, 0.0)
     p = float(bars_per_year)
     e0 = float(equity[0])
     s["annual_return"] = _growth(final / e0, p / len(r)) if e0 > 0 else math.nan
-    sd = float(np.std(r, ddof=1)) if len(r) > 1 else math.nan
-    mean = float(np.mean(r))
+    # mean and std(ddof=1) as np.mean / np.std compute them, sharing the mean and one buffer
+    m = len(r)
+    mean = float(np.add.reduce(r)) / m
+    x = np.subtract(r, mean)
+    sd = math.sqrt(float(np.add.reduce(np.multiply(x, x, out=x))) / (m - 1)) if m > 1 else math.nan
     s["annual_volatility"] = sd * math.sqrt(p)
     s["sharpe"] = _ratio(mean * math.sqrt(p), sd)
-    downside = math.sqrt(float(np.mean(np.minimum(r, 0.0) ** 2)))
+    np.minimum(r, 0.0, out=x)
+    downside = math.sqrt(float(np.add.reduce(np.multiply(x, x, out=x))) / m)
     s["sortino"] = _ratio(mean * math.sqrt(p), downside)
 
-    dd = 1 - equity / np.maximum.accumulate(equity)  # the peak is >= the starting equity > 0
+    dd = np.divide(equity, peak)  # the peak is >= the starting equity > 0
+    np.subtract(1, dd, out=dd)
     max_dd = float(dd.max())
     s["max_drawdown"] = max_dd
     s["calmar"] = _ratio(s["annual_return"], max_dd)
