@@ -1,7 +1,7 @@
 """Model-driven backtest speed: the whole backtest vs a bare forward pass, and Ray fan-out vs one process.
 
     .venv/bin/python bench/backtest_model_speed.py                 # 20k bars, 8 symbols
-    .venv/bin/python bench/backtest_model_speed.py --bars 3000 --symbols 4 --repeat 1   # a smoke run
+    .venv/bin/python bench/backtest_model_speed.py --bars 3000 --symbols 4 --rounds 2   # a smoke run
 
 1. One symbol: windows/s of ``backtest_model`` (all windows built, batched inference, policy,
    ``simulate``, trade and model statistics; candles built beforehand) vs the raw batched
@@ -13,7 +13,10 @@
    another in this process with one torch thread. The Ray workers are started and warmed up
    (modules imported) by a small run first; the times are of the runs after that.
 
-Rounds alternate so drift on the machine hits both sides; the best round of each is reported.
+Ratios are paired: each round times both sides back to back, in alternating order (A then B,
+then B then A ...), and the ratio is taken within the round, so load on the machine that comes
+and goes hits both sides of it. The table gives median times, and the median of the per-round
+ratios with their min-max.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import dataclasses
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -75,29 +79,38 @@ def raw_forward(weights: BacktestWeights, x: np.ndarray, batch: int) -> float:
     return time.perf_counter() - t0
 
 
-def bench_one_symbol(cfg, weights: BacktestWeights, repeat: int) -> dict[str, float]:
+def ratio_text(num: list[float], den: list[float]) -> str:
+    """Median of the per-round ratios num/den, with their min-max: "0.99x (0.95-1.02)"."""
+    r = [a / b for a, b in zip(num, den, strict=True)]
+    return f"{statistics.median(r):.2f}x ({min(r):.2f}-{max(r):.2f})"
+
+
+def bench_one_symbol(cfg, weights: BacktestWeights, rounds: int) -> dict:
     candles = generate("BENCH", cfg.data.timeframe, cfg.data.synthetic)
     w = all_windows(candles, cfg.data.timeframe, weights.extra_timeframes, weights.spec.window)
     batch = cfg.backtest.inference_batch
-    raw, full = [], []
+    raw, full, raw_4096 = [], [], []
     backtest_model(
         candles, weights, cfg, timeframe=cfg.data.timeframe
     )  # warm-up (allocator, kernels)
-    for _ in range(repeat):
-        raw.append(raw_forward(weights, w.x, batch))
+
+    def end_to_end() -> float:
         t0 = time.perf_counter()
         backtest_model(candles, weights, cfg, timeframe=cfg.data.timeframe)
-        full.append(time.perf_counter() - t0)
-    return {
-        "windows": len(w),
-        "batch": batch,
-        "raw_s": min(raw),
-        "full_s": min(full),
-        "raw_4096_s": raw_forward(weights, w.x, 4096),
-    }
+        return time.perf_counter() - t0
+
+    for r in range(rounds):
+        if r % 2 == 0:
+            raw.append(raw_forward(weights, w.x, batch))
+            full.append(end_to_end())
+        else:
+            full.append(end_to_end())
+            raw.append(raw_forward(weights, w.x, batch))
+        raw_4096.append(raw_forward(weights, w.x, 4096))
+    return {"windows": len(w), "batch": batch, "raw": raw, "full": full, "raw_4096": raw_4096}
 
 
-def bench_many(cfg, weights: BacktestWeights, n_symbols: int, repeat: int) -> dict[str, float]:
+def bench_many(cfg, weights: BacktestWeights, n_symbols: int, rounds: int) -> dict:
     import ray
 
     jobs = [BacktestJob(f"synthetic:B{i}") for i in range(n_symbols)]
@@ -115,21 +128,32 @@ def bench_many(cfg, weights: BacktestWeights, n_symbols: int, repeat: int) -> di
             small,
             torch_threads=1,
         )  # start 2 workers and import everything there
-        seq, par = [], []
-        for _ in range(repeat):
+
+        def sequential():
             torch.set_num_threads(1)
             t0 = time.perf_counter()
-            a = run_in_process(jobs, weights, cfg)
-            seq.append(time.perf_counter() - t0)
+            out = run_in_process(jobs, weights, cfg)
+            return time.perf_counter() - t0, out
+
+        def parallel():
             t0 = time.perf_counter()
-            b = run_backtests(jobs, weights, cfg, torch_threads=1)
-            par.append(time.perf_counter() - t0)
+            out = run_backtests(jobs, weights, cfg, torch_threads=1)
+            return time.perf_counter() - t0, out
+
+        seq, par = [], []
+        for r in range(rounds):
+            if r % 2 == 0:
+                (ts, a), (tp, b) = sequential(), parallel()
+            else:
+                (tp, b), (ts, a) = parallel(), sequential()
+            seq.append(ts)
+            par.append(tp)
             assert not a.failed and not b.failed
             for x, y in zip(a.outcomes, b.outcomes, strict=True):  # the same results either way
                 assert np.array_equal(x.backtest.actions, y.backtest.actions)
     finally:
         ray.shutdown()
-    return {"symbols": n_symbols, "seq_s": min(seq), "par_s": min(par)}
+    return {"symbols": n_symbols, "seq": seq, "par": par}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bars", type=int, default=20_000)
     ap.add_argument("--symbols", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for part 1 (both sides)")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="paired rounds (part 1: at least 5)")
     args = ap.parse_args(argv)
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     with tempfile.TemporaryDirectory() as home:
@@ -150,37 +174,33 @@ def main(argv: list[str] | None = None) -> None:
             f"features={s.n_features} ({sum(v.numel() for v in weights.state.values())} parameters)"
         )
         torch.set_num_threads(args.threads)
-        one = bench_one_symbol(cfg, weights, max(5, args.repeat))
-        many = bench_many(cfg, weights, args.symbols, args.repeat)
-    raw_wps, full_wps = one["windows"] / one["raw_s"], one["windows"] / one["full_s"]
-    speedup = many["seq_s"] / many["par_s"]
+        one = bench_one_symbol(cfg, weights, max(5, args.rounds))
+        many = bench_many(cfg, weights, args.symbols, args.rounds)
+    med = statistics.median
+    raw_s, full_s, raw4_s = med(one["raw"]), med(one["full"]), med(one["raw_4096"])
+    n_win = one["windows"]
     rows = [
-        (f"1 symbol, {one['windows']} windows, {args.threads} torch thread(s)", "", "", ""),
+        (f"1 symbol, {n_win} windows, {args.threads} torch thread(s)", "", "", ""),
         (
             f"  raw batched forward pass, batch {one['batch']}",
-            f"{one['raw_s']:.2f} s",
-            f"{raw_wps:,.0f} windows/s",
+            f"{raw_s:.2f} s",
+            f"{n_win / raw_s:,.0f} windows/s",
             "",
         ),
-        (
-            "  (same, batch 4096)",
-            f"{one['raw_4096_s']:.2f} s",
-            f"{one['windows'] / one['raw_4096_s']:,.0f} windows/s",
-            "",
-        ),
+        ("  (same, batch 4096)", f"{raw4_s:.2f} s", f"{n_win / raw4_s:,.0f} windows/s", ""),
         (
             f"  model-driven backtest, end to end, batch {one['batch']}",
-            f"{one['full_s']:.2f} s",
-            f"{full_wps:,.0f} windows/s",
-            f"{full_wps / raw_wps:.2f}x of raw (goal >= 0.9)",
+            f"{full_s:.2f} s",
+            f"{n_win / full_s:,.0f} windows/s",
+            f"{ratio_text(one['raw'], one['full'])} of raw (goal >= 0.9)",
         ),
         (f"{many['symbols']} symbols x {args.bars} bars, 1 torch thread per job", "", "", ""),
-        ("  sequential, one process", f"{many['seq_s']:.2f} s", "", ""),
+        ("  sequential, one process", f"{med(many['seq']):.2f} s", "", ""),
         (
             "  Ray tasks, num_cpus=2, 1 CPU per task",
-            f"{many['par_s']:.2f} s",
+            f"{med(many['par']):.2f} s",
             "",
-            f"{speedup:.2f}x faster (goal >= 1.7)",
+            f"{ratio_text(many['seq'], many['par'])} faster (goal >= 1.7)",
         ),
     ]
     width = max(len(r[0]) for r in rows)
@@ -188,8 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         print(f"{r[0]:<{width}}  {r[1]:>9}  {r[2]:>20}  {r[3]}")
     print(
-        f"(best of {max(5, args.repeat)} rounds for 1 symbol, {args.repeat} for {many['symbols']} symbols; "
-        f"load average at the end: {os.getloadavg()[0]:.2f})"
+        f"(times: median of {max(5, args.rounds)} rounds for 1 symbol, {args.rounds} for "
+        f"{many['symbols']} symbols; ratio: median (min-max) of the per-round ratios, both sides "
+        f"back to back in alternating order; load average at the end: {os.getloadavg()[0]:.2f})"
     )
 
 

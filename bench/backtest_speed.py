@@ -7,21 +7,29 @@ Every engine gets the same seeded candles (1-minute, 24/7) and the same BUY/SELL
 and runs the same semantics: fills at the next bar's open, commission on both sides, all-in
 whole units, long/short stop-and-reverse (or long-only with --direction long_only).
 
-What is timed (best of --repeat runs; candles and signals are built beforehand):
-* candleray: ``simulate()`` per symbol: input checks, the trades (as arrays), per-bar equity
-  and position, all statistics; "candleray+table" also builds the trades DataFrame
-  (``result.trades``, built on first access).
+What is timed (candles and signals are built beforehand):
+* candleray: ``simulate_many()`` over all symbols (``simulate()`` per symbol, with shared input
+  checks and the engine's sequential part stepping all symbols together; one symbol is plain
+  ``simulate``): input checks, the trades (as arrays), per-bar equity and position, all
+  statistics; "candleray+table" also builds each trades DataFrame (``result.trades``).
 * backtesting.py 0.6.6: ``Backtest(...).run()`` per symbol, with the strategy the parity tests
   use. For many symbols only --bt-symbols of them run and the time is scaled up (said so).
 * vectorbt: ``Portfolio.from_signals`` on all symbols at once (2-D, its fastest form), then
   total return and the trade records; numba's first-call compile is excluded by a warm-up.
-  Skipped with a message when vectorbt is not installed (``pip install vectorbt``).
+  Skipped with a message when vectorbt is not installed (``pip install -e '.[bench]'``).
+
+Ratios are paired: each round times every engine back to back, in alternating order (forward,
+then reversed), and each ratio is taken within the round, so load on the machine that comes
+and goes hits both sides of it. The table gives the median time, and the median of the
+per-round ratios with their min-max over --rounds rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -35,9 +43,10 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # backtesting.py's progress bar
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backtesting import Backtest  # noqa: E402  (imported before any timing)
-from tests.test_backtest_parity import SignalStrategy  # noqa: E402  (the parity tests' reference)
 
-from pipelines.backtest import BacktestSpec, simulate  # noqa: E402
+from pipelines.backtest import BacktestSpec  # noqa: E402
+from pipelines.backtest.batch import simulate_many  # noqa: E402
+from tests.backtest.test_backtest_parity import SignalStrategy  # noqa: E402  (the parity tests' reference)
 
 
 def make_candles(n: int, seed: int) -> pd.DataFrame:
@@ -69,13 +78,26 @@ def make_signals(n: int, seed: int, density: float) -> np.ndarray:
     return sig
 
 
-def best_of(repeat: int, fn: Callable[[], object]) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+def paired_rounds(
+    engines: dict[str, Callable[[], object]], rounds: int
+) -> tuple[dict[str, list[float]], dict[str, object]]:
+    """Seconds of every engine in every round; each round runs all of them back to back, in
+    the given order on even rounds and reversed on odd ones. Also each engine's last output."""
+    times: dict[str, list[float]] = {k: [] for k in engines}
+    out: dict[str, object] = {}
+    names = list(engines)
+    for r in range(rounds):
+        for k in names if r % 2 == 0 else names[::-1]:
+            t = time.perf_counter()
+            out[k] = engines[k]()
+            times[k].append(time.perf_counter() - t)
+    return times, out
+
+
+def ratio_text(num: list[float], den: list[float]) -> str:
+    """Median of the per-round ratios num/den, with their min-max: "3.10x (2.9-3.3)"."""
+    r = [a / b for a, b in zip(num, den, strict=True)]
+    return f"{statistics.median(r):.2f}x ({min(r):.2f}-{max(r):.2f})"
 
 
 # --- engines ------------------------------------------------------------------------------------
@@ -84,13 +106,11 @@ def best_of(repeat: int, fn: Callable[[], object]) -> tuple[float, object]:
 def run_candleray(
     frames: list[pd.DataFrame], sigs: list[np.ndarray], spec: BacktestSpec, table: bool = False
 ) -> list[int]:
-    out = []
-    for df, s in zip(frames, sigs, strict=True):
-        res = simulate(df, s, spec)
-        if table:
+    results = simulate_many(frames, sigs, spec)
+    if table:
+        for res in results:
             res.trades  # noqa: B018  (the trades DataFrame is built on first access)
-        out.append(res.stats["n_trades"])
-    return out
+    return [res.stats["n_trades"] for res in results]
 
 
 def run_backtesting(
@@ -158,55 +178,61 @@ def bench_case(
     spec: BacktestSpec,
     vbt_run: Callable | str,
 ) -> list[tuple]:
+    """Rows (case, engine, bars, median seconds, trades, x candleray, x +table, note)."""
     frames = [make_candles(n_bars, seed) for seed in range(n_symbols)]
     sigs = [make_signals(n_bars, seed, args.density) for seed in range(n_symbols)]
     total_bars = n_symbols * n_bars
-    rows = []
-
-    run_candleray(frames[:1], sigs[:1], spec)  # warm-up (imports, first-call caches)
-    t_cr, trades_cr = best_of(args.repeat, lambda: run_candleray(frames, sigs, spec))
-    rows.append(
-        (name, "candleray", total_bars, t_cr, sum(trades_cr), "stats, equity, trade arrays")
-    )
-    t_tab, _ = best_of(args.repeat, lambda: run_candleray(frames, sigs, spec, table=True))
-    rows.append(
-        (name, "candleray+table", total_bars, t_tab, sum(trades_cr), "and the trades DataFrame")
-    )
-
     k = min(n_symbols, args.bt_symbols)
-    t_bt, trades_bt = best_of(1, lambda: run_backtesting(frames[:k], sigs[:k], spec))
     scale = n_symbols / k
+    engines: dict[str, Callable[[], object]] = {
+        "candleray": lambda: run_candleray(frames, sigs, spec),
+        "candleray+table": lambda: run_candleray(frames, sigs, spec, table=True),
+        "backtesting.py": lambda: run_backtesting(frames[:k], sigs[:k], spec),
+    }
+    run_candleray(frames[:1], sigs[:1], spec)  # warm-up (imports, first-call caches)
+    if not isinstance(vbt_run, str):
+        o = np.column_stack([f["open"].to_numpy() for f in frames])  # (N, S)
+        c = np.column_stack([f["close"].to_numpy() for f in frames])
+        s = np.column_stack(sigs)
+        vbt_run(o[:200], c[:200], s[:200])  # warm-up: numba compiles on first call
+        vbt_run(o[:200, :1], c[:200, :1], s[:200, :1])
+        engines["vectorbt"] = lambda: vbt_run(o, c, s)
+    times, out = paired_rounds(engines, args.rounds)
+    times["backtesting.py"] = [t * scale for t in times["backtesting.py"]]
+    trades_cr = out["candleray"]
+    ours, ours_table = times["candleray"], times["candleray+table"]
+
+    def row(engine: str, trades: float, note: str) -> tuple:
+        t = times[engine]
+        return (
+            name,
+            engine,
+            total_bars,
+            statistics.median(t),
+            trades,
+            ratio_text(t, ours),
+            ratio_text(t, ours_table),
+            note,
+        )
+
+    rows = [
+        row("candleray", sum(trades_cr), "stats, equity, trade arrays"),
+        row("candleray+table", sum(trades_cr), "and the trades DataFrames"),
+    ]
+    trades_bt = out["backtesting.py"]
     note = (
         f"timed {k} of {n_symbols} symbols (trades are theirs), time x{scale:g}"
         if k < n_symbols
         else ""
     )
     same = "same trade counts" if trades_bt == trades_cr[:k] else "TRADE COUNTS DIFFER"
-    rows.append(
-        (
-            name,
-            "backtesting.py",
-            total_bars,
-            t_bt * scale,
-            sum(trades_bt),
-            f"{same} as candleray; {note}".strip("; "),
-        )
-    )
-
+    rows.append(row("backtesting.py", sum(trades_bt), f"{same} as candleray; {note}".strip("; ")))
     if isinstance(vbt_run, str):
         rows.append(
-            (name, "vectorbt", total_bars, float("nan"), float("nan"), "skipped: " + vbt_run)
+            (name, "vectorbt", total_bars, math.nan, math.nan, "-", "-", "skipped: " + vbt_run)
         )
     else:
-        o = np.column_stack([f["open"].to_numpy() for f in frames])  # (N, S)
-        c = np.column_stack([f["close"].to_numpy() for f in frames])
-        s = np.column_stack(sigs)
-        vbt_run(o[:200], c[:200], s[:200])  # warm-up: numba compiles on first call
-        vbt_run(o[:200, :1], c[:200, :1], s[:200, :1])
-        t_vbt, trades_vbt = best_of(args.repeat, lambda: vbt_run(o, c, s))
-        rows.append(
-            (name, "vectorbt", total_bars, t_vbt, sum(trades_vbt), "2-D, all symbols in one call")
-        )
+        rows.append(row("vectorbt", sum(out["vectorbt"]), "2-D, all symbols in one call"))
     return rows
 
 
@@ -216,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--commission", type=float, default=0.0002)
     ap.add_argument("--cash", type=float, default=1_000_000.0)
     ap.add_argument("--density", type=float, default=0.1, help="share of bars with BUY or SELL")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=7, help="paired rounds per case")
     ap.add_argument(
         "--bt-symbols",
         type=int,
@@ -238,7 +264,9 @@ def main(argv: list[str] | None = None) -> None:
         else [("1 x 100k", 1, 100_000), ("100 x 10k", 100, 10_000)]
     )
     vbt_run = vectorbt_runner(spec)
-    print(f"semantics: {spec.as_dict()}; signal density {args.density}; best of {args.repeat}")
+    print(
+        f"semantics: {spec.as_dict()}; signal density {args.density}; {args.rounds} paired rounds"
+    )
     print(
         f"python {sys.version.split()[0]}, numpy {np.__version__}, pandas {pd.__version__}, "
         f"{os.cpu_count()} CPUs"
@@ -247,24 +275,24 @@ def main(argv: list[str] | None = None) -> None:
     for name, n_sym, n_bars in cases:
         rows += bench_case(name, n_sym, n_bars, args, spec, vbt_run)
 
-    ours = {r[0]: r[3] for r in rows if r[1] == "candleray"}
-    ours_table = {r[0]: r[3] for r in rows if r[1] == "candleray+table"}
     head = (
         f"{'case':<11}{'engine':<17}{'bars':>10}{'seconds':>10}{'bars/s':>13}{'trades':>9}"
-        f"{'x candleray':>13}{'x +table':>10}  note"
+        f"  {'x candleray':<24}{'x +table':<24}note"
     )
     print(head)
     print("-" * len(head))
-    for case, engine, bars, secs, trades, note in rows:
+    for case, engine, bars, secs, trades, x_cr, x_tab, note in rows:
         rate = bars / secs if np.isfinite(secs) else float("nan")
         print(
             f"{case:<11}{engine:<17}{bars:>10,}{secs:>10.4f}{rate:>13,.0f}{trades:>9,.0f}"
-            f"{secs / ours[case]:>12.2f}x{secs / ours_table[case]:>9.2f}x  {note}"
+            f"  {x_cr:<24}{x_tab:<24}{note}"
         )
     print(
-        "x candleray / x +table: that engine's time over candleray's (without / with the trades "
-        "DataFrame); above 1 means candleray is faster"
+        "seconds: median over rounds; x candleray / x +table: that engine's time over candleray's "
+        "(without / with the trades DataFrames) in the same round, median (min-max) over "
+        "rounds; above 1 means candleray is faster"
     )
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     if not args.skip_model:
         # bench/ is on sys.path when this file runs as a script
         from backtest_model_speed import main as model_main
