@@ -8,21 +8,30 @@ STAMP := $(VENV)/.installed
 # `make TORCH_SPEC='torch>=2.4' setup` (pyproject keeps the range open).
 TORCH_SPEC ?= torch==2.13.0
 HOME_DIR ?= .candleray
+WEB := serve/web
 
-.PHONY: setup demo test lint bench mlflow-ui clean
+.PHONY: setup browser demo test lint bench serve mlflow-ui clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(WEB)/package-lock.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e '.[dev]'
+	# the dashboard's chart library, from npm with the lockfile (served by the app: no CDN)
+	npm ci --prefix $(WEB) --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
+
+# Debian's chromium for the dashboard test (Playwright drives it; no browser is downloaded)
+browser:
+	@command -v chromium >/dev/null || { \
+		[ "$$(id -u)" = 0 ] || { echo "chromium is missing: run 'sudo apt-get install -y chromium'"; exit 1; }; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 demo: $(STAMP)
 	$(BIN)/candleray demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
@@ -35,6 +44,9 @@ bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/backtest_speed.py
+
+serve: $(STAMP)
+	$(BIN)/candleray serve
 
 mlflow-ui: $(STAMP)
 	mkdir -p $(HOME_DIR)
