@@ -183,7 +183,7 @@ class ServeConfig:
     replica_num_cpus: float = 0.25  # Ray CPUs per predictor replica (fractional on a laptop)
     replica_num_gpus: float = 0.0  # set 1 (or a fraction) to run replicas on GPUs
     max_batch_size: int = 16  # requests per forward pass; live-changeable through reconfigure()
-    batch_wait_timeout_s: float = 0.005  # longest the first request of a batch waits for more
+    batch_wait_timeout_s: float = 0.0  # wait for more requests; 0: batch what queued meanwhile
     max_ongoing_requests: int = 64  # per replica; >= max_batch_size, so a batch can fill
     weights_poll_s: float = 0.2  # how often a replica asks the ModelActor for a newer version
     max_request_bytes: int = 1_000_000  # bigger requests are refused (HTTP 413)

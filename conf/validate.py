@@ -95,7 +95,7 @@ def check_serve(s: ServeConfig) -> None:
     _need(
         0.0 <= s.batch_wait_timeout_s <= 1.0,
         f"serve.batch_wait_timeout_s={s.batch_wait_timeout_s} must be in [0, 1] seconds "
-        "(every request may wait this long for its batch to fill); e.g. 0.005",
+        "(a lone request waits this long for its batch to fill); e.g. 0 or 0.002",
     )
     _need(
         s.max_ongoing_requests >= s.max_batch_size,

@@ -71,7 +71,7 @@ def test_deployment_options_come_from_the_serve_section_and_are_checked():
     opts = deployment_options(s)
     assert opts["num_replicas"] == 3
     assert opts["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 1.0}
-    assert opts["user_config"] == {"max_batch_size": 4, "batch_wait_timeout_s": 0.005}
+    assert opts["user_config"] == {"max_batch_size": 4, "batch_wait_timeout_s": 0.0}
     with pytest.raises(ConfigError, match="serve.replicas=0"):
         deployment_options(dataclasses.replace(s, replicas=0))
 
