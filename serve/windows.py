@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.backtest.inference import confidence_actions, trade_signals
-from pipelines.data.candles import validate_candles
+from pipelines.data.candles import timeframe_offset, validate_candles
 from pipelines.data.features import denormalise, higher_timeframes, make_windows
 from pipelines.data.labels import ACTIONS
 from pipelines.errors import InvalidInputError
@@ -24,21 +24,28 @@ from pipelines.errors import InvalidInputError
 
 @dataclass(frozen=True)
 class ModelInput:
-    """x (1, T, F) float32 for the window ending at ``end`` (the last candle's time);
-    ``anchor_close`` (that candle's close) and ``sigma`` turn the answer back into prices."""
+    """x (1, T, F) float32 for the window ending at ``end`` (the last candle's open time).
+
+    ``anchor_close`` (that candle's close), ``sigma`` and ``log_volume_mean`` (the window's
+    mean log1p volume) turn the answer back into prices and volume (``interpret``); the
+    predicted candle opens at ``next_time``.
+    """
 
     x: np.ndarray
     end: pd.Timestamp
+    next_time: pd.Timestamp
     anchor_close: float
     sigma: float
+    log_volume_mean: float
 
 
 @dataclass(frozen=True)
 class Signal:
-    """A prediction in the user's terms: the predicted next candle in prices (the ghost
-    candle), the action probabilities, the action taken and its simulator signal (+1 buy,
-    -1 sell, 0 hold)."""
+    """A prediction in the user's terms: the predicted next candle (the ghost candle: its
+    open time, prices and volume), the action probabilities, the action taken and its
+    simulator signal (+1 buy, -1 sell, 0 hold)."""
 
+    time: pd.Timestamp
     ghost: dict[str, float]
     probs: dict[str, float]
     action: str
@@ -68,23 +75,34 @@ def model_input(
     higher = higher_timeframes(candles, timeframe, tuple(extra_timeframes))
     ends = np.array([len(candles) - 1], dtype=np.int64)
     x, sigma = make_windows(candles, window, higher, ends)
-    return ModelInput(x, candles.index[-1], float(candles["close"].iloc[-1]), float(sigma[0]))
+    end = candles.index[-1]
+    log_v = np.log1p(candles["volume"].to_numpy(dtype="float64")[-window:])
+    return ModelInput(
+        x,
+        end,
+        end + timeframe_offset(timeframe),
+        float(candles["close"].iloc[-1]),
+        float(sigma[0]),
+        float(log_v.mean()),
+    )
 
 
 def interpret(
-    candle: Sequence[float],
-    probs: Sequence[float],
-    anchor_close: float,
-    sigma: float,
-    confidence: float,
+    candle: Sequence[float], probs: Sequence[float], inp: ModelInput, confidence: float
 ) -> Signal:
-    """One answer (normalised candle (5,), probs (3,)) → ghost candle in prices and the signal."""
+    """One answer (normalised candle (5,), probs (3,)) for ``inp`` → ghost candle and signal."""
     pred = np.asarray(candle, dtype=np.float64)[None, :]  # (1, 5)
-    ghost = denormalise(pred, np.array([anchor_close]), np.array([sigma]))[0]  # (4,) o, h, l, c
+    prices = denormalise(pred, np.array([inp.anchor_close]), np.array([inp.sigma]))[0]  # (4,)
+    # the volume target is log1p(volume) minus the window's mean log1p(volume) (features.py)
+    volume = max(float(np.expm1(pred[0, 4] + inp.log_volume_mean)), 0.0)
     p = np.asarray(probs, dtype=np.float64)[None, :]  # (1, 3)
     action = confidence_actions(p, confidence)
     return Signal(
-        ghost=dict(zip(("open", "high", "low", "close"), map(float, ghost), strict=True)),
+        time=inp.next_time,
+        ghost={
+            **dict(zip(("open", "high", "low", "close"), map(float, prices), strict=True)),
+            "volume": volume,
+        },
         probs=dict(zip(ACTIONS, map(float, p[0]), strict=True)),
         action=ACTIONS[int(action[0])],
         signal=int(trade_signals(action)[0]),

@@ -13,7 +13,7 @@ import torch
 from conf import ServeConfig
 from conf.schema import SyntheticConfig
 from pipelines.backtest.inference import all_windows
-from pipelines.data.features import denormalise
+from pipelines.data.features import candle_targets, denormalise
 from pipelines.data.sources.synthetic import generate
 from pipelines.errors import CandlerayError, CandleValidationError, ConfigError, InvalidInputError
 from pipelines.model.network import CandleTransformer, ModelSpec
@@ -217,15 +217,30 @@ def test_bad_candles_are_refused_before_the_model():
         model_input(broken, 16, "1h", symbol="S")
 
 
+def test_the_true_next_candle_as_an_answer_gives_back_that_candle():
+    """The model's targets for a bar (``candle_targets``) read back as prices and volume."""
+    df = generate("S", "1h", SyntheticConfig(length=100))
+    end = 70
+    mi = model_input(df.iloc[: end + 1], 16, "1h")
+    target = candle_targets(df, 16, np.array([end]), np.array([mi.sigma]))[0]
+    s = interpret(target, [0.2, 0.7, 0.1], mi, confidence=0.5)
+    nxt = df.iloc[end + 1]
+    assert s.time == df.index[end + 1]
+    for k in ("open", "high", "low", "close", "volume"):
+        assert s.ghost[k] == pytest.approx(nxt[k], rel=1e-5), k
+
+
 def test_an_answer_becomes_a_ghost_candle_in_prices_and_a_signal_by_the_confidence_rule():
+    df = generate("S", "1h", SyntheticConfig(length=40))
+    mi = model_input(df, 16, "1h")
     candle = [0.5, 1.0, -1.0, 0.8, 0.1]
-    s = interpret(candle, [0.2, 0.7, 0.1], anchor_close=100.0, sigma=0.01, confidence=0.5)
-    ghost = denormalise(np.array([candle]), np.array([100.0]), np.array([0.01]))[0]
-    assert list(s.ghost.values()) == pytest.approx(list(ghost))
-    assert s.ghost["close"] == pytest.approx(100.0 * np.exp(0.008))
+    s = interpret(candle, [0.2, 0.7, 0.1], mi, confidence=0.5)
+    ghost = denormalise(np.array([candle]), np.array([mi.anchor_close]), np.array([mi.sigma]))[0]
+    assert [s.ghost[k] for k in ("open", "high", "low", "close")] == pytest.approx(list(ghost))
+    assert s.ghost["close"] == pytest.approx(df["close"].iloc[-1] * np.exp(0.8 * mi.sigma))
     assert s.probs == pytest.approx({"HOLD": 0.2, "BUY": 0.7, "SELL": 0.1})
     assert (s.action, s.signal) == ("BUY", 1)
-    unsure = interpret(candle, [0.3, 0.25, 0.45], 100.0, 0.01, confidence=0.5)
+    unsure = interpret(candle, [0.3, 0.25, 0.45], mi, confidence=0.5)
     assert (unsure.action, unsure.signal) == ("HOLD", 0)  # SELL is likeliest but below 0.5
-    sure = interpret(candle, [0.3, 0.25, 0.45], 100.0, 0.01, confidence=0.4)
+    sure = interpret(candle, [0.3, 0.25, 0.45], mi, confidence=0.4)
     assert (sure.action, sure.signal) == ("SELL", -1)
