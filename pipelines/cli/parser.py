@@ -10,7 +10,7 @@ import logging
 import sys
 from types import ModuleType
 
-from pipelines.cli import annotate, backtest, checkpoints, config, demo, train
+from pipelines.cli import annotate, backtest, checkpoints, config, demo, live, train
 from pipelines.config import load_config
 from pipelines.errors import CandlerayError
 
@@ -20,6 +20,7 @@ COMMANDS: dict[str, ModuleType] = {
     "backtest": backtest,
     "checkpoints": checkpoints,
     "annotate": annotate,
+    "live": live,
     "config": config,
 }
 

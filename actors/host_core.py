@@ -1,0 +1,453 @@
+"""HostCore: the logic of a SessionHost actor, a plain class driven by one loop.
+
+A host holds many sessions (``pipelines.live.Session``) of one model. Each ``step(now)``:
+
+1. pulls the candles that arrived from every session's feed (``actors.host_feeds``),
+2. runs ``pipelines.live.tick`` over them: every session with a new window is predicted in
+   ONE batched forward pass from the newest weights the host has loaded, settled, journaled
+   (one transaction per tick) and its due samples go into the host's ``TrainingQueue``,
+3. drives training: one ``train_batch`` call in flight per host (see below).
+
+It returns how long the loop may sleep before the next candle is due.
+
+Training calls. One call in flight per host, not per model: the queue lives with the sessions
+that fill it (a model-wide queue would add an actor hop to every candle), and the ModelActor
+runs calls one at a time anyway, so at most ``live.hosts`` calls wait there. A call is
+submitted only when none is in flight and never waited on: each step looks whether it has
+answered (done or failed) or passed its deadline (``ray.call_timeout_s``): a timeout is
+logged, counted and journaled, its slot freed, and if the actor answers later the samples
+move from dropped to done (``TrainingQueue.late_done``). While the actor is busy (a batch run
+holds it) samples wait in the queue; past ``live.queue_capacity`` they are dropped, counted.
+Inference never waits for any of it.
+
+Weights are loaded by the caller (``load_weights``), from the ModelActor's read-only
+methods, on its own thread: predicting never waits for a weights download either.
+
+Concurrency: one ``lock`` guards everything; the loop holds it for one step, API calls for
+their own short work. The journal and the training queue are only touched under it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import zlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from actors.host_feeds import FeedPlan, PollSource, ReplaySource, open_source
+from actors.host_tracking import SessionRuns, loggable
+from conf import Config
+from pipelines.data.sources import parse_symbol
+from pipelines.errors import InvalidInputError
+from pipelines.live import (
+    Journal,
+    LivePrediction,
+    Session,
+    SessionSettings,
+    TrainingQueue,
+    predict_windows,
+    tick,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_ROUNDS = 64  # ticks per step at most, so API calls get the lock between steps
+MAX_LATE = 256  # timed-out calls still watched for a late answer
+LATENCIES = 20_000  # candle -> prediction latencies kept for stats()
+
+
+class TrainCalls(Protocol):
+    """Submits ``train_batch`` and looks at the answer without waiting (Ray: a ModelClient)."""
+
+    def submit(self, x: Any, y_candle: Any, y_action: Any) -> Any: ...
+
+    def poll(self, handle: Any) -> tuple[str, Any] | None:
+        """None while running; ("done", result) or ("failed", exception) once answered."""
+        ...
+
+
+def assign_host(key: str, loads: Sequence[int]) -> int:
+    """The host for a new session: the least loaded; ties broken by a stable hash of ``key``."""
+    if not loads:
+        raise InvalidInputError("no session hosts to assign to; live.hosts must be >= 1")
+    low = min(loads)
+    ties = [i for i, n in enumerate(loads) if n == low]
+    return ties[zlib.crc32(key.encode()) % len(ties)]
+
+
+def host_of(session_id: str) -> int:
+    """The index of the host holding ``session_id`` (ids start with ``h<index>-``)."""
+    m = re.match(r"h(\d+)-", session_id)
+    if m is None:
+        raise InvalidInputError(
+            f"session id {session_id!r} is not a live session id (they look like "
+            "h0-synthetic-SYN0-1h); list them with list_sessions()"
+        )
+    return int(m.group(1))
+
+
+@dataclass
+class Hosted:
+    """A session, where its candles come from, and what the host last published for it."""
+
+    session: Session
+    plan: FeedPlan
+    source: ReplaySource | PollSource
+    last: LivePrediction | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+class HostCore:
+    def __init__(
+        self,
+        cfg: Config,
+        index: int,
+        predictor: Any,
+        calls: TrainCalls,
+        journal: Journal,
+        *,
+        clock: Callable[[], float],
+        runs: SessionRuns | None = None,
+        exchange: Any = None,
+    ) -> None:
+        self.cfg, self.index = cfg, index
+        self.predictor, self.calls, self.journal = predictor, calls, journal
+        self.clock, self.runs, self.exchange = clock, runs, exchange
+        self.settings = SessionSettings.from_config(cfg)
+        self.queue = TrainingQueue(
+            cfg.live.queue_capacity, cfg.train.batch_size, cfg.live.trend_window
+        )
+        self.timeout_s = cfg.ray.call_timeout_s
+        self.lock = threading.RLock()
+        self.sessions: dict[str, Hosted] = {}
+        self._inflight: tuple[Any, Any, float] | None = None  # (batch, handle, deadline)
+        self._late: dict[int, tuple[Any, Any]] = {}
+        self._journaled_runs: set[str] = set()
+        self._restored: list[str] = []  # sessions whose last window still needs predicting
+        self.latencies: deque[float] = deque(maxlen=LATENCIES)
+        self.counters = {"ticks": 0, "predictions": 0, "timeouts": 0, "failed_calls": 0}
+        self.counters |= {"late_answers": 0, "calls": 0, "loop_errors": 0}
+
+    # -- sessions --------------------------------------------------------------------------
+    def restore(self) -> list[str]:
+        """Resume every session the journal holds that was not stopped, after its last candle."""
+        got = []
+        for sid in self.journal.session_ids():
+            feed = self.journal.events(sid, "feed", limit=1)
+            if not feed or self.journal.events(sid, "stopped", limit=1):
+                continue
+            session, counts = self.journal.restore(sid, self.settings, self.cfg.live.trend_window)
+            self.queue.counts[sid] = counts
+            plan = FeedPlan(**{k: feed[0][1][k] for k in ("source", "speed", "start")})
+            spec = parse_symbol(session.symbol, session.timeframe)
+            source, _ = open_source(
+                self.cfg, spec, plan, self.clock(), session.last_time, self.exchange
+            )
+            self.sessions[sid] = Hosted(session, plan, source)
+            runs = self.journal.events(sid, "mlflow", limit=1)
+            if runs and self.runs is not None:
+                self.runs.resume(sid, runs[0][1]["run_id"])
+                self._journaled_runs.add(sid)
+            if session.window_to_predict() is not None:  # died between candle and prediction
+                self._restored.append(sid)
+            got.append(sid)
+            log.info("host %d resumed %s after %s", self.index, sid, session.last_time)
+        return got
+
+    def start_session(
+        self,
+        symbol: str,
+        timeframe: str | None,
+        mode: str,
+        source: str,
+        speed: float | None = None,
+        start: int | str | None = None,
+    ) -> dict[str, Any]:
+        plan = FeedPlan.checked(source, speed, start)
+        spec = parse_symbol(symbol, timeframe or self.cfg.data.timeframe)
+        if timeframe and spec.timeframe != timeframe:
+            raise InvalidInputError(
+                f"{symbol!r} names timeframe {spec.timeframe} but {timeframe} was asked; give one"
+            )
+        with self.lock:
+            sid = self._new_id(spec.key)
+            session = Session(sid, spec.key, spec.timeframe, mode, self.settings)  # checks mode
+            src, warm = open_source(self.cfg, spec, plan, self.clock(), None, self.exchange)
+            session.prime(warm[-session.history.capacity :])
+            self.journal.write([(sid, [("feed", 0, plan.to_json()), *session.take_records()])])
+            self.sessions[sid] = Hosted(session, plan, src)
+            return self._status(sid)
+
+    def _new_id(self, key: str) -> str:
+        base = f"h{self.index}-" + re.sub(r"[^A-Za-z0-9]+", "-", key).strip("-")
+        known = set(self.journal.session_ids()) | set(self.sessions)
+        sid, k = base, 1
+        while sid in known:
+            k += 1
+            sid = f"{base}-{k}"
+        return sid
+
+    def _get(self, sid: str) -> Hosted:
+        h = self.sessions.get(sid)
+        if h is None:
+            raise InvalidInputError(
+                f"no running session {sid!r} on host {self.index}; running: {sorted(self.sessions)}"
+            )
+        return h
+
+    def set_mode(self, sid: str, mode: str) -> dict[str, Any]:
+        with self.lock:
+            h = self._get(sid)
+            h.session.set_mode(mode)
+            self.journal.write_session(h.session)
+            return self._status(sid)
+
+    def manual_train(self, sid: str, action: str) -> dict[str, Any]:
+        """Mark the newest closed bar for training (``pipelines.live.policy`` says which sample)."""
+        with self.lock:
+            h = self._get(sid)
+            asked = h.session.manual_sample(action)  # ModeError outside manual mode
+            self.journal.write_session(h.session)
+            return {"queued": 1, "session_id": sid, **asked}
+
+    def stop_session(self, sid: str) -> dict[str, Any]:
+        with self.lock:
+            h = self.sessions.pop(sid, None)
+            if h is None:
+                self._get(sid)
+            self.queue.drop_session(sid)
+            self.journal.write([(sid, [("stopped", 0, {}), *h.session.take_records()])])
+            if self.runs is not None:
+                self.runs.end(sid)
+            return {"stopped": sid}
+
+    # -- reading ---------------------------------------------------------------------------
+    def _status(self, sid: str) -> dict[str, Any]:
+        h = self.sessions[sid]
+        s, p = h.session, h.last
+        return {
+            "id": sid,
+            "host": self.index,
+            "symbol": s.symbol,
+            "timeframe": s.timeframe,
+            "mode": s.mode,
+            **h.plan.to_json(),
+            "state": "finished" if h.source.exhausted else "running",
+            "metrics": s.summary(self.queue.session(sid)),
+            "last_candles": [
+                {"time": c.time, "open": c.open, "high": c.high, "low": c.low, "close": c.close}
+                for c in s.history.candles()[-5:]
+            ],
+            "prediction": None
+            if p is None
+            else {
+                "time": p.time,
+                "target": p.target,
+                "ghost": dict(zip(("open", "high", "low", "close"), p.ghost.tolist(), strict=True)),
+                "probs": dict(zip(("HOLD", "BUY", "SELL"), p.probs.tolist(), strict=True)),
+                "action": p.action,
+                "signal": p.signal,
+                "version": p.version,
+            },
+        }
+
+    def status(self, sid: str) -> dict[str, Any]:
+        with self.lock:
+            self._get(sid)
+            return self._status(sid)
+
+    def list_sessions(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [self._status(sid) for sid in sorted(self.sessions)]
+
+    def chart(self, sid: str, since: int | str | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Candles, ghost candles, pivots, signals and trades from ``since`` (ns or ISO)."""
+        t: int | None = since if isinstance(since, int) or since is None else None
+        if isinstance(since, str):
+            ts = pd.Timestamp(since)
+            ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+            t = int(ts.as_unit("ns").value)
+        with self.lock:
+            frames = self.journal.chart(sid, t, self.settings.pivot_bars)
+        out = {}
+        for name, df in frames.items():
+            d = df.reset_index() if name == "candles" else df
+            out[name] = [
+                {k: (v.isoformat() if isinstance(v, pd.Timestamp) else v) for k, v in r.items()}
+                for r in d.to_dict(orient="records")
+            ]
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            counts = self.queue.counts.values()
+            lat = np.array(self.latencies) * 1000.0
+            return {
+                "host": self.index,
+                "sessions": len(self.sessions),
+                **self.counters,
+                "queued": len(self.queue),
+                "in_flight": self._inflight is not None,
+                "steps_done": self.queue.steps_done,
+                "requested": sum(c.requested for c in counts),
+                "done": sum(c.done for c in counts),
+                "dropped": sum(c.dropped for c in counts),
+                "pending": sum(c.pending for c in counts),
+                "missed": sum(h.session.metrics.missed for h in self.sessions.values()),
+                "weights_version": getattr(self.predictor, "version", -1),
+                "latency_ms": {
+                    "n": int(lat.size),
+                    "p50": float(np.percentile(lat, 50)) if lat.size else None,
+                    "p99": float(np.percentile(lat, 99)) if lat.size else None,
+                },
+                "mlflow_errors": None if self.runs is None else self.runs.errors,
+            }
+
+    def reset_latencies(self) -> None:
+        with self.lock:
+            self.latencies.clear()
+
+    def load_weights(self, state: Any, version: int, generation: str | None) -> None:
+        with self.lock:
+            self.predictor.load(state, version, generation)
+
+    # -- the loop --------------------------------------------------------------------------
+    def step(self, now: float | None = None) -> float:
+        """One pass (module doc); returns seconds until the next candle is due (capped)."""
+        with self.lock:
+            now = self.clock() if now is None else now
+            if getattr(self.predictor, "generation", "") is None:  # no weights loaded yet:
+                return 0.05  # candles wait in their feeds rather than meet a random model
+            self._predict_restored()
+            # one candle per session per tick; paced feeds that fell behind catch up in more
+            # ticks, while an unpaced replay (speed 0) gives one candle per step
+            for round_ in range(MAX_ROUNDS):
+                arrived = []
+                for h in self.sessions.values():
+                    got = h.source.due(now, 1) if round_ == 0 or h.source.paced else []
+                    if got:
+                        arrived.append((h, *got[0]))
+                if not arrived:
+                    break
+                self._tick(arrived)
+            self._drive_training(self.clock())
+            dues = [h.source.next_due() for h in self.sessions.values()]
+            soonest = min((d for d in dues if d is not None), default=now + 1.0)
+            wait = max(0.0, soonest - self.clock())
+            return min(wait, 0.02) if self._inflight or self._late else min(wait, 1.0)
+
+    def _predict_restored(self) -> None:
+        """Predict the windows a killed host left waiting (journaled, never predicted)."""
+        wins = [
+            (self.sessions[s].session, self.sessions[s].session.window_to_predict())
+            for s in self._restored
+            if s in self.sessions
+        ]
+        self._restored = []
+        wins = [(s, w) for s, w in wins if w is not None]
+        if not wins:
+            return
+        pred = predict_windows(self.predictor, [w for _, w in wins])
+        for i, (s, _) in enumerate(wins):
+            self.sessions[s.session_id].last = s.apply_prediction(
+                pred.candle[i], pred.probs[i], pred.version
+            )
+        self.journal.write([(s.session_id, s.take_records()) for s, _ in wins])
+
+    def _tick(self, arrived: list[tuple[Hosted, Any, float]]) -> None:
+        preds = tick(
+            [(h.session, c) for h, c, _ in arrived],
+            self.predictor,
+            self.queue,
+            self.journal,
+        )
+        done = self.clock()
+        self.counters["ticks"] += 1
+        for h, _c, at in arrived:
+            p = preds.get(h.session.session_id)
+            if p is not None:
+                h.last = p
+                self.latencies.append(done - at)
+                self.counters["predictions"] += 1
+        if self.runs is not None:
+            self._track(arrived)
+
+    def _track(self, arrived: list[tuple[Hosted, Any, float]]) -> None:
+        assert self.runs is not None
+        new_runs = []
+        for h, _c, _at in arrived:
+            s = h.session
+            sid = s.session_id
+            self.runs.log(sid, s.metrics.candles, loggable(s.summary(self.queue.session(sid))))
+            run_id = self.runs.run_ids.get(sid)
+            if run_id and sid not in self._journaled_runs:
+                self._journaled_runs.add(sid)
+                new_runs.append((sid, [("mlflow", 0, {"run_id": run_id})]))
+        if new_runs:
+            self.journal.write(new_runs)
+
+    def _drive_training(self, now: float) -> None:
+        q = self.queue
+        if self._inflight is not None:
+            batch, handle, deadline = self._inflight
+            answer = self.calls.poll(handle)
+            if answer is not None:
+                self._inflight = None
+                self._answered(batch, answer, late=False)
+            elif now >= deadline:
+                self._inflight = None
+                q.timed_out(batch.id)
+                self.journal.record_training(batch, "timeout")
+                self.counters["timeouts"] += 1
+                log.warning(
+                    "host %d: train_batch of %d samples passed its %.1fs deadline "
+                    "(ray.call_timeout_s); counted as dropped, sessions keep predicting",
+                    self.index,
+                    len(batch.samples),
+                    self.timeout_s,
+                )
+                self._late[batch.id] = (batch, handle)
+                while len(self._late) > MAX_LATE:  # stays dropped: the actor never answered
+                    self._late.pop(next(iter(self._late)))
+        for bid, (batch, handle) in list(self._late.items()):
+            answer = self.calls.poll(handle)
+            if answer is not None:
+                del self._late[bid]
+                if answer[0] == "done":
+                    self._answered(batch, answer, late=True)
+        if self._inflight is None:
+            batch = q.take()
+            if batch is not None:
+                handle = self.calls.submit(*batch.arrays())
+                self._inflight = (batch, handle, now + self.timeout_s)
+                self.counters["calls"] += 1
+
+    def _answered(self, batch: Any, answer: tuple[str, Any], late: bool) -> None:
+        kind, value = answer
+        if kind == "done":
+            if late:
+                self.queue.late_done(batch.id, value)
+                self.counters["late_answers"] += 1
+            else:
+                self.queue.done(batch.id, value)
+            self.journal.record_training(batch, "late_done" if late else "done", value)
+            return
+        self.queue.failed(batch.id)
+        self.journal.record_training(batch, "failed")
+        self.counters["failed_calls"] += 1
+        log.warning("host %d: train_batch failed, samples dropped: %s", self.index, value)
+
+    def close(self) -> None:
+        with self.lock:
+            if self.runs is not None:
+                for sid in self.sessions:
+                    self.runs.end(sid)
+                self.runs.flush(10.0)
+            self.journal.close()

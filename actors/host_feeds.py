@@ -1,0 +1,161 @@
+"""A session host's feeds: many feeds multiplexed by one loop, none of them sleeping.
+
+A host pulls from every session's feed on each pass of its loop, so a feed here never
+sleeps: it answers ``due(now)`` with the candles that have arrived by ``now`` (the host's
+monotonic clock) and ``next_due()`` with when the next one will.
+
+* ``ReplaySource``: ``pipelines.data.feeds.ReplayFeed`` played at ``speed`` candles per second
+  against a fixed schedule (candle k is due at t0 + k / speed); ``speed=0``: one candle per
+  pass of the loop, as fast as the host predicts. Its arrival time is the scheduled time, so a
+  host that falls behind shows it as latency, not as a slower replay.
+* ``PollSource``: ``pipelines.data.feeds.CcxtPollFeed.poll()`` once per poll interval; the
+  arrival time is when the round answered. A failed round is logged and counted; the next
+  round starts from the last candle handled, so nothing is lost.
+
+Both yield ``pipelines.live.Candle`` (open time in ns), what sessions take.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from conf import Config
+from pipelines.data.candles import normalize_columns
+from pipelines.data.feeds import CcxtPollFeed, ReplayFeed
+from pipelines.data.feeds.base import Candle as FeedCandle
+from pipelines.data.sources import SymbolSpec, load_candles
+from pipelines.errors import CandlerayError, InvalidInputError
+from pipelines.live import Candle, iter_candles
+
+log = logging.getLogger(__name__)
+
+SOURCES: tuple[str, ...] = ("replay", "ccxt")
+
+Arrival = tuple[Candle, float]  # the candle and when it arrived (host monotonic seconds)
+
+
+def live_candle(c: FeedCandle) -> Candle:
+    return Candle(int(pd.Timestamp(c.time).as_unit("ns").value), *c.values())
+
+
+@dataclass(frozen=True)
+class FeedPlan:
+    """How a session gets candles (journaled, so a restarted host rebuilds the same feed)."""
+
+    source: str  # replay | ccxt
+    speed: float = 0.0  # replay: candles per second (0: as fast as the host predicts)
+    start: int | str | None = None  # replay: row or time to play from (ReplayFeed's ``start``)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "speed": self.speed, "start": self.start}
+
+    @classmethod
+    def checked(cls, source: str, speed: float | None, start: int | str | None) -> FeedPlan:
+        if source not in SOURCES:
+            raise InvalidInputError(
+                f"feed source {source!r} is not known; choose one of {list(SOURCES)} "
+                "(replay: a stored series; ccxt: poll an exchange)"
+            )
+        s = 0.0 if speed is None else float(speed)
+        if not s >= 0:
+            raise InvalidInputError(f"replay speed {speed!r} must be >= 0 candles per second")
+        return cls(source, s, start)
+
+
+class ReplaySource:
+    """Rows of a stored series from the feed's start. Each row is checked by the session that
+    takes it (``pipelines.live.history.check_candle``: bad ones skipped and counted there), not
+    a second time here: the feed's per-row gate costs more than the session's whole step."""
+
+    def __init__(self, frame: pd.DataFrame, speed: float, now: float) -> None:
+        self.speed, self.t0 = speed, now
+        self._it: Iterator[Candle] = iter_candles(frame)
+        self._next: Candle | None = None
+        self._k = 0
+        self.exhausted = False
+        self.paced = speed > 0  # on a schedule (else: one candle per host step)
+        self.errors = 0
+        self._advance()
+
+    def _advance(self) -> None:
+        self._next = next(self._it, None)
+        self.exhausted = self._next is None
+
+    def next_due(self) -> float | None:
+        if self._next is None:
+            return None
+        return self.t0 + self._k / self.speed if self.speed > 0 else self.t0
+
+    def due(self, now: float, limit: int) -> list[Arrival]:
+        out: list[Arrival] = []
+        while self._next is not None and len(out) < limit:
+            at = self.next_due()
+            assert at is not None
+            if at > now:
+                break
+            out.append((self._next, at if self.speed > 0 else now))
+            self._k += 1
+            self._advance()
+        return out
+
+
+class PollSource:
+    def __init__(self, feed: CcxtPollFeed, now: float) -> None:
+        self.feed = feed
+        self._next_poll = now
+        self._waiting: list[Candle] = []
+        self.exhausted = False  # an exchange never runs out
+        self.paced = True
+        self.errors = 0
+
+    def next_due(self) -> float:
+        return self._next_poll
+
+    def due(self, now: float, limit: int) -> list[Arrival]:
+        if not self._waiting and now >= self._next_poll:
+            self._next_poll = now + self.feed.poll_interval_s
+            try:
+                self._waiting = [live_candle(c) for c in self.feed.poll()]
+            except CandlerayError as exc:  # retries ran out: the next round resumes
+                self.errors += 1
+                log.warning("%s: polling failed, retried next round: %s", self.feed.spec.key, exc)
+        out, self._waiting = self._waiting[:limit], self._waiting[limit:]
+        return [(c, now) for c in out]
+
+
+def open_source(
+    cfg: Config,
+    spec: SymbolSpec,
+    plan: FeedPlan,
+    now: float,
+    after: int | None,
+    exchange: Any = None,
+) -> tuple[ReplaySource | PollSource, list[Candle]]:
+    """The session's source and the warm-up candles before it (empty when resuming).
+
+    ``after``: open time (ns) of the last candle the session already processed (from the
+    journal); the source yields only later ones.
+    """
+    if plan.source == "replay":
+        start: Any = plan.start if after is None else pd.Timestamp(after + 1, tz="UTC")
+        frame = normalize_columns(load_candles(spec, cfg.data))
+        feed = ReplayFeed(frame, spec, speed=0, start=start)  # checks start, finds its row
+        play = frame.iloc[len(frame) - len(feed) :]
+        warm = [] if after is not None else list(iter_candles(feed.history()))
+        return ReplaySource(play, plan.speed, now), warm
+    since = None if after is None else pd.Timestamp(after, tz="UTC")
+    poll = CcxtPollFeed(
+        spec.source,
+        spec.symbol,
+        spec.timeframe,
+        cfg.data.ccxt,
+        exchange=exchange,
+        cache_dir=cfg.data.cache_dir,
+        after=since,
+    )
+    return PollSource(poll, now), []

@@ -1,0 +1,232 @@
+"""SessionHost: a named Ray actor holding many live sessions of one model (``actors.host_core``).
+
+``live.hosts`` hosts per model, named ``<run.name>-host-<i>`` in ``ray.namespace`` so any
+process (the CLI, the Serve app) finds them; each restarts up to ``ray.max_restarts`` times
+and takes ``HOST_NUM_CPUS`` (a host mostly waits for candles; its forward passes need a
+fraction of a core). A restarted host resumes its sessions from its journal
+(``<run.home>/<live.journal_dir>/<run.name>-host-<i>.sqlite``, one writer per file) right after
+the last journaled candle.
+
+API (every method answers at once; errors are ``CandlerayError`` subclasses)::
+
+    start_session(symbol, timeframe, mode, source, speed=None, start=None) -> status
+    list_sessions() -> [status]          status(id) -> status (with "metrics")
+    chart(id, since=None) -> {"candles", "ghosts", "pivots", "signals", "trades": [records]}
+    set_mode(id, mode) -> status         manual_train(id, action) -> {"queued": 1, ...}
+    stop_session(id) -> {"stopped": id}  stats() -> queue counts, timeouts, ticks, latency
+    pid() -> int                         shutdown() -> None (stop the loop, end MLflow runs)
+
+Session ids start with ``h<i>-``: ``host_of(id)`` names the host holding it; ``assign_host``
+picks the least loaded host for a new one.
+
+Concurrency: a threaded actor (``max_concurrency``): API calls run on Ray's threads, the loop
+(``HostCore.step``) and the weights refresher on two threads of their own; ``HostCore.lock``
+serializes them. The refresher asks the ModelActor's read group for ``weights_version``
+(never waits behind training) and loads a new snapshot outside the lock, then swaps it in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import ray
+
+from actors.core import spec_from_config
+from actors.host_core import HostCore, assign_host, host_of
+from actors.host_tracking import SessionRuns
+from actors.model_actor import ModelClient
+from conf import Config
+from pipelines.errors import CandlerayError
+from pipelines.live import Journal, journal_path
+
+log = logging.getLogger(__name__)
+
+HOST_NUM_CPUS = 0.25
+WEIGHTS_POLL_S = 0.1  # a newly published version reaches predictions within about this
+
+
+class RayTrainCalls:
+    """``train_batch`` through the ModelClient, looked at with ``ray.wait(timeout=0)``."""
+
+    def __init__(self, client: ModelClient) -> None:
+        self.client = client
+
+    def submit(self, x: Any, y_candle: Any, y_action: Any) -> Any:
+        return self.client.submit("train_batch", x, y_candle, y_action, kind="live")
+
+    def poll(self, handle: Any) -> tuple[str, Any] | None:
+        ready, _ = ray.wait([handle], timeout=0)
+        if not ready:
+            return None
+        try:
+            return "done", self.client.wait(handle, "train_batch", timeout_s=0)
+        except (CandlerayError, ray.exceptions.RayError) as exc:
+            return "failed", exc
+
+
+def host_journal(cfg: Config, index: int) -> Journal:
+    base = journal_path(cfg)
+    return Journal(base.with_name(f"{cfg.run.name}-host-{index}.sqlite"))
+
+
+@ray.remote(max_concurrency=8)
+class SessionHost:
+    def __init__(self, cfg: Config, index: int) -> None:
+        import torch
+
+        from serve.predictor import Predictor
+
+        logging.basicConfig(level=logging.INFO)
+        torch.set_num_threads(1)  # one core's worth: the ModelActor trains beside it
+        self.client = ModelClient.connect(cfg)
+        predictor = Predictor(spec_from_config(cfg), "cpu")
+        runs = (
+            SessionRuns(cfg.tracking.uri, f"{cfg.run.name}-live") if cfg.tracking.enabled else None
+        )
+        self.core = HostCore(
+            cfg,
+            index,
+            predictor,
+            RayTrainCalls(self.client),
+            host_journal(cfg, index),
+            clock=time.monotonic,
+            runs=runs,
+        )
+        self.core.restore()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        threading.Thread(target=self._loop, name="host-loop", daemon=True).start()
+        threading.Thread(target=self._weights, name="host-weights", daemon=True).start()
+
+    # -- background ------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                wait = self.core.step()
+            except Exception:  # one bad step must not end every session's loop: log, count
+                log.exception("host %d: a loop step failed", self.core.index)
+                self.core.counters["loop_errors"] += 1
+                wait = 0.5
+            # never straight back into the lock: a lock is not fair, and API calls waiting for
+            # it would starve behind an unpaced replay that always has a candle due
+            self._wake.wait(max(wait, 0.001))
+            self._wake.clear()
+
+    def _refresh(self) -> None:
+        p = self.core.predictor
+        if self.client.call("weights_version") == (p.generation, p.version):
+            return
+        snap = self.client.call("weights_snapshot")
+        state = ray.get(snap["ref"], timeout=self.client.timeout_s)
+        self.core.load_weights(state, snap["version"], snap["generation"])
+
+    def _weights(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._refresh()
+            except (CandlerayError, ray.exceptions.RayError) as exc:
+                log.warning("host %d: weights refresh failed (retrying): %s", self.core.index, exc)
+                self._stop.wait(1.0)
+            self._stop.wait(WEIGHTS_POLL_S)
+
+    # -- API -------------------------------------------------------------------------------
+    def start_session(
+        self,
+        symbol: str,
+        timeframe: str | None,
+        mode: str,
+        source: str,
+        speed: float | None = None,
+        start: int | str | None = None,
+    ) -> dict[str, Any]:
+        out = self.core.start_session(symbol, timeframe, mode, source, speed, start)
+        self._wake.set()
+        return out
+
+    def list_sessions(self) -> list[dict[str, Any]]:
+        return self.core.list_sessions()
+
+    def status(self, session_id: str) -> dict[str, Any]:
+        return self.core.status(session_id)
+
+    def chart(self, session_id: str, since: int | str | None = None) -> dict[str, Any]:
+        return self.core.chart(session_id, since)
+
+    def set_mode(self, session_id: str, mode: str) -> dict[str, Any]:
+        return self.core.set_mode(session_id, mode)
+
+    def manual_train(self, session_id: str, action: str) -> dict[str, Any]:
+        return self.core.manual_train(session_id, action)
+
+    def stop_session(self, session_id: str) -> dict[str, Any]:
+        return self.core.stop_session(session_id)
+
+    def stats(self) -> dict[str, Any]:
+        return self.core.stats()
+
+    def reset_latencies(self) -> None:
+        self.core.reset_latencies()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self.core.close()
+
+
+def host_name(cfg: Config, index: int) -> str:
+    return f"{cfg.run.name}-host-{index}"
+
+
+def start_hosts(cfg: Config) -> list[Any]:
+    """The model's ``live.hosts`` hosts, created if missing (any process may call this)."""
+    hosts = []
+    for i in range(cfg.live.hosts):
+        opts: dict[str, Any] = {
+            "name": host_name(cfg, i),
+            "namespace": cfg.ray.namespace,
+            "get_if_exists": True,
+            "max_restarts": cfg.ray.max_restarts,
+            "max_task_retries": 0,  # API calls are not replayed: start_session is not idempotent
+            "num_cpus": HOST_NUM_CPUS,
+        }
+        if cfg.ray.detached:
+            opts["lifetime"] = "detached"
+        hosts.append(SessionHost.options(**opts).remote(cfg, i))
+    return hosts
+
+
+def find_hosts(cfg: Config) -> list[Any]:
+    """Handles of the running hosts (ValueError from Ray if one is not running)."""
+    return [
+        ray.get_actor(host_name(cfg, i), namespace=cfg.ray.namespace) for i in range(cfg.live.hosts)
+    ]
+
+
+def host_call(ref: Any, what: str, timeout_s: float) -> Any:
+    """``ray.get`` with a deadline, unwrapping our own errors from Ray's wrapper."""
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError as exc:
+        raise CandlerayError(f"session host did not answer {what} within {timeout_s:.0f}s") from exc
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, CandlerayError):
+            raise exc.cause from None
+        raise
+
+
+__all__ = [
+    "SessionHost",
+    "assign_host",
+    "find_hosts",
+    "host_call",
+    "host_name",
+    "host_of",
+    "start_hosts",
+]
