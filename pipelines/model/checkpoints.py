@@ -90,7 +90,8 @@ def _checked(meta: Any, path: str) -> dict[str, Any]:
     ):
         v = meta.get(key)
         if (required or key in meta) and (not isinstance(v, kind) or isinstance(v, bool)):
-            raise ValueError(f"'{key}' is {v!r}; a checkpoint sidecar needs a valid '{key}'")
+            got = f"is {v!r}" if key in meta else "is missing"
+            raise ValueError(f"'{key}' {got}; a checkpoint sidecar needs a valid '{key}'")
     metrics = meta.get("metrics", {})
     if not isinstance(metrics, dict) or not all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()
@@ -271,6 +272,20 @@ class CheckpointStore:
     def best(self) -> CheckpointInfo | None:
         bests = [i for i in self.list() if i.is_best]
         return bests[-1] if bests else None
+
+    def mark_best(self, path: str) -> CheckpointInfo:
+        """Make checkpoint ``path`` the best one (what ``best()`` answers and ``prune`` keeps):
+        its record flagged, every other record's flag cleared. CheckpointError if it does not
+        load. The flag goes on first, so a crash part-way leaves it best already."""
+        meta, _ = self._read(path)  # exists and is intact
+        target = self.fs._strip_protocol(path)
+        records = [(target, meta)] + [(p, m) for p, m in self._metas() if p != target]
+        for p, m in records:
+            if bool(m.get("is_best")) != (p == target):
+                name = _stem(p.rsplit("/", 1)[-1]) + ".json"
+                record = {**m, "is_best": p == target}
+                self._atomic_write(name, json.dumps(record, default=str, indent=1).encode())
+        return self._info(target, {**meta, "is_best": True})
 
     def prune(self) -> None:
         """Keep the newest ``keep_last`` checkpoints and the newest best one; delete the rest.
