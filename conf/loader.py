@@ -177,16 +177,27 @@ def config_from_dict(data: dict) -> Config:
 
 
 def to_dict(cfg: Any) -> dict:
-    """Plain dict (lists for tuples) suitable for YAML, JSON and ``torch.save(weights_only)``."""
+    """Plain dict (lists for tuples) suitable for YAML, JSON and ``torch.save(weights_only)``.
+
+    Fields marked secret (``field(metadata={"secret": True})``, e.g. ``serve.token``) come out
+    as None: this dict goes into checkpoints, MLflow params and reports, never a secret.
+    """
 
     def plain(v: Any) -> Any:
-        if isinstance(v, tuple):
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {
+                f.name: None if f.metadata.get("secret") else plain(getattr(v, f.name))
+                for f in dataclasses.fields(v)
+            }
+        if isinstance(v, (tuple, list)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         return v
 
-    return {k: plain(v) for k, v in dataclasses.asdict(cfg).items()}
+    out = plain(cfg)
+    assert isinstance(out, dict), f"to_dict takes a config dataclass, got {type(cfg).__name__}"
+    return out
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

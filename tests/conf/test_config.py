@@ -94,3 +94,13 @@ def test_best_metric_choices_are_the_metrics_the_trainer_reports():
     from pipelines.model.trainer import METRICS
 
     assert BEST_METRICS == METRICS
+
+
+def test_a_secret_never_leaves_the_config_object():
+    """serve.token reaches the app but never a checkpoint, an MLflow param or a report."""
+    cfg = load_config(None, ["serve.token=s3cret-value"], resolve_paths=False)
+    assert cfg.serve.token == "s3cret-value"
+    out = to_dict(cfg)
+    assert out["serve"]["token"] is None
+    assert "s3cret-value" not in repr(out)
+    assert config_from_dict(out).serve.token is None
