@@ -142,8 +142,10 @@ def open_source(
     journal); the source yields only later ones.
     """
     if plan.source == "replay":
-        start: Any = plan.start if after is None else pd.Timestamp(after + 1, tz="UTC")
         frame = normalize_columns(load_candles(spec, cfg.data))
+        start: Any = plan.start
+        if after is not None:  # the row after the last candle processed (an exact bar time)
+            start = int(frame.index.searchsorted(pd.Timestamp(after, tz="UTC"), side="right"))
         feed = ReplayFeed(frame, spec, speed=0, start=start)  # checks start, finds its row
         play = frame.iloc[len(frame) - len(feed) :]
         warm = [] if after is not None else list(iter_candles(feed.history()))
