@@ -57,6 +57,9 @@ class ModelActor:
     def load_checkpoint(self, path: str | None = None) -> dict[str, Any]:
         return self.core.load_checkpoint(path)
 
+    def mark_best(self, path: str) -> dict[str, Any]:
+        return self.core.mark_best(path)
+
     def set_data_window(self, window: dict[str, Any]) -> None:
         self.core.set_data_window(window)
 
@@ -117,7 +120,8 @@ def model_actor(cfg: Config) -> Any:
     }
     if cfg.ray.detached:
         opts["lifetime"] = "detached"
-    return ModelActor.options(**opts).remote(cfg)
+    # @ray.remote turns the class into an ActorClass; mypy keeps a decorated class's own type
+    return ModelActor.options(**opts).remote(cfg)  # type: ignore[attr-defined]
 
 
 class ModelClient:

@@ -61,7 +61,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             except ConfigError as exc:
                 last = exc
         raise last or ConfigError(f"{path}: bad value {value!r}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(
                 f"{path}: expected a mapping (section), got {type(value).__name__} {value!r}"

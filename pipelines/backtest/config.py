@@ -7,11 +7,11 @@ config key, and checks the options that belong to model-driven backtests.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import pandas as pd
 
-from pipelines.backtest.semantics import BacktestSpec
+from pipelines.backtest.semantics import AtEnd, BacktestSpec, Direction, Fill, Units
 from pipelines.errors import BacktestError, ConfigError
 
 if TYPE_CHECKING:
@@ -23,13 +23,14 @@ WALK_FORWARD_MODES: tuple[str, ...] = ("none", "pivots_only", "every_candle")
 def backtest_spec(cfg: BacktestConfig) -> BacktestSpec:
     """The simulator semantics of a ``backtest:`` section; a bad value is a ``ConfigError``."""
     try:
+        # the config holds plain strings; BacktestSpec checks each against its Literal choices
         return BacktestSpec(
             cash=cfg.cash,
             commission=cfg.commission,
-            fill=cfg.fill,  # type: ignore[arg-type]
-            direction=cfg.direction,
-            units=cfg.units,
-            at_end=cfg.at_end,  # type: ignore[arg-type]
+            fill=cast(Fill, cfg.fill),
+            direction=cast(Direction, cfg.direction),
+            units=cast(Units, cfg.units),
+            at_end=cast(AtEnd, cfg.at_end),
             bars_per_year=cfg.bars_per_year,
         )
     except BacktestError as exc:

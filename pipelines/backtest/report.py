@@ -271,7 +271,9 @@ def log_mlflow(
 ) -> str:
     """One MLflow run in experiment ``<run.name>-backtest``; returns its id."""
     if tracker_factory is None:
-        from pipelines.tracking.tracker import Tracker as tracker_factory  # noqa: N813 - a class used as a factory
+        from pipelines.tracking.tracker import Tracker
+
+        tracker_factory = Tracker
     w = run.weights
     tags = {
         "candleray.code_version": code_version(),
@@ -282,6 +284,7 @@ def log_mlflow(
         tags["candleray.failed_symbols"] = "; ".join(
             f"{o.name} ({o.error_type})" for o in run.failed
         )[:4000]
+    assert cfg.tracking.uri, "conf.validate.resolve fills tracking.uri"
     tracker = tracker_factory(
         cfg.tracking.uri,
         f"{cfg.run.name}-backtest",

@@ -71,7 +71,7 @@ def _model_client(cfg: Config) -> Iterator[Any]:
 def _tag_kind(cfg: Config, tracking: dict[str, Any], kind: str) -> None:
     from pipelines.jobs.annotations import TRAINING_KIND_TAG, tag_run
 
-    if tracking.get("enabled"):
+    if tracking.get("enabled") and cfg.tracking.uri is not None:
         tag_run(cfg.tracking.uri, tracking["run_id"], {TRAINING_KIND_TAG: kind})
 
 

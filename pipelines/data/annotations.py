@@ -68,7 +68,7 @@ _FIELDS = [
 
 def _utc(value: object, what: str) -> pd.Timestamp:
     try:
-        ts = pd.Timestamp(value)  # type: ignore[arg-type]
+        ts = pd.Timestamp(value)
     except (ValueError, TypeError) as exc:
         raise AnnotationError(
             f"{what} {value!r} is not a time; use ISO 8601, e.g. 2024-01-05T13:00Z (UTC if no zone)"
@@ -365,11 +365,11 @@ def to_samples(annotations: Iterable[Annotation], loader: CandleLoader, cfg: Con
             continue
         e = np.asarray(ends, dtype=np.int64)
         x, sigma = make_windows(candles, window, higher, e)
-        y = candle_targets(candles, window, e, sigma)
+        y_candle = candle_targets(candles, window, e, sigma)
         sid = np.full(len(e), len(keys), dtype=np.int32)
         times = candles.index.as_unit("ns").asi8[e]
         keys.append(spec.key)
-        parts.append(Dataset(x, y, np.asarray(labels, dtype=np.int64), sid, times))
+        parts.append(Dataset(x, y_candle, np.asarray(labels, dtype=np.int64), sid, times))
     for s in skipped:
         logger.warning("%s: no training sample", s)
     if not parts:

@@ -51,11 +51,15 @@ class Dataset:
 
     @staticmethod
     def concat(parts: list[Dataset], symbols: tuple[str, ...]) -> Dataset:
+        def cat(name: str) -> np.ndarray:
+            return np.concatenate([getattr(p, name) for p in parts])
+
         return Dataset(
-            *(
-                np.concatenate([getattr(p, f) for p in parts])
-                for f in ("x", "y_candle", "y_action", "symbol", "end_time")
-            ),
+            x=cat("x"),
+            y_candle=cat("y_candle"),
+            y_action=cat("y_action"),
+            symbol=cat("symbol"),
+            end_time=cat("end_time"),
             symbols=symbols,
         )
 

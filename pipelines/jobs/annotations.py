@@ -72,4 +72,8 @@ def tag_run(uri: str, run_id: str, tags: dict[str, str]) -> None:
 
     client = MlflowClient(tracking_uri=uri)
     for key, value in tags.items():
-        call_mlflow(uri, f"set tag {key}", lambda k=key, v=value: client.set_tag(run_id, k, v))
+
+        def set_tag(k: str = key, v: str = value) -> None:
+            client.set_tag(run_id, k, v)
+
+        call_mlflow(uri, f"set tag {key}", set_tag)

@@ -84,7 +84,7 @@ def train_split(
     )
     bs, per_call = cfg.train.batch_size, cfg.train.batches_per_call
     rng = np.random.default_rng(cfg.run.seed)
-    results = []
+    results: list[EpochResult] = []
     for epoch in range(cfg.train.epochs if epochs is None else epochs):
         perm = rng.permutation(len(split.train))
         chunks = [perm[s : s + bs * per_call] for s in range(0, len(perm), bs * per_call)]

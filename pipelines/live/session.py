@@ -348,7 +348,7 @@ class Session:
             s.history.append(c)
         s.history.seen = int(state["seen"])
         s.last_time, s.pending, s.awaiting = state["last_time"], state["pending"], state["awaiting"]
-        s.manual = tuple(state["manual"]) if state["manual"] else None  # type: ignore[assignment]
+        s.manual = tuple(state["manual"]) if state["manual"] else None
         s.metrics = SessionMetrics.from_json(state["metrics"])
         s.book = PaperBook(settings.spec, PaperState(**state["paper"]))
         s.trades.extend(trades)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import time as _time
 from collections.abc import Callable, Iterator
+from typing import TypeAlias
 
 import pandas as pd
 
@@ -27,7 +28,7 @@ from pipelines.data.feeds.base import Candle, CandleGate, FeedStats
 from pipelines.data.sources import SymbolSpec, load_candles
 from pipelines.errors import InvalidInputError
 
-Start = int | str | pd.Timestamp | None
+Start: TypeAlias = int | str | pd.Timestamp | None
 
 
 class ReplayFeed:

@@ -53,8 +53,8 @@ def _utc_now() -> pd.Timestamp:
 def _to_utc(ts: pd.Timestamp | str | None) -> pd.Timestamp | None:
     if ts is None:
         return None
-    ts = pd.Timestamp(ts)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    t = pd.Timestamp(ts)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
 
 
 def _ms(ts: pd.Timestamp) -> int:
