@@ -48,26 +48,23 @@ def combine_equity(
     curves: Mapping[str, pd.Series],
     initial_cash: Mapping[str, float],
     cash: float,
-    timeframes: Mapping[str, str] | None = None,
+    timeframes: Mapping[str, str],
 ) -> pd.Series:
     """``cash`` x the mean over symbols of ``curve / initial_cash``, on the union of timestamps.
 
-    timeframes: each curve's bar timeframe when its stamps are bar opens (as every
-    ``BacktestResult.equity``): the curve is shifted to its bar closes first. None: the
-    stamps already are the times the values are known.
+    timeframes: each curve's bar timeframe; its stamps are bar opens (as every
+    ``BacktestResult.equity``), so the curve is shifted to its bar closes first. Required:
+    a default that skipped the shift would put a daily value a day early among hourly ones.
     """
     if not curves:
         raise BacktestError("no equity curves to combine: every symbol failed")
-    if timeframes is not None:
-        missing = sorted(set(curves) - set(timeframes))
-        if missing:
-            raise BacktestError(
-                f"no timeframe for equity curve(s) {missing}; give one per curve, "
-                "e.g. timeframes={'A': '1d', 'B': '1h'}"
-            )
-        curves = {
-            k: c.set_axis(c.index + timeframe_offset(timeframes[k])) for k, c in curves.items()
-        }
+    missing = sorted(set(curves) - set(timeframes))
+    if missing:
+        raise BacktestError(
+            f"no timeframe for equity curve(s) {missing}; give one per curve, "
+            "e.g. timeframes={'A': '1d', 'B': '1h'}"
+        )
+    curves = {k: c.set_axis(c.index + timeframe_offset(timeframes[k])) for k, c in curves.items()}
     norm = pd.concat(
         {k: c / float(initial_cash[k]) for k, c in curves.items()}, axis=1
     ).sort_index()
@@ -108,10 +105,9 @@ def combine(
     cash: float,
     bars_per_year: float | None = None,
     *,
-    timeframes: Mapping[str, str] | None = None,
+    timeframes: Mapping[str, str],
 ) -> Portfolio:
-    """The even-split portfolio; ``timeframes`` as in ``combine_equity`` (give them for
-    backtest equity curves, which are stamped at bar opens)."""
+    """The even-split portfolio; ``timeframes`` as in ``combine_equity``."""
     equity = combine_equity(curves, initial_cash, cash, timeframes)
     shares = {k: 1.0 / len(curves) for k in curves}
     return Portfolio(

@@ -222,12 +222,13 @@ def test_portfolio_is_the_even_split_by_hand():
     t = pd.date_range("2024-01-01", periods=4, freq="1h", tz="UTC")
     a = pd.Series([10_000.0, 11_000.0, 9_900.0], index=t[:3])  # ends at t2
     b = pd.Series([20_000.0, 24_000.0], index=t[[1, 3]])  # starts at t1, own cash 20k, no bar at t2
-    got = combine_equity({"A": a, "B": b}, {"A": 10_000.0, "B": 20_000.0}, cash=1_000.0)
+    tf = {"A": "1h", "B": "1h"}
+    got = combine_equity({"A": a, "B": b}, {"A": 10_000.0, "B": 20_000.0}, 1_000.0, tf)
     # 500 in each: A 500 x (1, 1.1, 0.99, 0.99 carried); B 500 x (1 before start, 1, 1 carried, 1.2)
     expected = [1_000.0, 550.0 + 500.0, 495.0 + 500.0, 495.0 + 600.0]
     np.testing.assert_allclose(got.to_numpy(), expected)
-    assert list(got.index) == list(t)
-    p = combine({"A": a, "B": b}, {"A": 10_000.0, "B": 20_000.0}, cash=1_000.0, bars_per_year=8766)
+    assert list(got.index) == list(t + pd.Timedelta("1h"))  # stamped at each bar's close
+    p = combine({"A": a, "B": b}, {"A": 10_000.0, "B": 20_000.0}, 1_000.0, 8766, timeframes=tf)
     assert p.shares == {"A": 0.5, "B": 0.5}
     assert p.stats["total_return"] == pytest.approx(0.095)
     assert p.stats["max_drawdown"] == pytest.approx(1 - 995.0 / 1050.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from actors import spec_from_config
@@ -11,6 +12,7 @@ from pipelines.backtest import simulate
 from pipelines.backtest.portfolio import combine
 from pipelines.backtest.runner import BacktestJob, run_in_process
 from pipelines.backtest.weights import BacktestWeights
+from pipelines.errors import BacktestError
 from pipelines.model.trainer import Trainer
 
 UTC = "UTC"
@@ -78,3 +80,14 @@ def test_a_run_over_mixed_timeframes_combines_values_as_they_become_known(make_c
         parts.append(norm)
     np.testing.assert_allclose(eq.to_numpy(), cfg.backtest.cash * np.mean(parts, axis=0))
     assert eq.index[-1] == pd.Timestamp("2024-02-10", tz=UTC)  # the 40th daily bar's close
+
+
+def test_combining_without_timeframes_is_refused_not_a_silent_look_ahead():
+    """Equity curves are stamped at bar opens; without their timeframes a combine could only
+    guess, and the old default (no shift) showed a day's result at its open."""
+    days = pd.date_range("2024-01-01", periods=3, freq="1D", tz=UTC)
+    daily = simulate(candles(days, [100.0, 110.0, 110.0]), [1, 0, 0], fill="close")
+    with pytest.raises(TypeError):
+        combine({"D": daily.equity}, {"D": 10_000.0}, 10_000.0)  # type: ignore[call-arg]
+    with pytest.raises(BacktestError, match="no timeframe for equity curve"):
+        combine({"D": daily.equity}, {"D": 10_000.0}, 10_000.0, timeframes={})
