@@ -75,6 +75,7 @@ class ModelCore:
         self._registered_best: tuple[int, float] | None = None
         self._last_ckpt: tuple[tuple[str, int], dict[str, Any]] | None = None
         self._step_metrics: list[tuple[int, dict[str, float]]] = []
+        self._run_steps_to = 0  # the newest step the current MLflow run has metrics of
         self.restored_from: int | None = None
         self.data_window: dict[str, Any] = {}
         restored = self.store.load_latest_good()
@@ -206,6 +207,7 @@ class ModelCore:
     def _after_step(self, m: dict[str, float], kind: str) -> None:
         step = self.trainer.step
         self._step_metrics.append((step, m))
+        self._run_steps_to = max(self._run_steps_to, step)
         if len(self._step_metrics) >= self.cfg.tracking.log_every_steps:
             self._send_metrics()
         cfg = self.cfg.checkpoint
@@ -335,6 +337,7 @@ class ModelCore:
     ) -> None:
         s = self.trainer.step if step is None else step
         self._track("log_metrics", dict(metrics), s)
+        self._run_steps_to = max(self._run_steps_to, s)
         for name, payload in (artifacts or {}).items():
             self._track("log_dict", payload, name)
 
@@ -373,6 +376,8 @@ class ModelCore:
 
         Loading any other than the newest checkpoint is a rewind: a copy of it is written as
         the newest checkpoint, so a restart resumes from it, not from the abandoned future.
+        Loading a step older than the MLflow run's newest opens a new run linked to it (as a
+        restart does; ``actors.tracking_writer``): the run's step axis never repeats a step.
         """
         if path is None:
             got = self.store.load_latest_good()
@@ -388,6 +393,11 @@ class ModelCore:
         # new lineage: (generation, version) never names two different sets of weights, so
         # predictors reload even when the step goes back to a number they have seen
         self.generation = uuid.uuid4().hex[:12]
+        if self._tracking is not None and self.trainer.step < self._run_steps_to:
+            self._send_metrics()  # the old run's steps go to the old run
+            self._recorded_run_id = self.run_id  # named until the new run is open
+            self._track("rewind", self.generation, self.trainer.step)
+            self._run_steps_to = 0
         newest = self.store.is_newest(path)
         record = (
             self.store.info(meta)

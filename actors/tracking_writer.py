@@ -28,6 +28,12 @@ and training them again would log them twice. It opens a new run linked to the o
 ``candleray.continued_in`` and ends KILLED if it was still RUNNING). Each run's step axis thus
 only moves forward and never shows a step newer than the model's. Every run, first or not,
 gets the same params (the resolved config), ``config/resolved.yaml`` and tags.
+
+A rewind inside a running actor (``ModelCore.load_checkpoint`` of a step older than the run's
+newest) follows the same rule: the ``rewind`` write, queued in order after the old run's
+writes, ends the old run FINISHED and opens a new one linked to it (``candleray.opened_after``
+= rewind; a restart's says restart), so the steps trained again never land on steps the old
+run already has.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from actors import upload_staging
@@ -68,6 +74,7 @@ class RunPlan:
     restored_from: int | None = None
     previous_generation: str | None = None  # finds the previous run when its id is unknown
     factory: Callable[..., Any] | None = None  # the Tracker class, or a test's stand-in
+    reason: str = "restart"  # why the previous run was left: restart or rewind
 
     def create(self) -> Any:
         cfg = self.cfg
@@ -95,8 +102,19 @@ class RunPlan:
         tracker.log_dict(to_dict(self.cfg), "config/resolved.yaml")
         if self.restored_from is not None:
             tracker.link_previous_run(
-                self.previous_run_id, self.restored_from, self.previous_generation
+                self.previous_run_id, self.restored_from, self.previous_generation, self.reason
             )
+
+    def rewound(self, run_id: str, generation: str, restored_from: int) -> RunPlan:
+        """The plan of the run that follows run ``run_id`` (this plan's) after a rewind."""
+        return replace(
+            self,
+            generation=generation,
+            previous_run_id=run_id,
+            restored_from=restored_from,
+            previous_generation=self.generation,
+            reason="rewind",
+        )
 
 
 class WriterCore:
@@ -109,6 +127,7 @@ class WriterCore:
         self.errors = 0
         self.open_failures = 0
         self.dropped = 0
+        self.rewinds = 0  # rewinds applied: the run open now is the one after this many
         self.last_error = ""
         self.failed_uploads: collections.deque[str] = collections.deque(maxlen=_FAILED_UPLOADS_KEPT)
 
@@ -128,12 +147,28 @@ class WriterCore:
             self._failed("open run", exc)
         return self.ready
 
+    def rewind(self, generation: str, restored_from: int) -> None:
+        """End this run FINISHED and open the next one, linked to it (one try here; the
+        worker retries until it opens): the model went back to step ``restored_from``."""
+        old = self.tracker
+        try:
+            old.set_terminated("FINISHED")
+        except Exception as exc:  # left RUNNING: the next run's link ends it KILLED
+            self._failed("end run before a rewind", exc)
+        self.plan = self.plan.rewound(old.run_id, generation, restored_from)
+        self.tracker, self.ready = None, False
+        self.rewinds += 1
+        self.open()
+
     def log_steps(self, batch: list[tuple[int, dict[str, float]]]) -> None:
         for step, m in batch:
             self.tracker.log_metrics(m, step)
         self.tracker.flush()
 
     def call(self, method: str, args: tuple, kwargs: dict) -> None:
+        if method == "rewind":
+            self.rewind(*args)
+            return
         fn = self.log_steps if method == "log_steps" else getattr(self.tracker, method)
         i = _FILE_ARG.get(method)
         item = args[i] if i is not None else None
@@ -203,14 +238,18 @@ class _Worker:
             self._cv.wait_for(lambda: not self._items and not self._busy, max(timeout_s, 0.0))
             return self.core.status(len(self._items) + self._busy)
 
-    def _run(self) -> None:
+    def _open(self) -> None:
+        """Open the run, retrying until the store answers (at start and after a rewind)."""
         delay = _RETRY_FIRST_S
-        while not self.core.open():
+        while not self.core.ready and not self.core.open():
             self.first_try.set()
             time.sleep(delay)
             delay = min(2 * delay, _RETRY_MAX_S)
         self.first_try.set()
+
+    def _run(self) -> None:
         while True:
+            self._open()
             with self._cv:
                 self._cv.wait_for(lambda: bool(self._items))
                 method, args, kwargs = self._items.popleft()
@@ -236,16 +275,19 @@ class ThreadWriter:
 
     def __init__(self, plan: RunPlan) -> None:
         self._worker = _Worker(plan)
+        self._rewinds = 0  # submitted; the run is the current one once the writer applied them
 
     @property
     def run_id(self) -> str | None:
-        """The run's id once it is open; None until then."""
-        return self._worker.core.run_id
+        """The run's id once it is open (after the rewinds submitted so far); None until then."""
+        core = self._worker.core
+        return core.run_id if core.rewinds >= self._rewinds else None
 
     def wait_opened(self, timeout_s: float) -> None:
         self._worker.first_try.wait(timeout_s)
 
     def submit(self, method: str, *args: Any, **kwargs: Any) -> None:
+        self._rewinds += method == "rewind"
         self._worker.put(method, _staged(method, args), kwargs)
 
     def join(self, timeout_s: float) -> dict[str, Any]:
@@ -263,8 +305,10 @@ class _WriterActor:
         self.worker.first_try.wait(wait_s)
         return self.worker.core.run_id
 
-    def run_id(self) -> str | None:
-        return self.worker.core.run_id
+    def run_id(self, rewinds: int = 0) -> str | None:
+        """The open run's id once ``rewinds`` rewinds are applied; None until then."""
+        core = self.worker.core
+        return core.run_id if core.rewinds >= rewinds else None
 
     def call(self, method: str, args: tuple, kwargs: dict) -> None:
         self.worker.put(method, args, kwargs)
@@ -289,6 +333,7 @@ class ProcessWriter:
             .remote(plan)
         )
         self._run_id: str | None = None
+        self._rewinds = 0
         self._id_ref = self._actor.run_id.remote()
         self._status_ref: Any = None
 
@@ -301,7 +346,7 @@ class ProcessWriter:
                 with contextlib.suppress(self._ray.exceptions.RayError):
                     self._run_id = self._ray.get(ready[0])
                 if self._run_id is None:
-                    self._id_ref = self._actor.run_id.remote()
+                    self._id_ref = self._actor.run_id.remote(self._rewinds)
         return self._run_id
 
     def wait_opened(self, timeout_s: float) -> None:
@@ -312,6 +357,10 @@ class ProcessWriter:
     def submit(self, method: str, *args: Any, **kwargs: Any) -> None:
         # fire and forget; the actor only queues it, in the order of submission
         self._actor.call.remote(method, _staged(method, args), kwargs)
+        if method == "rewind":  # the run open now is the old one: ask again until the next
+            self._rewinds += 1
+            self._run_id = None
+            self._id_ref = self._actor.run_id.remote(self._rewinds)
 
     def join(self, timeout_s: float) -> dict[str, Any]:
         """The writer's status within ``timeout_s``; the writer itself waits half of that.

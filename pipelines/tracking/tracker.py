@@ -58,6 +58,7 @@ PREVIOUS_RUN_TAG = "candleray.previous_run"
 RESTORED_FROM_TAG = "candleray.restored_from"
 RESTARTS_TAG = "candleray.restarts"
 CONTINUED_IN_TAG = "candleray.continued_in"
+OPENED_AFTER_TAG = "candleray.opened_after"
 GENERATION_TAG = "candleray.generation"
 
 
@@ -283,14 +284,17 @@ class Tracker:
         previous_run_id: str | None,
         restored_from: int | None,
         previous_generation: str | None = None,
+        reason: str = "restart",
     ) -> None:
         """Record that this run continues ``previous_run_id`` from checkpoint step ``restored_from``.
 
         Without a run id (a checkpoint written before its run was open) the previous run is the
         one tagged ``candleray.generation = previous_generation`` in this run's experiment.
 
-        This run gets ``candleray.previous_run``, ``candleray.restored_from`` and
-        ``candleray.restarts`` (one more than the previous run's). The previous run gets
+        This run gets ``candleray.previous_run``, ``candleray.restored_from``,
+        ``candleray.opened_after`` (``reason``: restart, or rewind to an older checkpoint) and
+        ``candleray.restarts`` (one more than the previous run's: restarts and rewinds both
+        count, each opened a new run of the lineage). The previous run gets
         ``candleray.continued_in`` and, if still RUNNING (its actor died), ends KILLED. A
         previous run that is gone (deleted, or another store) is only named. Safe to repeat.
         """
@@ -315,7 +319,7 @@ class Tracker:
                     "end previous run",
                     lambda: self._client.set_terminated(old_id, status="KILLED"),
                 )
-        tags = {RESTARTS_TAG: str(restarts)}
+        tags = {RESTARTS_TAG: str(restarts), OPENED_AFTER_TAG: reason}
         if restored_from is not None:
             tags[RESTORED_FROM_TAG] = str(restored_from)
         if previous_run_id:

@@ -126,3 +126,34 @@ def test_actor_starts_and_flushes_in_time_while_the_store_never_answers(ray_clus
         )
         status = starts_trains_and_reports(cfg)
     assert status["state"] == "opening" and status["pending"] >= 1, status
+
+
+def test_actor_rewind_reports_the_new_run(ray_cluster, make_cfg):
+    """Through the process writer: after a rewind the actor names the run its steps go to."""
+    cfg = make_cfg(
+        "tracking.enabled=true",
+        "checkpoint.every_steps=2",
+        "checkpoint.on_best=false",
+        "tracking.register_best=false",
+        "tracking.log_checkpoints=false",
+    )
+    client = ModelClient.connect(cfg)
+    try:
+        for _ in range(4):
+            client.call("train_batch", *batch(cfg))
+        old = client.call("flush_tracking", timeout_s=60)["run_id"]
+        client.call("load_checkpoint", client.call("list_checkpoints")[0]["path"])  # step 2
+        client.call("train_batch", *batch(cfg))  # step 3 again
+        deadline = time.monotonic() + 60
+        while (status := client.call("flush_tracking"))["pending"] and time.monotonic() < deadline:
+            pass
+        client.call("train_batch", *batch(cfg))  # step 4, published with the run it went to
+        named = client.call("metrics")["mlflow_run_id"]
+        client.call("close")
+    finally:
+        ray.kill(client.handle, no_restart=True)
+    assert status["state"] == "open" and status["errors"] == 0, status
+    assert status["run_id"] != old and named == status["run_id"]
+    mc = MlflowClient(tracking_uri=cfg.tracking.uri)
+    assert [m.step for m in mc.get_metric_history(named, "total_loss")] == [3, 4]
+    assert mc.get_run(named).data.tags["candleray.previous_run"] == old

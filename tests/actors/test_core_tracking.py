@@ -230,3 +230,41 @@ def test_a_failed_upload_is_reported_with_its_path(make_cfg, store):
     (failed,) = status["failed_uploads"]
     assert os.path.basename(ckpt["path"]) in failed and "disk full" in failed
     core.close()
+
+
+def test_a_rewind_opens_a_new_run_linked_to_the_old_one(make_cfg, store):
+    cfg = make_cfg(
+        store,
+        "tracking.enabled=true",
+        "tracking.log_every_steps=1",
+        "checkpoint.every_steps=2",
+        "checkpoint.on_best=false",
+        *QUIET,
+    )
+    core = ModelCore(cfg)
+    train(core, 7)  # checkpoints at steps 2, 4, 6
+    assert core.flush_tracking(wait_s=60)["errors"] == 0
+    old = core.run_id
+    core.load_checkpoint(core.list_checkpoints()[1]["path"])  # step 7 diverged: back to 4
+    train(core, 2, seed=100)  # steps 5 and 6 again, on other weights
+    status = core.flush_tracking(wait_s=60)
+    assert status["state"] == "open" and status["pending"] == 0 and status["errors"] == 0, status
+    new = core.run_id
+    mc = client(cfg)
+    assert new != old
+    assert steps(mc, old) == [1, 2, 3, 4, 5, 6, 7]
+    assert steps(mc, new) == [5, 6]  # no run receives a step twice
+    run, before = mc.get_run(new), mc.get_run(old)
+    assert run.data.tags["candleray.previous_run"] == old
+    assert run.data.tags["candleray.restored_from"] == "4"
+    assert run.data.tags["candleray.restarts"] == "1"
+    assert run.data.tags["candleray.opened_after"] == "rewind"
+    assert before.data.tags["candleray.continued_in"] == new
+    assert before.info.status == "FINISHED"  # abandoned on purpose, not killed
+    assert run.data.params == before.data.params
+    assert [a.path for a in mc.list_artifacts(new, "config")] == ["config/resolved.yaml"]
+    core.close()
+    again = ModelCore(cfg)  # a restart after the rewind continues the rewind's run
+    again.close()
+    tags = client(cfg).get_run(again.run_id).data.tags
+    assert tags["candleray.previous_run"] == new and tags["candleray.restarts"] == "2"
