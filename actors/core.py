@@ -193,6 +193,7 @@ class ModelCore:
         self.snapshot = Snapshot(
             self.generation, self.trainer.step, self.trainer.weights_cpu(), self.spec.to_dict()
         )
+        first = self.trainer.step - len(self.trainer.history) + 1
         self.summary = {
             **self.trainer.summary(),
             "generation": self.generation,
@@ -201,6 +202,8 @@ class ModelCore:
             "device": str(self.device),
             "pid": os.getpid(),
             "mlflow_run_id": self.run_id,
+            # the last steps' metrics, oldest first (one per step: the newest is this step)
+            "history": [{"step": first + i, **m} for i, m in enumerate(self.trainer.history)],
         }
 
     # -- training ---------------------------------------------------------------------------
@@ -418,6 +421,23 @@ class ModelCore:
 
     def best_checkpoint(self) -> CheckpointInfo | None:
         return self.store.best()
+
+    def mark_best(self, path: str) -> dict[str, Any]:
+        """Make checkpoint ``path`` the best one and register it in MLflow under the alias
+        ``best`` (queued to the writer, like every registration). CheckpointError if ``path``
+        does not load. ``registered``: whether a registration was queued (tracking on)."""
+        info = self.store.mark_best(path)
+        if self._last_ckpt is not None:  # keep the cached record's flag true to the store
+            key, record = self._last_ckpt
+            self._last_ckpt = (key, {**record, "is_best": record["path"] == info.path})
+        self._register_best()
+        registered = self._tracking is not None and self.cfg.tracking.register_best
+        return {
+            **info.to_dict(),
+            "model": self.cfg.run.name,
+            "alias": "best",
+            "registered": registered,
+        }
 
     def close(self, status: str = "FINISHED", wait_s: float | None = None) -> dict[str, Any]:
         """Register the best checkpoint, flush and end the run (FINISHED or FAILED); waits

@@ -85,3 +85,13 @@ class TrackingError(CandlerayError):
 
 class BacktestError(CandlerayError):
     """A backtest was asked for with inputs it cannot run on."""
+
+
+class NotFoundError(CandlerayError):
+    """A named thing does not exist (session, job, checkpoint, annotation, symbol); the
+    message names what was asked for and how to list what exists."""
+
+
+class UnavailableError(CandlerayError):
+    """A component a request needs is not running (session hosts, ModelActor, predictor);
+    the message names it and how to start it. Retrying once it is up may succeed."""

@@ -14,6 +14,7 @@ const state = {
   trades: [],
   annotations: [],
   marking: null,       // {entry: {time, price}} while the user marks a trade
+  userMoved: false,    // the user scrolled or zoomed the chart: stop fitting it to the data
 };
 
 // ---- API ------------------------------------------------------------------------------------
@@ -58,6 +59,9 @@ function toast(msg) {
 
 const fmt = (v, d = 3) => (v === null || v === undefined || Number.isNaN(v) ? "–" : typeof v === "number" ? v.toFixed(d) : String(v));
 const iso = (t) => new Date(t * 1000).toISOString();
+// a session's symbol is its key, "synthetic:SYN0@1h": annotations and backtests take the
+// symbol and the timeframe apart
+const baseSymbol = (s) => s.symbol.split("@")[0];
 
 function fillMetrics(el, pairs) {
   el.replaceChildren(...pairs.flatMap(([k, v]) => {
@@ -91,21 +95,23 @@ const lossSeries = lossChart.addSeries(LC.LineSeries, { color: "#ef5350", lineWi
 const accSeries = lossChart.addSeries(LC.LineSeries, { color: "#26a69a", lineWidth: 2, title: "dir acc", priceScaleId: "left" });
 lossChart.applyOptions({ leftPriceScale: { visible: true } });
 
+// Shapes and colours carry the meaning (legend in the page): text on hundreds of markers
+// would hide the candles. Only annotations, the user's own marks, are labelled.
 function redrawMarkers() {
   const m = [];
   for (const p of state.pivots.values()) {
     m.push(p.kind === "H"
-      ? { time: p.time, position: "aboveBar", color: "#f0b429", shape: "circle", text: "H" }
-      : { time: p.time, position: "belowBar", color: "#f0b429", shape: "circle", text: "L" });
+      ? { time: p.time, position: "aboveBar", color: "#f0b429", shape: "circle", size: 0.5 }
+      : { time: p.time, position: "belowBar", color: "#f0b429", shape: "circle", size: 0.5 });
   }
   for (const s of state.signals.values()) {
-    if (s.action === "BUY") m.push({ time: s.time, position: "belowBar", color: "#26a69a", shape: "arrowUp", text: "BUY" });
-    if (s.action === "SELL") m.push({ time: s.time, position: "aboveBar", color: "#ef5350", shape: "arrowDown", text: "SELL" });
+    if (s.action === "BUY") m.push({ time: s.time, position: "belowBar", color: "#26a69a", shape: "arrowUp", size: 0.6 });
+    if (s.action === "SELL") m.push({ time: s.time, position: "aboveBar", color: "#ef5350", shape: "arrowDown", size: 0.6 });
   }
   for (const t of state.trades) {
     const win = (t.pnl ?? 0) >= 0;
-    m.push({ time: t.entry_time, position: "belowBar", color: "#b388ff", shape: "square", text: `${t.side} in` });
-    if (t.exit_time) m.push({ time: t.exit_time, position: "aboveBar", color: win ? "#26a69a" : "#ef5350", shape: "square", text: `out ${fmt(t.pnl, 2)}` });
+    m.push({ time: t.entry_time, position: "belowBar", color: "#b388ff", shape: "square", size: 0.6 });
+    if (t.exit_time) m.push({ time: t.exit_time, position: "aboveBar", color: win ? "#26a69a" : "#ef5350", shape: "square", size: 0.6 });
   }
   for (const a of state.annotations) {
     m.push({ time: a.entry, position: "belowBar", color: "#ff80ab", shape: a.side === "long" ? "arrowUp" : "arrowDown", text: `A ${a.side}` });
@@ -139,10 +145,9 @@ async function refreshSessions() {
     tr.dataset.id = s.id;
     if (state.session && state.session.id === s.id) tr.classList.add("selected");
     const m = s.metrics || {};
-    for (const v of [s.id, `${s.symbol}@${s.timeframe}`, s.mode, m.candles ?? 0, fmt(m.direction_accuracy), fmt(m.paper_pnl, 2)]) {
-      const td = document.createElement("td"); td.textContent = v; tr.append(td);
+    for (const v of [s.id, s.mode, m.candles ?? 0, fmt(m.direction_acc), fmt(m.paper_pnl, 2), s.state || ""]) {
+      const td = document.createElement("td"); td.textContent = v; td.title = v; tr.append(td);
     }
-    const td = document.createElement("td"); td.textContent = s.state || ""; tr.append(td);
     tr.addEventListener("click", () => select(s));
     return tr;
   }));
@@ -159,13 +164,14 @@ function select(s) {
     state.lastTime = null;
     for (const k of ["candles", "ghosts", "pivots", "signals"]) state[k] = new Map();
     state.trades = [];
+    state.userMoved = false;
     candleSeries.setData([]);
     ghostSeries.setData([]);
     loadAnnotations();
   }
   $("#session-panel").hidden = false;
   $("#sel-id").textContent = s.id;
-  $("#chart-title").textContent = `${s.symbol}@${s.timeframe} — ${s.mode}`;
+  $("#chart-title").textContent = `${s.symbol} — ${s.mode}`;
   for (const tr of document.querySelectorAll("#sessions tbody tr")) tr.classList.toggle("selected", tr.dataset.id === s.id);
   showSession(s);
   refreshChart();
@@ -174,20 +180,20 @@ function select(s) {
 function showSession(s) {
   state.session = s;
   $("#mode-select").value = s.mode;
-  $("#chart-title").textContent = `${s.symbol}@${s.timeframe} — ${s.mode}`;
+  $("#chart-title").textContent = `${s.symbol} — ${s.mode}`;
   const m = s.metrics || {};
   fillMetrics($("#session-metrics"), [
     ["state", s.state ?? "–"],
     ["candles", m.candles ?? 0],
     ["predictions", m.predictions ?? 0],
     ["settled", m.settled ?? 0],
-    ["direction accuracy", fmt(m.direction_accuracy)],
-    [`rolling accuracy`, fmt(m.rolling_direction_accuracy)],
-    ["close error %", fmt(m.close_error_pct, 4)],
+    ["direction accuracy", fmt(m.direction_acc)],
+    [`rolling accuracy (${m.rolling_n ?? 0})`, fmt(m.direction_acc_rolling)],
+    ["close error %", fmt(m.mae_pct_close, 4)],
     ["paper PnL", fmt(m.paper_pnl, 2)],
     ["trades / win rate", `${m.trades ?? 0} / ${fmt(m.win_rate, 2)}`],
     ["train requested / done / dropped", `${m.train_requested ?? 0} / ${m.train_done ?? 0} / ${m.train_dropped ?? 0}`],
-    ["timeouts", m.timeouts ?? 0],
+    ["timeouts", m.train_timeouts ?? 0],
     ["last train", m.last_train_time ? new Date(m.last_train_time * 1000).toLocaleTimeString() : "–"],
     ["loss trend", m.loss_trend ?? "–"],
     ["weights version", m.weights_version ?? "–"],
@@ -213,7 +219,8 @@ async function refreshChart() {
     redrawMarkers();
   }
   if (state.candles.size) state.lastTime = Math.max(...state.candles.keys());
-  if (first && state.candles.size) chart.timeScale().fitContent();
+  // follow the data (the whole series in view) until the user scrolls or zooms
+  if (state.candles.size && (first || (c.candles.length && !state.userMoved))) chart.timeScale().fitContent();
 }
 
 function mergeTrades(old, fresh) {
@@ -252,6 +259,10 @@ function startMarking() {
   $("#mark-hint").textContent = "click the entry candle";
 }
 
+for (const ev of ["wheel", "mousedown", "touchstart"]) {
+  $("#chart").addEventListener(ev, () => { if (!state.marking) state.userMoved = true; }, { passive: true });
+}
+
 chart.subscribeClick((param) => {
   if (!state.marking || param.time === undefined) return;
   const bar = param.seriesData.get(candleSeries);
@@ -277,7 +288,7 @@ function askSide(entry, exit) {
     if (side !== "long" && side !== "short") return;
     const s = state.session;
     await api("POST", "annotations", {
-      symbol: s.symbol, timeframe: s.timeframe, side,
+      symbol: baseSymbol(s), timeframe: s.timeframe, side,
       entry_time: iso(entry.time), entry_price: entry.price,
       exit_time: iso(exit.time), exit_price: exit.price,
       note: $("#side-note").value,
@@ -290,7 +301,7 @@ function askSide(entry, exit) {
 async function loadAnnotations() {
   const s = state.session;
   if (!s) return;
-  const list = await api("GET", `annotations?symbol=${encodeURIComponent(s.symbol)}&timeframe=${encodeURIComponent(s.timeframe)}`);
+  const list = await api("GET", `annotations?symbol=${encodeURIComponent(baseSymbol(s))}&timeframe=${encodeURIComponent(s.timeframe)}`);
   state.annotations = list.map((a) => ({
     entry: Date.parse(a.entry_time) / 1000, exit: Date.parse(a.exit_time) / 1000, side: a.side, id: a.id,
   }));
@@ -323,7 +334,7 @@ async function backtestVisible() {
   if (!range) return toast("the chart has no candles yet");
   const s = state.session;
   const r = await api("POST", "backtests", {
-    symbols: [`${s.symbol}@${s.timeframe}`], since: iso(range.from), until: iso(range.to),
+    symbols: [`${baseSymbol(s)}@${s.timeframe}`], since: iso(range.from), until: iso(range.to),
   });
   followJob(r.job_id, "backtest", showBacktest);
 }

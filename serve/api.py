@@ -1,0 +1,327 @@
+"""The REST API and the dashboard page as a FastAPI app over a ``Backend`` (docs/API.md).
+
+``build_api(backend, serve_cfg)`` is plain: the Serve ingress passes the Ray-connected backend
+(``serve.backend.RayBackend``), tests may pass a fake. Request bodies are pydantic models
+(422 names the field and the reason); the project's errors map to status codes in one place
+(``STATUS``); a refused request changes nothing, because every check runs before any call
+that changes state.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import pandas as pd
+from fastapi import FastAPI, Query, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from conf import ServeConfig
+from pipelines.errors import (
+    ActorCallTimeout,
+    CandlerayError,
+    CheckpointError,
+    DataSourceError,
+    InvalidInputError,
+    ModeError,
+    NotFoundError,
+    TemporaryError,
+    TrackingError,
+    UnavailableError,
+)
+from serve.security import guard
+
+WEB = Path(__file__).resolve().parent / "web"
+CHART_JS = WEB / "node_modules" / "lightweight-charts" / "dist"
+CHART_JS_FILE = "lightweight-charts.standalone.production.js"
+
+# most specific first: the first class an error is an instance of gives its status
+STATUS: tuple[tuple[type[CandlerayError], int], ...] = (
+    (ModeError, 409),
+    (NotFoundError, 404),
+    (CheckpointError, 404),
+    (TemporaryError, 503),
+    (DataSourceError, 404),
+    (InvalidInputError, 422),
+    (ActorCallTimeout, 504),
+    (UnavailableError, 503),
+    (TrackingError, 503),
+    (CandlerayError, 422),
+)
+
+MODES = ("none", "pivots_only", "every_candle", "manual")
+Mode = Literal["none", "pivots_only", "every_candle", "manual"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class CandleIn(_Body):
+    time: dt.datetime
+    open: float = Field(gt=0)
+    high: float = Field(gt=0)
+    low: float = Field(gt=0)
+    close: float = Field(gt=0)
+    volume: float = Field(ge=0)
+
+
+class PredictIn(_Body):
+    candles: list[CandleIn] | None = Field(default=None, min_length=2, max_length=20_000)
+    symbol: str | None = Field(default=None, min_length=1, max_length=200)
+    end: dt.datetime | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PredictIn:
+        if (self.candles is None) == (self.symbol is None):
+            raise ValueError(
+                "give either 'candles' (a window, oldest first) or 'symbol' (and 'end')"
+            )
+        if self.end is not None and self.symbol is None:
+            raise ValueError(
+                "'end' goes with 'symbol'; with 'candles' the window ends at the last one"
+            )
+        return self
+
+
+class SessionIn(_Body):
+    symbol: str = Field(min_length=1, max_length=200)
+    timeframe: str | None = Field(default=None, max_length=10)
+    mode: Mode
+    source: Literal["replay", "ccxt"] = "replay"
+    speed: float = Field(default=5.0, ge=0, le=10_000)
+    start: str | None = Field(default=None, max_length=40)
+
+
+class ModeIn(_Body):
+    mode: Mode
+
+
+class ManualTrainIn(_Body):
+    action: Literal["BUY", "SELL", "HOLD"]
+
+
+class TrainingJobIn(_Body):
+    kind: Literal["annotations", "history"]
+    epochs: int | None = Field(default=None, ge=1, le=1000)
+
+
+class BacktestIn(_Body):
+    symbols: list[str] = Field(min_length=1, max_length=200)
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    checkpoint: str | None = Field(default=None, max_length=1000)
+
+    @model_validator(mode="after")
+    def _order(self) -> BacktestIn:
+        if (
+            self.since is not None
+            and self.until is not None
+            and _utc(self.since) > _utc(self.until)
+        ):
+            raise ValueError("'since' is after 'until'; give the start first")
+        return self
+
+
+class AnnotationIn(_Body):
+    symbol: str = Field(min_length=1, max_length=200)
+    timeframe: str = Field(min_length=1, max_length=10)
+    side: Literal["long", "short"]
+    entry_time: dt.datetime
+    entry_price: float = Field(gt=0)
+    exit_time: dt.datetime
+    exit_price: float = Field(gt=0)
+    note: str = Field(default="", max_length=2000)
+
+
+class CheckpointIn(_Body):
+    path: str = Field(min_length=1, max_length=2000)
+
+
+def _utc(t: dt.datetime) -> pd.Timestamp:
+    ts = pd.Timestamp(t)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _iso(t: dt.datetime | None) -> str | None:
+    return None if t is None else _utc(t).isoformat()
+
+
+class Backend(Protocol):
+    """What the API needs; ``serve.backend.RayBackend`` is the real one."""
+
+    async def predict(
+        self, candles: pd.DataFrame | None, symbol: str | None, end: str | None
+    ) -> dict[str, Any]: ...
+    async def start_session(self, spec: dict[str, Any]) -> dict[str, Any]: ...
+    async def sessions(self) -> list[dict[str, Any]]: ...
+    async def session(self, session_id: str) -> dict[str, Any]: ...
+    async def chart(self, session_id: str, since: str | None) -> dict[str, Any]: ...
+    async def set_mode(self, session_id: str, mode: str) -> dict[str, Any]: ...
+    async def manual_train(self, session_id: str, action: str) -> dict[str, Any]: ...
+    async def stop_session(self, session_id: str) -> dict[str, Any]: ...
+    async def start_job(self, kind: str, params: dict[str, Any]) -> str: ...
+    async def job(self, job_id: str) -> dict[str, Any]: ...
+    async def jobs(self) -> list[dict[str, Any]]: ...
+    async def training_metrics(self) -> dict[str, Any]: ...
+    async def add_annotation(self, fields: dict[str, Any]) -> dict[str, Any]: ...
+    async def annotations(
+        self, symbol: str | None, timeframe: str | None
+    ) -> list[dict[str, Any]]: ...
+    async def remove_annotation(self, annotation_id: str) -> dict[str, Any]: ...
+    async def checkpoints(self) -> list[dict[str, Any]]: ...
+    async def load_checkpoint(self, path: str) -> dict[str, Any]: ...
+    async def mark_best(self, path: str) -> dict[str, Any]: ...
+    async def health(self) -> dict[str, Any]: ...
+
+
+def _frame(candles: list[CandleIn]) -> pd.DataFrame:
+    df = pd.DataFrame(
+        [c.model_dump() for c in candles],
+        columns=["time", "open", "high", "low", "close", "volume"],
+    )
+    df.index = pd.DatetimeIndex([_utc(t) for t in df.pop("time")], name="time")
+    return df.astype("float64")
+
+
+def build_api(backend: Backend, s: ServeConfig) -> FastAPI:
+    app = FastAPI(
+        title="candleray",
+        version="1",
+        description="Train, serve and backtest an OHLCV transformer: live sessions in four modes, "
+        "batch training, backtests, annotations, checkpoints. See docs/API.md.",
+    )
+    app.middleware("http")(guard(s.token, s.max_request_bytes))
+    if s.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(s.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+
+    @app.exception_handler(CandlerayError)
+    async def _known(request: Request, exc: CandlerayError) -> JSONResponse:
+        status = next(code for cls, code in STATUS if isinstance(exc, cls))
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    # ---- dashboard ----------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> FileResponse:
+        return FileResponse(WEB / "index.html")
+
+    @app.get("/static/vendor/lightweight-charts.js", include_in_schema=False)
+    async def chart_library() -> FileResponse:
+        path = CHART_JS / CHART_JS_FILE
+        if not path.exists():
+            raise NotFoundError(
+                f"{path} is missing: the dashboard's chart library is installed by `make setup` "
+                "(npm ci --prefix serve/web)"
+            )
+        return FileResponse(path, media_type="text/javascript")
+
+    app.mount("/static", StaticFiles(directory=WEB, html=False), name="static")
+
+    # ---- inference ----------------------------------------------------------------------
+    @app.post("/predict", tags=["inference"])
+    async def predict(body: PredictIn) -> dict[str, Any]:
+        candles = _frame(body.candles) if body.candles is not None else None
+        return await backend.predict(candles, body.symbol, _iso(body.end))
+
+    # ---- sessions -----------------------------------------------------------------------
+    @app.post("/sessions", status_code=201, tags=["sessions"])
+    async def start_session(body: SessionIn) -> dict[str, Any]:
+        return await backend.start_session(body.model_dump())
+
+    @app.get("/sessions", tags=["sessions"])
+    async def sessions() -> list[dict[str, Any]]:
+        return await backend.sessions()
+
+    @app.get("/sessions/{session_id}", tags=["sessions"])
+    async def session(session_id: str) -> dict[str, Any]:
+        return await backend.session(session_id)
+
+    @app.get("/sessions/{session_id}/chart", tags=["sessions"])
+    async def chart(session_id: str, since: dt.datetime | None = None) -> dict[str, Any]:
+        return await backend.chart(session_id, _iso(since))
+
+    @app.post("/sessions/{session_id}/mode", tags=["sessions"])
+    async def set_mode(session_id: str, body: ModeIn) -> dict[str, Any]:
+        return await backend.set_mode(session_id, body.mode)
+
+    @app.post("/sessions/{session_id}/train", tags=["sessions"])
+    async def manual_train(session_id: str, body: ManualTrainIn) -> dict[str, Any]:
+        return await backend.manual_train(session_id, body.action)
+
+    @app.delete("/sessions/{session_id}", tags=["sessions"])
+    async def stop_session(session_id: str) -> dict[str, Any]:
+        return await backend.stop_session(session_id)
+
+    # ---- training and backtests (jobs) --------------------------------------------------
+    @app.post("/training/jobs", status_code=202, tags=["training"])
+    async def start_training(body: TrainingJobIn) -> dict[str, str]:
+        return {"job_id": await backend.start_job("training", body.model_dump())}
+
+    @app.get("/training-metrics", tags=["training"])
+    async def training_metrics() -> dict[str, Any]:
+        return await backend.training_metrics()
+
+    @app.post("/backtests", status_code=202, tags=["backtests"])
+    async def start_backtest(body: BacktestIn) -> dict[str, str]:
+        params = {
+            "symbols": body.symbols,
+            "since": _iso(body.since),
+            "until": _iso(body.until),
+            "checkpoint": body.checkpoint,
+        }
+        return {"job_id": await backend.start_job("backtest", params)}
+
+    @app.get("/jobs", tags=["jobs"])
+    async def jobs() -> list[dict[str, Any]]:
+        return await backend.jobs()
+
+    @app.get("/jobs/{job_id}", tags=["jobs"])
+    async def job(job_id: str) -> dict[str, Any]:
+        return await backend.job(job_id)
+
+    # ---- annotations --------------------------------------------------------------------
+    @app.post("/annotations", status_code=201, tags=["annotations"])
+    async def add_annotation(body: AnnotationIn) -> dict[str, Any]:
+        fields = body.model_dump()
+        fields["entry_time"], fields["exit_time"] = _iso(body.entry_time), _iso(body.exit_time)
+        return await backend.add_annotation(fields)
+
+    @app.get("/annotations", tags=["annotations"])
+    async def annotations(
+        symbol: str | None = Query(default=None, max_length=200),
+        timeframe: str | None = Query(default=None, max_length=10),
+    ) -> list[dict[str, Any]]:
+        return await backend.annotations(symbol, timeframe)
+
+    @app.delete("/annotations/{annotation_id}", tags=["annotations"])
+    async def remove_annotation(annotation_id: str) -> dict[str, Any]:
+        return await backend.remove_annotation(annotation_id)
+
+    # ---- checkpoints --------------------------------------------------------------------
+    @app.get("/checkpoints", tags=["checkpoints"])
+    async def checkpoints() -> list[dict[str, Any]]:
+        return await backend.checkpoints()
+
+    @app.post("/checkpoints/load", tags=["checkpoints"])
+    async def load_checkpoint(body: CheckpointIn) -> dict[str, Any]:
+        return await backend.load_checkpoint(body.path)
+
+    @app.post("/checkpoints/best", tags=["checkpoints"])
+    async def mark_best(body: CheckpointIn) -> dict[str, Any]:
+        return await backend.mark_best(body.path)
+
+    # ---- health -------------------------------------------------------------------------
+    @app.get("/health", tags=["health"])
+    async def health() -> dict[str, Any]:
+        return await backend.health()
+
+    return app

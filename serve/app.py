@@ -1,0 +1,56 @@
+"""The Serve application: a FastAPI ingress composed with the batched predictor by ``.bind()``.
+
+    app = build_app(cfg)                     # Ingress.bind(BatchedPredictor.bind(cfg), cfg)
+    handle = start(cfg)                      # Serve HTTP on serve.host:serve.port, app at "/"
+
+The ingress builds its FastAPI app at replica start (``__serve_build_asgi_app__``) from the
+plain ``serve.api.build_api`` over a ``serve.backend.RayBackend``, so the routes are the same
+code the tests drive. The ModelActor, the session hosts and the JobBoard are found by name.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray import serve
+from ray.serve.deployment import Application
+from ray.serve.handle import DeploymentHandle
+
+from conf import Config
+from serve.api import build_api
+from serve.backend import RayBackend
+from serve.predictor_app import build_predictor_app
+from serve.security import check_bind
+
+log = logging.getLogger(__name__)
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
+@serve.ingress()
+class Ingress:
+    def __init__(self, predictor: DeploymentHandle, cfg: Config) -> None:
+        check_bind(cfg.serve.host, cfg.serve.token)
+        self.cfg = cfg
+        self.backend = RayBackend(cfg, predictor)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return build_api(self.backend, self.cfg.serve)
+
+
+def build_app(cfg: Config) -> Application:
+    """The whole app, bound: the ingress with the predictor deployment as its argument."""
+    check_bind(cfg.serve.host, cfg.serve.token)
+    return Ingress.bind(build_predictor_app(cfg), cfg)
+
+
+def start(cfg: Config) -> DeploymentHandle:
+    """Start Serve's HTTP proxy on ``serve.host:serve.port`` and deploy the app at ``/``.
+
+    Ray must be initialised and the ModelActor running (``candleray serve`` does both).
+    """
+    check_bind(cfg.serve.host, cfg.serve.token)
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    handle = serve.run(build_app(cfg), name=cfg.run.name, route_prefix="/")
+    log.info("candleray app at http://%s:%d/", cfg.serve.host, cfg.serve.port)
+    return handle
