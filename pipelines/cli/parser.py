@@ -10,7 +10,7 @@ import logging
 import sys
 from types import ModuleType
 
-from pipelines.cli import annotate, backtest, checkpoints, config, demo, live, train
+from pipelines.cli import annotate, backtest, checkpoints, config, demo, live, serve, train
 from pipelines.config import load_config
 from pipelines.errors import CandlerayError
 
@@ -21,6 +21,7 @@ COMMANDS: dict[str, ModuleType] = {
     "checkpoints": checkpoints,
     "annotate": annotate,
     "live": live,
+    "serve": serve,
     "config": config,
 }
 
