@@ -1,6 +1,7 @@
 """MLflow tracking through an explicit ``MlflowClient``: one run (``tracker``), experiments and
-registered models (``experiments``), and the store boundary where MLflow, HTTP and SQLAlchemy
-errors become ``TrackingError`` (``store``).
+registered models (``experiments``), the links between a model's runs across restarts and
+rewinds (``lineage``), and the store boundary where MLflow, HTTP and SQLAlchemy errors become
+``TrackingError`` (``store``).
 
     from pipelines.tracking import Tracker
 """

@@ -12,7 +12,6 @@ A ``Tracker`` is not thread-safe; the sync actor calls it one method at a time.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -21,16 +20,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-from mlflow.entities import Metric, Param, Run, RunTag, ViewType
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 
 from conf import flatten
 from pipelines.errors import ConfigError, TrackingError
+from pipelines.tracking import lineage
 from pipelines.tracking.experiments import ensure_registered_model, experiment_id_for
 from pipelines.tracking.store import (
     _chunks,
     _cut,
-    _error_code,
     _init_lock,
     _is_transient,
     _param_text,
@@ -53,13 +52,6 @@ _OLD_PARAM_VALUE_LIMIT = 500
 # Metrics kept while the store is unreachable; past this the oldest are dropped.
 _MAX_PENDING_METRICS = 100_000
 _END_STATUSES = ("FINISHED", "FAILED", "KILLED")
-# Lineage of runs across ModelActor restarts (see ``Tracker.link_previous_run``).
-PREVIOUS_RUN_TAG = "candleray.previous_run"
-RESTORED_FROM_TAG = "candleray.restored_from"
-RESTARTS_TAG = "candleray.restarts"
-CONTINUED_IN_TAG = "candleray.continued_in"
-OPENED_AFTER_TAG = "candleray.opened_after"
-GENERATION_TAG = "candleray.generation"
 
 
 class Tracker:
@@ -286,46 +278,17 @@ class Tracker:
         previous_generation: str | None = None,
         reason: str = "restart",
     ) -> None:
-        """Record that this run continues ``previous_run_id`` from checkpoint step ``restored_from``.
-
-        Without a run id (a checkpoint written before its run was open) the previous run is the
-        one tagged ``candleray.generation = previous_generation`` in this run's experiment.
-
-        This run gets ``candleray.previous_run``, ``candleray.restored_from``,
-        ``candleray.opened_after`` (``reason``: restart, or rewind to an older checkpoint) and
-        ``candleray.restarts`` (one more than the previous run's: restarts and rewinds both
-        count, each opened a new run of the lineage). The previous run gets
-        ``candleray.continued_in`` and, if still RUNNING (its actor died), ends KILLED. A
-        previous run that is gone (deleted, or another store) is only named. Safe to repeat.
-        """
-        restarts = 1
-        if previous_run_id:
-            previous = self._get_run(previous_run_id)
-        else:
-            previous = self._run_of_generation(previous_generation)
-            previous_run_id = previous.info.run_id if previous is not None else None
-        if previous is not None and previous.info.lifecycle_stage != "deleted":
-            # restored from a checkpoint that an earlier restart restored too: continue the
-            # newest run of the lineage, not the one that wrote the checkpoint
-            previous = self._newest_in_lineage(previous)
-            previous_run_id = previous.info.run_id
-            with contextlib.suppress(ValueError):  # a hand-edited tag: count from 1
-                restarts = int(previous.data.tags.get(RESTARTS_TAG, "0")) + 1
-            old_id = previous.info.run_id
-            link = [RunTag(CONTINUED_IN_TAG, self._run_id)]
-            self._call("tag previous run", lambda: self._client.log_batch(old_id, tags=link))
-            if previous.info.status == "RUNNING":
-                self._call(
-                    "end previous run",
-                    lambda: self._client.set_terminated(old_id, status="KILLED"),
-                )
-        tags = {RESTARTS_TAG: str(restarts), OPENED_AFTER_TAG: reason}
-        if restored_from is not None:
-            tags[RESTORED_FROM_TAG] = str(restored_from)
-        if previous_run_id:
-            tags[PREVIOUS_RUN_TAG] = previous_run_id
-        run_tags = [RunTag(k, v) for k, v in tags.items()]
-        self._call("tag run", lambda: self._client.log_batch(self._run_id, tags=run_tags))
+        """Record that this run continues ``previous_run_id`` (``pipelines.tracking.lineage``)."""
+        lineage.link_previous_run(
+            self._client,
+            self._uri,
+            self._experiment_id,
+            self._run_id,
+            previous_run_id,
+            restored_from,
+            previous_generation,
+            reason,
+        )
 
     # -- end of run ---------------------------------------------------------------------------
 
@@ -368,35 +331,7 @@ class Tracker:
         return call_mlflow(self._uri, operation, fn)
 
     def _get_run(self, run_id: str) -> Run | None:
-        """The run, or None when the store has no run of that id."""
-        try:
-            return self._call("get run", lambda: self._client.get_run(run_id))
-        except TrackingError as exc:
-            if _error_code(exc.__cause__) != "RESOURCE_DOES_NOT_EXIST":
-                raise
-            return None
-
-    def _newest_in_lineage(self, run: Run) -> Run:
-        seen = {run.info.run_id, self._run_id}
-        while (later_id := run.data.tags.get(CONTINUED_IN_TAG)) and later_id not in seen:
-            later = self._get_run(later_id)
-            if later is None or later.info.lifecycle_stage == "deleted":
-                break
-            seen.add(later_id)
-            run = later
-        return run
-
-    def _run_of_generation(self, generation: str | None) -> Run | None:
-        if not generation or not generation.isalnum():  # a hex id; anything else finds nothing
-            return None
-        where = f"tags.`{GENERATION_TAG}` = '{generation}'"
-        runs = self._call(
-            "search runs",
-            lambda: self._client.search_runs(
-                [self._experiment_id], where, run_view_type=ViewType.ALL, max_results=1
-            ),
-        )
-        return runs[0] if runs else None
+        return lineage.get_run(self._client, self._uri, run_id)
 
     def _resume(self, run_id: str, experiment_id: str, tags: dict[str, str] | None) -> Run | None:
         run = self._get_run(run_id)
