@@ -6,19 +6,12 @@ A host holds many sessions (``pipelines.live.Session``) of one model. Each ``ste
 2. runs ``pipelines.live.tick`` over them: every session with a new window is predicted in
    ONE batched forward pass from the newest weights the host has loaded, settled, journaled
    (one transaction per tick) and its due samples go into the host's ``TrainingQueue``,
-3. drives training: one ``train_batch`` call in flight per host (see below).
+3. drives training: one ``train_batch`` call in flight per host (``actors.host_training``).
 
 It returns how long the loop may sleep before the next candle is due.
 
-Training calls. One call in flight per host, not per model: the queue lives with the sessions
-that fill it (a model-wide queue would add an actor hop to every candle), and the ModelActor
-runs calls one at a time anyway, so at most ``live.hosts`` calls wait there. A call is
-submitted only when none is in flight and never waited on: each step looks whether it has
-answered (done or failed) or passed its deadline (``ray.call_timeout_s``): a timeout is
-logged, counted and journaled, its slot freed, and if the actor answers later the samples
-move from dropped to done (``TrainingQueue.late_done``). While the actor is busy (a batch run
-holds it) samples wait in the queue; past ``live.queue_capacity`` they are dropped, counted.
-Inference never waits for any of it.
+Training calls: ``actors.host_training`` (one ``train_batch`` in flight per host, never
+waited on; timeouts counted and late answers credited). Inference never waits for any of it.
 
 Weights are loaded by the caller (``load_weights``), from the ModelActor's read-only
 methods, on its own thread: predicting never waits for a weights download either.
@@ -36,13 +29,14 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from actors.host_feeds import FeedPlan, PollSource, ReplaySource, open_source
 from actors.host_tracking import SessionRuns, loggable
+from actors.host_training import TrainCalls, TrainingDriver
 from conf import Config
 from pipelines.data.sources import parse_symbol
 from pipelines.errors import InvalidInputError
@@ -59,18 +53,7 @@ from pipelines.live import (
 log = logging.getLogger(__name__)
 
 MAX_ROUNDS = 64  # ticks per step at most, so API calls get the lock between steps
-MAX_LATE = 256  # timed-out calls still watched for a late answer
 LATENCIES = 20_000  # candle -> prediction latencies kept for stats()
-
-
-class TrainCalls(Protocol):
-    """Submits ``train_batch`` and looks at the answer without waiting (Ray: a ModelClient)."""
-
-    def submit(self, x: Any, y_candle: Any, y_action: Any) -> Any: ...
-
-    def poll(self, handle: Any) -> tuple[str, Any] | None:
-        """None while running; ("done", result) or ("failed", exception) once answered."""
-        ...
 
 
 def assign_host(key: str, loads: Sequence[int]) -> int:
@@ -124,16 +107,15 @@ class HostCore:
         self.queue = TrainingQueue(
             cfg.live.queue_capacity, cfg.train.batch_size, cfg.live.trend_window
         )
-        self.timeout_s = cfg.ray.call_timeout_s
         self.lock = threading.RLock()
         self.sessions: dict[str, Hosted] = {}
-        self._inflight: tuple[Any, Any, float] | None = None  # (batch, handle, deadline)
-        self._late: dict[int, tuple[Any, Any]] = {}
         self._journaled_runs: set[str] = set()
         self._restored: list[str] = []  # sessions whose last window still needs predicting
         self.latencies: deque[float] = deque(maxlen=LATENCIES)
-        self.counters = {"ticks": 0, "predictions": 0, "timeouts": 0, "failed_calls": 0}
-        self.counters |= {"late_answers": 0, "calls": 0, "loop_errors": 0}
+        self.counters = {"ticks": 0, "predictions": 0, "loop_errors": 0}
+        self.training = TrainingDriver(
+            self.queue, calls, journal, cfg.ray.call_timeout_s, self.counters, index
+        )
 
     # -- sessions --------------------------------------------------------------------------
     def restore(self) -> list[str]:
@@ -176,10 +158,13 @@ class HostCore:
             raise InvalidInputError(
                 f"{symbol!r} names timeframe {spec.timeframe} but {timeframe} was asked; give one"
             )
+        Session("check", spec.key, spec.timeframe, mode, self.settings)  # checks mode
+        # outside the lock: loading a series or asking an exchange for its history may take
+        # seconds, and every other session keeps predicting meanwhile
+        src, warm = open_source(self.cfg, spec, plan, self.clock(), None, self.exchange)
         with self.lock:
             sid = self._new_id(spec.key)
-            session = Session(sid, spec.key, spec.timeframe, mode, self.settings)  # checks mode
-            src, warm = open_source(self.cfg, spec, plan, self.clock(), None, self.exchange)
+            session = Session(sid, spec.key, spec.timeframe, mode, self.settings)
             session.prime(warm[-session.history.capacity :])
             self.journal.write([(sid, [("feed", 0, plan.to_json()), *session.take_records()])])
             self.sessions[sid] = Hosted(session, plan, src)
@@ -224,8 +209,7 @@ class HostCore:
                 self._get(sid)
             self.queue.drop_session(sid)
             self.journal.write([(sid, [("stopped", 0, {}), *h.session.take_records()])])
-            if self.runs is not None:
-                self.runs.end(sid)
+            self._end_run(h)
             return {"stopped": sid}
 
     # -- reading ---------------------------------------------------------------------------
@@ -294,7 +278,7 @@ class HostCore:
                 "sessions": len(self.sessions),
                 **self.counters,
                 "queued": len(self.queue),
-                "in_flight": self._inflight is not None,
+                "in_flight": self.training.inflight is not None,
                 "steps_done": self.queue.steps_done,
                 "requested": sum(c.requested for c in counts),
                 "done": sum(c.done for c in counts),
@@ -337,11 +321,11 @@ class HostCore:
                 if not arrived:
                     break
                 self._tick(arrived)
-            self._drive_training(self.clock())
+            self.training.drive(self.clock())
             dues = [h.source.next_due() for h in self.sessions.values()]
             soonest = min((d for d in dues if d is not None), default=now + 1.0)
             wait = max(0.0, soonest - self.clock())
-            return min(wait, 0.02) if self._inflight or self._late else min(wait, 1.0)
+            return min(wait, 0.02) if self.training.busy else min(wait, 1.0)
 
     def _predict_restored(self) -> None:
         """Predict the windows a killed host left waiting (journaled, never predicted)."""
@@ -393,61 +377,20 @@ class HostCore:
         if new_runs:
             self.journal.write(new_runs)
 
-    def _drive_training(self, now: float) -> None:
-        q = self.queue
-        if self._inflight is not None:
-            batch, handle, deadline = self._inflight
-            answer = self.calls.poll(handle)
-            if answer is not None:
-                self._inflight = None
-                self._answered(batch, answer, late=False)
-            elif now >= deadline:
-                self._inflight = None
-                q.timed_out(batch.id)
-                self.journal.record_training(batch, "timeout")
-                self.counters["timeouts"] += 1
-                log.warning(
-                    "host %d: train_batch of %d samples passed its %.1fs deadline "
-                    "(ray.call_timeout_s); counted as dropped, sessions keep predicting",
-                    self.index,
-                    len(batch.samples),
-                    self.timeout_s,
-                )
-                self._late[batch.id] = (batch, handle)
-                while len(self._late) > MAX_LATE:  # stays dropped: the actor never answered
-                    self._late.pop(next(iter(self._late)))
-        for bid, (batch, handle) in list(self._late.items()):
-            answer = self.calls.poll(handle)
-            if answer is not None:
-                del self._late[bid]
-                if answer[0] == "done":
-                    self._answered(batch, answer, late=True)
-        if self._inflight is None:
-            batch = q.take()
-            if batch is not None:
-                handle = self.calls.submit(*batch.arrays())
-                self._inflight = (batch, handle, now + self.timeout_s)
-                self.counters["calls"] += 1
-
-    def _answered(self, batch: Any, answer: tuple[str, Any], late: bool) -> None:
-        kind, value = answer
-        if kind == "done":
-            if late:
-                self.queue.late_done(batch.id, value)
-                self.counters["late_answers"] += 1
-            else:
-                self.queue.done(batch.id, value)
-            self.journal.record_training(batch, "late_done" if late else "done", value)
+    def _end_run(self, h: Hosted) -> None:
+        """End the session's MLflow run, first logging what changed since its last candle
+        (training answers that came after it), so the run ends on the session's final figures."""
+        if self.runs is None:
             return
-        self.queue.failed(batch.id)
-        self.journal.record_training(batch, "failed")
-        self.counters["failed_calls"] += 1
-        log.warning("host %d: train_batch failed, samples dropped: %s", self.index, value)
+        s = h.session
+        final = loggable(s.summary(self.queue.session(s.session_id)))
+        self.runs.log(s.session_id, s.metrics.candles, final, only_changed=True)
+        self.runs.end(s.session_id)
 
     def close(self) -> None:
         with self.lock:
             if self.runs is not None:
-                for sid in self.sessions:
-                    self.runs.end(sid)
+                for h in self.sessions.values():
+                    self._end_run(h)
                 self.runs.flush(10.0)
             self.journal.close()

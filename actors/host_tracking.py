@@ -59,6 +59,7 @@ class SessionRuns:
         self._q: queue.SimpleQueue[tuple[str, str, Any]] = queue.SimpleQueue()
         self._trackers: dict[str, Any] = {}
         self._resume: dict[str, str] = {}
+        self._logged: dict[str, dict[str, float]] = {}  # last values queued, by the caller's thread
         self.run_ids: dict[str, str] = {}  # session -> run id, once open (read by the host)
         self.errors = 0
         self.last_error = ""
@@ -69,11 +70,22 @@ class SessionRuns:
     def resume(self, session_id: str, run_id: str) -> None:
         self._resume[session_id] = run_id
 
-    def log(self, session_id: str, step: int, metrics: dict[str, float]) -> None:
+    def log(
+        self, session_id: str, step: int, metrics: dict[str, float], only_changed: bool = False
+    ) -> None:
+        """Queue ``metrics`` at ``step``; ``only_changed``: just those whose value differs from
+        the last logged (a final update at a step already logged adds no repeated points)."""
+        last = self._logged.setdefault(session_id, {})
+        if only_changed:
+            metrics = {k: v for k, v in metrics.items() if last.get(k) != v}
+            if not metrics:
+                return
+        last.update(metrics)
         self._idle.clear()
         self._q.put(("log", session_id, (step, metrics)))
 
     def end(self, session_id: str, status: str = "FINISHED") -> None:
+        self._logged.pop(session_id, None)
         self._idle.clear()
         self._q.put(("end", session_id, status))
 
