@@ -25,12 +25,14 @@ from typing import Any
 import pandas as pd
 
 from conf import Config
-from pipelines.data.candles import normalize_columns
+from pipelines.data.candles import normalize_columns, timeframe_seconds
 from pipelines.data.feeds import CcxtPollFeed, ReplayFeed
 from pipelines.data.feeds.base import Candle as FeedCandle
 from pipelines.data.sources import SymbolSpec, load_candles
+from pipelines.data.sources.ccxt_source import CcxtSource, build_exchange
 from pipelines.errors import CandlerayError, InvalidInputError
 from pipelines.live import Candle, iter_candles
+from pipelines.live.history import history_capacity
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +138,8 @@ def open_source(
     after: int | None,
     exchange: Any = None,
 ) -> tuple[ReplaySource | PollSource, list[Candle]]:
-    """The session's source and the warm-up candles before it (empty when resuming).
+    """The session's source and the warm-up candles before it (empty when resuming): a
+    replay's rows before its start, or an exchange's newest closed bars before now.
 
     ``after``: open time (ns) of the last candle the session already processed (from the
     journal); the source yields only later ones.
@@ -150,14 +153,36 @@ def open_source(
         play = frame.iloc[len(frame) - len(feed) :]
         warm = [] if after is not None else list(iter_candles(feed.history()))
         return ReplaySource(play, plan.speed, now), warm
+    ex = exchange if exchange is not None else build_exchange(spec.source, cfg.data.ccxt)
+    warm: list[Candle] = []
+    if after is None:  # a new session: warm up on the closed bars before now, as a replay does
+        warm = ccxt_history(cfg, spec, ex)
+        after = warm[-1].time if warm else None
     since = None if after is None else pd.Timestamp(after, tz="UTC")
     poll = CcxtPollFeed(
         spec.source,
         spec.symbol,
         spec.timeframe,
         cfg.data.ccxt,
-        exchange=exchange,
+        exchange=ex,
         cache_dir=cfg.data.cache_dir,
         after=since,
     )
-    return PollSource(poll, now), []
+    return PollSource(poll, now), warm
+
+
+def ccxt_history(cfg: Config, spec: SymbolSpec, exchange: Any) -> list[Candle]:
+    """The newest closed bars a session keeps (``history_capacity``), closed by the
+    exchange's clock (``fetch_time``), never the local one."""
+    cap = history_capacity(
+        cfg.features.window, cfg.labels.pivot_bars, spec.timeframe, cfg.data.extra_timeframes
+    )
+    step = pd.Timedelta(seconds=timeframe_seconds(spec.timeframe))
+    src = CcxtSource(spec.source, cfg.data.ccxt, cfg.data.cache_dir, exchange=exchange)
+    server_ms = src.call(f"asking {spec.source} for its time", exchange.fetch_time, spec.symbol)
+    server = pd.Timestamp(int(server_ms), unit="ms", tz="UTC")
+    src = CcxtSource(
+        spec.source, cfg.data.ccxt, cfg.data.cache_dir, exchange=exchange, now=lambda: server
+    )
+    frame = src.fetch(spec.symbol, spec.timeframe, since=server - (cap + 1) * step)
+    return list(iter_candles(frame))[-cap:]

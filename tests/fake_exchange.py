@@ -25,6 +25,9 @@ The exchange's clock: by default "now" is half-way through bar ``bars - 1`` (ser
 open). Setting ``now_ms`` instead makes the bars up to the one open at ``now_ms`` exist
 (``bars`` is then ignored), and ``/api/v3/time`` answers it.
 
+With ``partial_open_bar = True`` the bar still open is served half-formed (close = open),
+as a real exchange serves it, so a client that takes a bar before it closed is caught.
+
 Answers can be rewritten per request with :meth:`FakeBinance.edit_next`: each klines
 answer takes the next queued function of its rows (reorder them, repeat them, drop some,
 break one), to play a late, repeated or out-of-order exchange.
@@ -129,6 +132,9 @@ class FakeBinance:
         self.page_cap = 1000  # most rows per answer, whatever the client asks (Binance: 1000)
         self.requests: list[Request] = []
         self.now_ms: int | None = None  # the exchange's clock; None: half-way through bar bars-1
+        # True: the bar still open is served as a real exchange serves it, half-formed (close =
+        # open, a small range and volume), so a candle taken before it closed shows
+        self.partial_open_bar = False
         self._edits: deque[Callable[[list[list]], list[list]]] = deque()
         self._plans: dict[str, deque[str]] = {r: deque() for r in _ROUTES}
         self._lock = threading.Lock()
@@ -258,6 +264,8 @@ class FakeBinance:
             first = max(0, end - limit + 1)
         last = min(end, first + limit - 1)
         rows = [self.kline(symbol, i) for i in range(first, last + 1)]
+        if self.partial_open_bar and rows and rows[-1][0] == self.open_ms(self.last_bar()):
+            rows[-1] = _half_formed(rows[-1])
         with self._lock:
             edit = self._edits.popleft() if self._edits else None
         return 200, rows if edit is None else edit(rows)
@@ -270,6 +278,13 @@ class FakeBinance:
             "exchangeFilters": [],
             "symbols": [_market(b, q) for b, q in self.pairs],
         }
+
+
+def _half_formed(row: list) -> list:
+    """A kline row as it looks while its bar is still open: only its first trades in it."""
+    o = float(row[1])
+    f = "{:.8f}".format
+    return [row[0], f(o), f(o * 1.0001), f(o * 0.9999), f(o), f(1.0), *row[6:]]
 
 
 def _handler_for(server: FakeBinance) -> type[BaseHTTPRequestHandler]:
@@ -359,3 +374,16 @@ def binance_client(server: FakeBinance, *, timeout_ms: int = 500) -> ccxt.binanc
         api[name] = urlunsplit((local.scheme, local.netloc, p.path, p.query, p.fragment))
     ex.urls["api"] = api
     return ex
+
+
+def binance_options(server: FakeBinance) -> dict:
+    """ccxt constructor options that point ``ccxt.binance`` at ``server`` (spot only).
+
+    For code that builds its own exchange from config (``data.ccxt.options``), e.g. a
+    session host in another process: the same URLs and options as :func:`binance_client`.
+    """
+    ex = binance_client(server)
+    return {
+        "urls": {"api": dict(ex.urls["api"])},
+        "options": {"fetchMarkets": {"types": ["spot"]}, "fetchMargins": False},
+    }

@@ -50,3 +50,70 @@ def test_replay_for_n_candles_prints_final_metrics_as_json(ray_cluster, tiny, ca
         m = s["metrics"]
         assert m["candles"] == 40 and m["predictions"] == 40 and s["mode"] == "every_candle"
         assert m["train_requested"] == 40 and s["prediction"]["action"] in ("HOLD", "BUY", "SELL")
+
+
+def test_ccxt_source_predicts_each_candle_once_after_the_exchange_closed_it(
+    ray_cluster, tiny, capsys
+):
+    """Against the local fake Binance, whose clock moves one 1m bar at a time: the session
+    warms up on the exchange's history, then each of N newly closed bars is predicted once,
+    with the values the exchange settled on (the open bar is served half-formed)."""
+    import threading
+    import time
+
+    import pandas as pd
+    from fake_exchange import FakeBinance, binance_options
+
+    from actors.session_host import host_journal
+    from pipelines.config import load_config
+
+    n, first = 4, 100  # bars 0..99 closed when the session starts: its warm-up
+    with FakeBinance(start=pd.Timestamp("2024-01-01", tz="UTC"), bars=1, interval="1m") as fake:
+        fake.partial_open_bar = True
+        fake.now_ms = fake.open_ms(first) + 30_000
+        stop = threading.Event()
+
+        def exchange_clock() -> None:
+            # only once the warm-up asked for history by time, one bar closes every 0.4 s, n
+            # of them; then the clock stays in bar first + n, still open
+            waited = time.monotonic() + 60  # bounded: without a warm-up the test fails, not hangs
+            while not any("startTime" in r.params for r in fake.calls()):
+                if stop.wait(0.1):
+                    return
+                if time.monotonic() > waited:
+                    break
+            for k in range(1, n + 1):
+                if stop.wait(0.4):
+                    return
+                fake.now_ms = fake.open_ms(first + k) + 30_000
+
+        ticker = threading.Thread(target=exchange_clock, daemon=True)
+        ticker.start()
+        opts = json.dumps(binance_options(fake))
+        args = ["--symbols", "binance:BTC/USDT", "--timeframe", "1m", "--mode", "none"]
+        args += ["--source", "ccxt", "--candles", str(n), "--json"]
+        over = [*tiny, f"data.ccxt.options={opts}", "data.ccxt.backoff_s=0.05"]
+        try:
+            assert cli.main(["live", *args, *over]) == 0
+        finally:
+            stop.set()
+            ticker.join()
+        open_bar = fake.last_bar()
+    (s,) = json.loads(capsys.readouterr().out)
+    m = s["metrics"]
+    assert s["symbol"] == "binance:BTC/USDT@1m"
+    assert m["candles"] == n and m["predictions"] == n and m["settled"] == n - 1
+    assert open_bar == first + n  # the CLI stopped with bar first + n still open
+    j = host_journal(load_config(None, over), 0)
+    (sid,) = j.session_ids()
+    preds = [t for t, _ in j.events(sid, "prediction")]
+    step = 60_000_000_000
+    start_ns = fake.open_ms(first) * 1_000_000
+    assert preds == [start_ns + k * step for k in range(n)]  # each once, in order, none skipped
+    got = j.candles(sid, limit=1000)
+    assert got[0].time < start_ns  # warmed up on the exchange's closed history
+    closed = fake.expected("BTCUSDT", first, first + n - 1)
+    live = [c for c in got if c.time >= start_ns]
+    assert [c.time for c in live] == preds
+    for c, (_, row) in zip(live, closed.iterrows(), strict=True):
+        assert c.values() == pytest.approx(tuple(row[["open", "high", "low", "close", "volume"]]))
