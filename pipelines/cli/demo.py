@@ -1,4 +1,9 @@
-"""``candleray demo``: offline end to end: train, evaluate on held-out ranges, backtest."""
+"""``candleray demo``: offline end to end: train, evaluate on held-out ranges, backtest, replay.
+
+The replay phase plays the last held-out bars of each symbol (after the one hold-out cut) to
+live sessions in ``every_candle`` mode on the real session hosts (``actors.session_host``) at
+speed 0: each candle is predicted, settled, paper-traded and trained on as it closes.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from conf import Config
 from pipelines.cli.backtest import cmd_backtest
 from pipelines.cli.train import cmd_train
 
 DEMO_UNSEEN_SYMBOL = "synthetic:SYN9"  # backtested by the demo, never trained on
+DEMO_REPLAY_CANDLES = 300  # per symbol: the last held-out bars replayed to live sessions
+DEMO_REPLAY_TIMEOUT_S = 180.0
 
 
 def register(sub: Any) -> None:
@@ -74,8 +84,126 @@ def cmd_demo(cfg: Config, keep: bool) -> int:
         print(f"not backtested (no data after the hold-out cut {out['cut']}): {', '.join(skipped)}")
     jobs.append(BacktestJob(DEMO_UNSEEN_SYMBOL))
     bt_rc = cmd_backtest(cfg, checkpoint=out["checkpoint"]["path"], jobs=jobs)
+    replay_ok = replay_phase(cfg, out["ranges"])
     print(
         f"\nOpen the MLflow UI: make mlflow-ui   (then http://127.0.0.1:5000, experiments {cfg.run.name!r} "
-        f"and {cfg.run.name + '-backtest'!r})"
+        f", {cfg.run.name + '-backtest'!r} and {cfg.run.name + '-live'!r})"
     )
-    return 0 if ok and bt_rc == 0 else 1
+    return 0 if ok and bt_rc == 0 and replay_ok else 1
+
+
+def replay_plan(
+    frames: dict[str, pd.DataFrame], ranges: dict[str, dict[str, str]], candles: int
+) -> dict[str, int]:
+    """Per symbol with held-out bars, the replay start row: ``-k``, the last k = min(candles,
+    bars at or after its first held-out window end) bars, so every replayed bar is unseen."""
+    plan = {}
+    for key, frame in frames.items():
+        first = ranges.get(key, {}).get("holdout_start")
+        if not first:
+            continue  # all its data before the cut: it trained the model, nothing is unseen
+        held = int(np.count_nonzero(frame.index >= pd.Timestamp(first)))
+        if held >= 2:  # a prediction needs a next bar to settle against
+            plan[key] = -min(candles, held)
+    return plan
+
+
+def persistence_direction(closes: np.ndarray) -> float:
+    """Direction accuracy over ``closes`` of 'the next move repeats the last one', settled
+    like a session's predictions (made at each bar but the last; flat moves not counted)."""
+    from pipelines.model.direction import direction_accuracy
+
+    moves = np.diff(closes)
+    return direction_accuracy(moves[:-1], moves[1:])
+
+
+def replay_phase(cfg: Config, ranges: dict[str, dict[str, str]]) -> bool:
+    """Replay held-out bars to ``every_candle`` sessions; print their metrics and baselines."""
+    import time
+
+    import ray
+
+    from actors import ModelClient, assign_host, host_call, start_hosts
+    from pipelines.cluster import init_ray
+    from pipelines.data.candles import normalize_columns
+    from pipelines.data.sources import load_candles, parse_symbol
+
+    specs = {k: parse_symbol(k, cfg.data.timeframe) for k in ranges}
+    frames = {k: normalize_columns(load_candles(s, cfg.data)) for k, s in specs.items()}
+    plan = replay_plan(frames, ranges, DEMO_REPLAY_CANDLES)
+    if not plan:
+        print("\nno symbol has held-out bars to replay to live sessions")
+        return True
+    print(
+        f"\nReplay of up to {DEMO_REPLAY_CANDLES} held-out bars per symbol to live sessions in "
+        "every_candle mode (session hosts, speed 0): each candle predicted, settled, "
+        "paper-traded and trained on once its label is final"
+    )
+    timeout = cfg.ray.call_timeout_s
+    owns = init_ray(cfg)
+    hosts: list[Any] = []
+    client = None
+    try:
+        client = ModelClient.connect(cfg)  # restores the checkpoint just trained
+        client.call("weights_version")
+        hosts = start_hosts(cfg)
+        loads = [0] * len(hosts)
+        ids = []
+        for key, start in plan.items():
+            i = assign_host(key, loads)
+            loads[i] += 1
+            ref = hosts[i].start_session.remote(key, None, "every_candle", "replay", 0, start)
+            ids.append((key, hosts[i], host_call(ref, "start_session", timeout)["id"]))
+        deadline = time.monotonic() + DEMO_REPLAY_TIMEOUT_S
+        while True:  # until every replay has ended and its training queue drained
+            sts = ray.get([h.status.remote(sid) for _, h, sid in ids], timeout=timeout)
+            stats = ray.get([h.stats.remote() for h in hosts], timeout=timeout)
+            done = all(s["state"] == "finished" for s in sts) and not any(
+                x["pending"] or x["in_flight"] for x in stats
+            )
+            if done or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        for h in hosts:
+            try:
+                ray.get(h.shutdown.remote(), timeout=30)
+                ray.kill(h, no_restart=True)
+            except ray.exceptions.RayError:
+                pass
+        if client is not None and not cfg.ray.detached:
+            client.call("close", "FINISHED")
+        if owns:
+            ray.shutdown()
+    rows = []
+    for (key, _, _), st in zip(ids, sts, strict=True):
+        closes = frames[key]["close"].to_numpy()[plan[key] :]
+        rows.append((key, st["metrics"], persistence_direction(closes)))
+    print(replay_table(rows))
+    if not done:
+        print(f"replay NOT finished within {DEMO_REPLAY_TIMEOUT_S:.0f}s (metrics so far above)")
+    return done
+
+
+def replay_table(rows: list[tuple[str, dict[str, Any], float]]) -> str:
+    """The sessions' metrics beside the always-HOLD and persistence baselines."""
+
+    def f(x: float) -> str:
+        return "   -" if x != x else f"{x:.3f}"
+
+    head = (
+        f"{'symbol':<16}{'candles':>8}{'dir acc':>9}{'persist.':>9}{'paper PnL':>11}"
+        f"{'trades':>7}{'win rate':>9}   train requested/done/dropped"
+    )
+    lines = [head]
+    for key, m, persist in rows:
+        lines.append(
+            f"{key:<16}{m['candles']:>8}{f(m['direction_acc']):>9}{f(persist):>9}"
+            f"{m['paper_pnl']:>+11.2f}{m['trades']:>7}{f(m['win_rate']):>9}   "
+            f"{m['train_requested']}/{m['train_done']}/{m['train_dropped']}"
+        )
+    lines.append(
+        "always-HOLD baseline: paper PnL +0.00 and 0 trades on every symbol (it never trades); "
+        "persist.: direction accuracy of 'the next move repeats the last' on the same bars"
+    )
+    return "\n".join(lines)
