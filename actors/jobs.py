@@ -116,7 +116,8 @@ def job_board(cfg: Config) -> Any:
     Keep the handle: a board that is not detached ends when the last handle of the process
     that created it goes (``candleray serve`` holds one for the app's lifetime).
     """
-    return JobBoard.options(
+    # @ray.remote turns the class into an ActorClass; mypy keeps a decorated class's own type
+    return JobBoard.options(  # type: ignore[attr-defined]
         name=f"{cfg.run.name}-jobs",
         namespace=cfg.ray.namespace,
         get_if_exists=True,

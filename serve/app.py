@@ -41,7 +41,8 @@ class Ingress:
 def build_app(cfg: Config) -> Application:
     """The whole app, bound: the ingress with the predictor deployment as its argument."""
     check_bind(cfg.serve.host, cfg.serve.token)
-    return Ingress.bind(build_predictor_app(cfg), cfg)
+    # @serve.deployment turns the class into a Deployment; mypy keeps a decorated class's type
+    return Ingress.bind(build_predictor_app(cfg), cfg)  # type: ignore[attr-defined]
 
 
 def start(cfg: Config) -> DeploymentHandle:

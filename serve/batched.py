@@ -76,7 +76,7 @@ def predict_batch(
             [
                 WindowPrediction(
                     tuple(p.candle[i].tolist()),
-                    tuple(p.probs[i].tolist()),  # type: ignore[arg-type]
+                    (float(p.probs[i, 0]), float(p.probs[i, 1]), float(p.probs[i, 2])),
                     p.version,
                     predictor.generation,
                     replica,

@@ -73,8 +73,8 @@ def find_model(cfg: Config) -> ModelClient:
 
 @serve.deployment
 class BatchedPredictor:
-    # type: ignore below: Ray actors (and so Serve replicas) allow an async __init__, which
-    # lets the replica load its first weights before it takes a request
+    # Ray actors (and so Serve replicas) allow an async __init__, which lets the replica load
+    # its first weights before it takes a request; Python's typing says __init__ returns None
     async def __init__(self, cfg: Config) -> None:  # type: ignore[misc]
         self.serve_cfg = cfg.serve
         self.replica = serve.get_replica_context().replica_tag
@@ -140,7 +140,8 @@ class BatchedPredictor:
 
 def predictor_deployment(cfg: Config) -> Deployment:
     """The deployment with replicas, CPUs/GPUs per replica and batching from ``cfg.serve``."""
-    return BatchedPredictor.options(**deployment_options(cfg.serve))
+    # @serve.deployment turns the class into a Deployment; mypy keeps a decorated class's type
+    return BatchedPredictor.options(**deployment_options(cfg.serve))  # type: ignore[attr-defined]
 
 
 def build_predictor_app(cfg: Config) -> Application:

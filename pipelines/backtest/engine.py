@@ -129,7 +129,7 @@ def _walk(plan: _Plan, sig: np.ndarray, spec: BacktestSpec) -> _Walk:
     whole = spec.units == "whole"
     lag = spec.fill_lag
     px, change = plan.px, plan.change
-    cash, size, entry = float(spec.cash), 0, 0.0
+    cash, size, entry = float(spec.cash), 0.0, 0.0
     cash_after: list[float] = []  # (M,) cash after change k
     size_after: list[float] = []  # (M,) signed units held after change k
     retried: dict[int, tuple[int, float, float]] = {}
@@ -140,6 +140,7 @@ def _walk(plan: _Plan, sig: np.ndarray, spec: BacktestSpec) -> _Walk:
             size = 0
         if w:
             # _units(cash, p, c, whole), inlined: this loop is the hot path
+            units: float  # a whole number when units are whole
             if cash <= 0:
                 units = 0
             elif whole:

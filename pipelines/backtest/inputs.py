@@ -170,7 +170,7 @@ def _label_value(u: object) -> int | None:
     if isinstance(u, bytes):
         return SIGNAL_NAMES.get(u.decode(errors="replace").strip().upper())
     if isinstance(u, numbers.Real) and not isinstance(u, bool) and u in (-1, 0, 1):
-        return int(u)
+        return int(float(u))  # numbers.Real promises __float__, not __int__
     return None
 
 

@@ -26,7 +26,7 @@ TRADE_COLUMNS: tuple[str, ...] = (
 )
 
 
-class Stats(dict):  # type: ignore[type-arg]
+class Stats(dict):
     """Statistics of a run: a read-only dict, so it still pickles and JSON-serialises."""
 
     __slots__ = ()
@@ -37,7 +37,7 @@ class Stats(dict):  # type: ignore[type-arg]
     __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
     __ior__ = _read_only  # type: ignore[assignment]
 
-    def __reduce__(self) -> tuple[type, tuple[dict]]:  # type: ignore[override]
+    def __reduce__(self) -> tuple[type, tuple[dict]]:
         return (Stats, (dict(self),))
 
 
