@@ -192,13 +192,13 @@ def replay_table(rows: list[tuple[str, dict[str, Any], float]]) -> str:
         return "   -" if x != x else f"{x:.3f}"
 
     head = (
-        f"{'symbol':<16}{'candles':>8}{'dir acc':>9}{'persist.':>9}{'paper PnL':>11}"
+        f"{'symbol':<20}{'candles':>8}{'dir acc':>9}{'persist.':>9}{'paper PnL':>11}"
         f"{'trades':>7}{'win rate':>9}   train requested/done/dropped"
     )
     lines = [head]
     for key, m, persist in rows:
         lines.append(
-            f"{key:<16}{m['candles']:>8}{f(m['direction_acc']):>9}{f(persist):>9}"
+            f"{key:<20}{m['candles']:>8}{f(m['direction_acc']):>9}{f(persist):>9}"
             f"{m['paper_pnl']:>+11.2f}{m['trades']:>7}{f(m['win_rate']):>9}   "
             f"{m['train_requested']}/{m['train_done']}/{m['train_dropped']}"
         )
