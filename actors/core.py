@@ -1,8 +1,10 @@
 """ModelCore: the logic of the ModelActor, as a plain class that tests can drive without Ray.
 
 It owns the trainer (model, optimizer, step, history), the checkpoint store and the MLflow
-writer of its run (``actors.tracking_writer``). It is not thread-safe for training and does not need to be: the Ray actor runs its
-training methods one at a time. Readers (metrics, snapshots) only see values published at
+writer of its run (``actors.tracking_writer``). Its training calls are in
+``actors.core_training``, its checkpoint calls in ``actors.core_checkpoints``. It is not
+thread-safe for training and does not need to be: the Ray actor runs its training methods one
+at a time. Readers (metrics, snapshots) only see values published at
 the end of a step or call — references swapped whole, never the live training tensors.
 """
 
@@ -15,23 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
+from actors.core_checkpoints import CheckpointCalls
+from actors.core_training import TrainingCalls
 from actors.tracking_writer import ProcessWriter, RunPlan, ThreadWriter, start_writer
-from conf import Config, to_dict
-from pipelines.data.dataset import Dataset
+from conf import Config
 from pipelines.data.features import n_features
-from pipelines.errors import (
-    CandlerayError,
-    CheckpointError,
-    InvalidInputError,
-    PartialTrainingError,
-)
-from pipelines.model.checkpoints import CheckpointInfo, CheckpointStore
+from pipelines.errors import CheckpointError
+from pipelines.model.checkpoints import CheckpointStore
 from pipelines.model.network import ModelSpec, resolve_device
-from pipelines.model.trainer import Trainer, check_batch, mean_metrics, sample_indices
-from pipelines.version import code_version
+from pipelines.model.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +48,7 @@ class Snapshot:
     spec: dict[str, Any]
 
 
-class ModelCore:
+class ModelCore(TrainingCalls, CheckpointCalls):
     def __init__(
         self,
         cfg: Config,
@@ -206,127 +202,6 @@ class ModelCore:
             "history": [{"step": first + i, **m} for i, m in enumerate(self.trainer.history)],
         }
 
-    # -- training ---------------------------------------------------------------------------
-    def _after_step(self, m: dict[str, float], kind: str) -> None:
-        step = self.trainer.step
-        self._step_metrics.append((step, m))
-        self._run_steps_to = max(self._run_steps_to, step)
-        if len(self._step_metrics) >= self.cfg.tracking.log_every_steps:
-            self._send_metrics()
-        cfg = self.cfg.checkpoint
-        best = (
-            cfg.on_best
-            and step % self.cfg.train.trend_window == 0
-            and self.trainer.is_new_best(cfg.best_metric)
-        )
-        periodic = step % cfg.every_steps == 0
-        if best or periodic:
-            # off-cadence best checkpoints stay local; the best is registered in MLflow on flush
-            self.save_checkpoint(kind=kind, is_best=best, upload=periodic)
-        if step % self.cfg.tracking.log_every_steps == 0:
-            # "version" stays the published snapshot's; "steps" moves on during a long call
-            self.summary = {**self.summary, **self.trainer.summary()}
-
-    def _fail_partway(
-        self, exc: Exception, call: str, start_step: int, samples: int, retry: str
-    ) -> None:
-        """From a training call's ``except``: if steps were applied, publish them and raise
-        PartialTrainingError saying how many; else return, and the caller re-raises ``exc``
-        (nothing changed, so a plain retry is safe)."""
-        applied = self.trainer.step - start_step
-        if applied == 0:
-            return
-        self._publish()  # readers and checkpoints see the weights the caller now has
-        cause = exc.__cause__ if isinstance(exc, PartialTrainingError) and exc.__cause__ else exc
-        raise PartialTrainingError(
-            f"{call} failed after {applied} step(s) on {samples} sample(s) were applied: "
-            f"{type(cause).__name__}: {cause}. Those steps stay applied and are published as "
-            f"weights version {self.trainer.step}; {retry}",
-            steps_applied=applied,
-            samples_applied=samples,
-            version=self.trainer.step,
-        ) from cause
-
-    def train_batch(
-        self, x: Any, y_candle: Any, y_action: Any, kind: str = "manual"
-    ) -> dict[str, Any]:
-        start = self.trainer.step
-        try:
-            m = self.trainer.train_step(x, y_candle, y_action)
-            self._after_step(m, kind)  # a checkpoint that cannot be written fails here
-        except Exception as exc:
-            self._fail_partway(
-                exc, "train_batch", start, len(x), "do not retry this batch: it would train twice"
-            )
-            raise
-        self._publish()
-        return {**m, "step": self.trainer.step, "version": self.trainer.step}
-
-    def train_samples(
-        self, data: Dataset, indices: Any = None, batch_size: int | None = None, kind: str = "batch"
-    ) -> list[dict[str, float]]:
-        """Train on ``data[indices]`` in order, ``batch_size`` at a time.
-
-        ``indices``: positions, a boolean mask over ``data``, or None (all). All of it is
-        checked first: bad input changes nothing. A failure after some steps raises
-        PartialTrainingError naming the samples already trained, and publishes them.
-        """
-        idx = sample_indices(indices, len(data))
-        bs = self.cfg.train.batch_size if batch_size is None else batch_size
-        if bs < 1:
-            raise InvalidInputError(f"batch_size={bs} must be >= 1 (or None: train.batch_size)")
-        check_batch(self.spec, data.x[idx], data.y_candle[idx], data.y_action[idx])
-        start, out = self.trainer.step, []
-        try:
-            for s in range(0, len(idx), bs):
-                b = idx[s : s + bs]
-                m = self.trainer.train_step(data.x[b], data.y_candle[b], data.y_action[b])
-                self._after_step(m, kind)
-                out.append(m)
-        except Exception as exc:
-            done = min((self.trainer.step - start) * bs, len(idx))
-            self._fail_partway(
-                exc,
-                f"train_samples (batch {len(out) + 1} of {-(-len(idx) // bs)})",
-                start,
-                done,
-                f"the first {done} of the {len(idx)} samples (indices[:{done}]) are trained: "
-                f"go on with indices[{done}:] after fixing the failing batch, not the whole call",
-            )
-            raise
-        self._publish()
-        return out
-
-    def train_epochs(
-        self,
-        data: Dataset,
-        epochs: int,
-        batch_size: int | None = None,
-        seed: int = 0,
-        kind: str = "batch",
-    ) -> list[dict[str, float]]:
-        """``epochs`` shuffled passes; returns the per-sample mean metrics of each epoch.
-
-        A failure after some steps raises PartialTrainingError (see ``train_samples``).
-        """
-        rng = np.random.default_rng(seed)
-        start, out = self.trainer.step, []
-        try:
-            for _ in range(epochs):
-                ms = self.train_samples(data, rng.permutation(len(data)), batch_size, kind)
-                out.append(mean_metrics(ms))
-        except Exception as exc:
-            inner = exc.samples_applied if isinstance(exc, PartialTrainingError) else 0
-            self._fail_partway(
-                exc,
-                f"train_epochs (epoch {len(out) + 1} of {epochs})",
-                start,
-                len(out) * len(data) + inner,
-                f"{len(out)} epoch(s) finished; ask for the remaining epochs, not all {epochs}",
-            )
-            raise
-        return out
-
     def set_data_window(self, window: dict[str, Any]) -> None:
         """Record which data the model is trained on (goes into every checkpoint's metadata)."""
         self.data_window = dict(window)
@@ -343,101 +218,6 @@ class ModelCore:
         self._run_steps_to = max(self._run_steps_to, s)
         for name, payload in (artifacts or {}).items():
             self._track("log_dict", payload, name)
-
-    # -- checkpoints ------------------------------------------------------------------------
-    def save_checkpoint(
-        self, kind: str = "manual", is_best: bool = False, upload: bool = True
-    ) -> dict[str, Any]:
-        """Write the current state (atomically); a second save of the same weights is a no-op.
-
-        "The same weights" is the same (generation, step), including those just restored or
-        loaded: saving them again would only write a duplicate without the best flag.
-        """
-        key = (self.generation, self.trainer.step)
-        last = self._last_ckpt
-        if last is not None and last[0] == key and (not is_best or last[1]["is_best"]):
-            return last[1]
-        meta = {
-            "step": self.trainer.step,
-            "kind": kind,
-            "is_best": is_best,
-            "metrics": self.trainer.rolling(),
-            "config": to_dict(self.cfg),
-            "data": self.data_window,
-            "code_version": code_version(),
-            "mlflow_run_id": self.run_id,
-            "generation": self.generation,
-        }
-        info = self.store.save(self.trainer.state(), meta)
-        if self.cfg.tracking.log_checkpoints and upload:
-            self._track("log_artifact", self.store.full_uri(info.path), "checkpoints")
-        self._last_ckpt = (key, info.to_dict())
-        return info.to_dict()
-
-    def load_checkpoint(self, path: str | None = None) -> dict[str, Any]:
-        """Load a listed checkpoint (default: the newest good one) into the training weights.
-
-        Loading any other than the newest checkpoint is a rewind: a copy of it is written as
-        the newest checkpoint, so a restart resumes from it, not from the abandoned future.
-        Loading a step older than the MLflow run's newest opens a new run linked to it (as a
-        restart does; ``actors.tracking_writer``): the run's step axis never repeats a step.
-        """
-        if path is None:
-            got = self.store.load_latest_good()
-            if got is None:
-                raise CandlerayError(
-                    f"no checkpoint under {self.store.uri}; train first or pass a path"
-                )
-            state, meta = got
-            path = self.store.info(meta).path
-        else:
-            state, meta = self.store.load(path)
-        self.trainer.load_state(state)
-        # new lineage: (generation, version) never names two different sets of weights, so
-        # predictors reload even when the step goes back to a number they have seen
-        self.generation = uuid.uuid4().hex[:12]
-        if self._tracking is not None and self.trainer.step < self._run_steps_to:
-            self._send_metrics()  # the old run's steps go to the old run
-            self._recorded_run_id = self.run_id  # named until the new run is open
-            self._track("rewind", self.generation, self.trainer.step)
-            self._run_steps_to = 0
-        newest = self.store.is_newest(path)
-        record = (
-            self.store.info(meta)
-            if newest
-            else self.store.promote(path, generation=self.generation, mlflow_run_id=self.run_id)
-        )
-        self._last_ckpt = ((self.generation, self.trainer.step), record.to_dict())
-        self._publish()
-        return {
-            "step": self.trainer.step,
-            "kind": meta.get("kind"),
-            "file": meta.get("file"),
-            "path": record.path,  # the newest checkpoint now: what a restart restores
-        }
-
-    def list_checkpoints(self) -> list[dict[str, Any]]:
-        return [i.to_dict() for i in self.store.list()]
-
-    def best_checkpoint(self) -> CheckpointInfo | None:
-        return self.store.best()
-
-    def mark_best(self, path: str) -> dict[str, Any]:
-        """Make checkpoint ``path`` the best one and register it in MLflow under the alias
-        ``best`` (queued to the writer, like every registration). CheckpointError if ``path``
-        does not load. ``registered``: whether a registration was queued (tracking on)."""
-        info = self.store.mark_best(path)
-        if self._last_ckpt is not None:  # keep the cached record's flag true to the store
-            key, record = self._last_ckpt
-            self._last_ckpt = (key, {**record, "is_best": record["path"] == info.path})
-        self._register_best()
-        registered = self._tracking is not None and self.cfg.tracking.register_best
-        return {
-            **info.to_dict(),
-            "model": self.cfg.run.name,
-            "alias": "best",
-            "registered": registered,
-        }
 
     def close(self, status: str = "FINISHED", wait_s: float | None = None) -> dict[str, Any]:
         """Register the best checkpoint, flush and end the run (FINISHED or FAILED); waits
