@@ -2,7 +2,9 @@
 
 A host holds many sessions (``pipelines.live.Session``) of one model. Each ``step(now)``:
 
-1. pulls the candles that arrived from every session's feed (``actors.host_feeds``),
+1. pulls the candles that arrived from every session's feed (``actors.host_feeds``; an
+   exchange is polled on a thread of the feed's own, never under the lock), until a session
+   has taken its ``max_candles``,
 2. runs ``pipelines.live.tick`` over them: every session with a new window is predicted in
    ONE batched forward pass from the newest weights the host has loaded, settled, journaled
    (one transaction per tick) and its due samples go into the host's ``TrainingQueue``,
@@ -28,13 +30,12 @@ import threading
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from actors.host_feeds import FeedPlan, PollSource, ReplaySource, open_source
+from actors.host_feeds import FeedPlan, Hosted, open_source
 from actors.host_tracking import SessionRuns, loggable
 from actors.host_training import TrainCalls, TrainingDriver
 from conf import Config
@@ -42,7 +43,6 @@ from pipelines.data.sources import parse_symbol
 from pipelines.errors import InvalidInputError
 from pipelines.live import (
     Journal,
-    LivePrediction,
     Session,
     SessionSettings,
     TrainingQueue,
@@ -76,17 +76,6 @@ def host_of(session_id: str) -> int:
     return int(m.group(1))
 
 
-@dataclass
-class Hosted:
-    """A session, where its candles come from, and what the host last published for it."""
-
-    session: Session
-    plan: FeedPlan
-    source: ReplaySource | PollSource
-    last: LivePrediction | None = None
-    errors: list[str] = field(default_factory=list)
-
-
 class HostCore:
     def __init__(
         self,
@@ -99,10 +88,12 @@ class HostCore:
         clock: Callable[[], float],
         runs: SessionRuns | None = None,
         exchange: Any = None,
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self.cfg, self.index = cfg, index
         self.predictor, self.calls, self.journal = predictor, calls, journal
         self.clock, self.runs, self.exchange = clock, runs, exchange
+        self.wake = wake  # wakes the loop when an exchange's candles arrive (PollSource)
         self.settings = SessionSettings.from_config(cfg)
         self.queue = TrainingQueue(
             cfg.live.queue_capacity, cfg.train.batch_size, cfg.live.trend_window
@@ -127,10 +118,10 @@ class HostCore:
                 continue
             session, counts = self.journal.restore(sid, self.settings, self.cfg.live.trend_window)
             self.queue.counts[sid] = counts
-            plan = FeedPlan(**{k: feed[0][1][k] for k in ("source", "speed", "start")})
+            plan = FeedPlan.from_json(feed[0][1])
             spec = parse_symbol(session.symbol, session.timeframe)
             source, _ = open_source(
-                self.cfg, spec, plan, self.clock(), session.last_time, self.exchange
+                self.cfg, spec, plan, self.clock, session.last_time, self.exchange, self.wake
             )
             self.sessions[sid] = Hosted(session, plan, source)
             runs = self.journal.events(sid, "mlflow", limit=1)
@@ -151,8 +142,9 @@ class HostCore:
         source: str,
         speed: float | None = None,
         start: int | str | None = None,
+        max_candles: int | None = None,
     ) -> dict[str, Any]:
-        plan = FeedPlan.checked(source, speed, start)
+        plan = FeedPlan.checked(source, speed, start, max_candles)
         spec = parse_symbol(symbol, timeframe or self.cfg.data.timeframe)
         if timeframe and spec.timeframe != timeframe:
             raise InvalidInputError(
@@ -161,14 +153,18 @@ class HostCore:
         Session("check", spec.key, spec.timeframe, mode, self.settings)  # checks mode
         # outside the lock: loading a series or asking an exchange for its history may take
         # seconds, and every other session keeps predicting meanwhile
-        src, warm = open_source(self.cfg, spec, plan, self.clock(), None, self.exchange)
-        with self.lock:
-            sid = self._new_id(spec.key)
-            session = Session(sid, spec.key, spec.timeframe, mode, self.settings)
-            session.prime(warm[-session.history.capacity :])
-            self.journal.write([(sid, [("feed", 0, plan.to_json()), *session.take_records()])])
-            self.sessions[sid] = Hosted(session, plan, src)
-            return self._status(sid)
+        src, warm = open_source(self.cfg, spec, plan, self.clock, None, self.exchange, self.wake)
+        try:
+            with self.lock:
+                sid = self._new_id(spec.key)
+                session = Session(sid, spec.key, spec.timeframe, mode, self.settings)
+                session.prime(warm[-session.history.capacity :])
+                self.journal.write([(sid, [("feed", 0, plan.to_json()), *session.take_records()])])
+                self.sessions[sid] = Hosted(session, plan, src)
+                return self._status(sid)
+        except BaseException:
+            src.close()  # a poll source's thread must not outlive a session that never started
+            raise
 
     def _new_id(self, key: str) -> str:
         base = f"h{self.index}-" + re.sub(r"[^A-Za-z0-9]+", "-", key).strip("-")
@@ -207,6 +203,7 @@ class HostCore:
             h = self.sessions.pop(sid, None)
             if h is None:
                 self._get(sid)
+            h.source.close()
             self.queue.drop_session(sid)
             self.journal.write([(sid, [("stopped", 0, {}), *h.session.take_records()])])
             self._end_run(h)
@@ -223,7 +220,7 @@ class HostCore:
             "timeframe": s.timeframe,
             "mode": s.mode,
             **h.plan.to_json(),
-            "state": "finished" if h.source.exhausted else "running",
+            "state": "finished" if h.finished else "running",
             "metrics": s.summary(self.queue.session(sid)),
             "last_candles": [
                 {"time": c.time, "open": c.open, "high": c.high, "low": c.low, "close": c.close}
@@ -292,6 +289,7 @@ class HostCore:
                     "p99": float(np.percentile(lat, 99)) if lat.size else None,
                 },
                 "mlflow_errors": None if self.runs is None else self.runs.errors,
+                "mlflow": None if self.runs is None else self.runs.status(),
             }
 
     def reset_latencies(self) -> None:
@@ -315,6 +313,8 @@ class HostCore:
             for round_ in range(MAX_ROUNDS):
                 arrived = []
                 for h in self.sessions.values():
+                    if h.finished:
+                        continue
                     got = h.source.due(now, 1) if round_ == 0 or h.source.paced else []
                     if got:
                         arrived.append((h, *got[0]))
@@ -322,7 +322,7 @@ class HostCore:
                     break
                 self._tick(arrived)
             self.training.drive(self.clock())
-            dues = [h.source.next_due() for h in self.sessions.values()]
+            dues = [h.source.next_due() for h in self.sessions.values() if not h.finished]
             soonest = min((d for d in dues if d is not None), default=now + 1.0)
             wait = max(0.0, soonest - self.clock())
             return min(wait, 0.02) if self.training.busy else min(wait, 1.0)
@@ -389,8 +389,10 @@ class HostCore:
 
     def close(self) -> None:
         with self.lock:
+            for h in self.sessions.values():
+                h.source.close()
             if self.runs is not None:
                 for h in self.sessions.values():
                     self._end_run(h)
-                self.runs.flush(10.0)
+                self.runs.close(10.0)
             self.journal.close()

@@ -8,9 +8,12 @@ monotonic clock) and ``next_due()`` with when the next one will.
   against a fixed schedule (candle k is due at t0 + k / speed); ``speed=0``: one candle per
   pass of the loop, as fast as the host predicts. Its arrival time is the scheduled time, so a
   host that falls behind shows it as latency, not as a slower replay.
-* ``PollSource``: ``pipelines.data.feeds.CcxtPollFeed.poll()`` once per poll interval; the
-  arrival time is when the round answered. A failed round is logged and counted; the next
-  round starts from the last candle handled, so nothing is lost.
+* ``PollSource``: ``pipelines.data.feeds.CcxtPollFeed.poll()`` once per poll interval, on a
+  thread of its own: a round (requests, retries, backoff) may take seconds, and the host's
+  lock is never held for it, so a slow or failing exchange delays only its own sessions'
+  candles, never another session's prediction. Finished rounds wait in a queue that ``due``
+  drains; the arrival time is when the round answered. A failed round is logged and counted;
+  the next round starts from the last candle handled, so nothing is lost.
 
 Both yield ``pipelines.live.Candle`` (open time in ns), what sessions take.
 """
@@ -18,8 +21,10 @@ Both yield ``pipelines.live.Candle`` (open time in ns), what sessions take.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -31,7 +36,7 @@ from pipelines.data.feeds.base import Candle as FeedCandle
 from pipelines.data.sources import SymbolSpec, load_candles
 from pipelines.data.sources.ccxt_source import CcxtSource, build_exchange
 from pipelines.errors import CandlerayError, InvalidInputError
-from pipelines.live import Candle, iter_candles
+from pipelines.live import Candle, LivePrediction, Session, iter_candles
 from pipelines.live.history import history_capacity
 
 log = logging.getLogger(__name__)
@@ -52,12 +57,31 @@ class FeedPlan:
     source: str  # replay | ccxt
     speed: float = 0.0  # replay: candles per second (0: as fast as the host predicts)
     start: int | str | None = None  # replay: row or time to play from (ReplayFeed's ``start``)
+    # the session takes this many candles, then is finished (None: until its feed ends); a
+    # poll that brings more leaves the rest untaken
+    max_candles: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"source": self.source, "speed": self.speed, "start": self.start}
+        return {
+            "source": self.source,
+            "speed": self.speed,
+            "start": self.start,
+            "max_candles": self.max_candles,
+        }
 
     @classmethod
-    def checked(cls, source: str, speed: float | None, start: int | str | None) -> FeedPlan:
+    def from_json(cls, d: dict[str, Any]) -> FeedPlan:
+        # journals written before max_candles existed have no such key: no limit
+        return cls(d["source"], d["speed"], d["start"], d.get("max_candles"))
+
+    @classmethod
+    def checked(
+        cls,
+        source: str,
+        speed: float | None,
+        start: int | str | None,
+        max_candles: int | None = None,
+    ) -> FeedPlan:
         if source not in SOURCES:
             raise InvalidInputError(
                 f"feed source {source!r} is not known; choose one of {list(SOURCES)} "
@@ -66,7 +90,11 @@ class FeedPlan:
         s = 0.0 if speed is None else float(speed)
         if not s >= 0:
             raise InvalidInputError(f"replay speed {speed!r} must be >= 0 candles per second")
-        return cls(source, s, start)
+        if max_candles is not None and not (isinstance(max_candles, int) and max_candles >= 1):
+            raise InvalidInputError(
+                f"max_candles {max_candles!r} must be a whole number >= 1, or None for no limit"
+            )
+        return cls(source, s, start, max_candles)
 
 
 class ReplaySource:
@@ -105,44 +133,101 @@ class ReplaySource:
             self._advance()
         return out
 
+    def close(self) -> None:
+        """Nothing to stop: a replay has no thread."""
+
 
 class PollSource:
-    def __init__(self, feed: CcxtPollFeed, now: float) -> None:
-        self.feed = feed
-        self._next_poll = now
-        self._waiting: list[Candle] = []
+    """Polls ``feed`` on its own thread (module doc); ``due`` only takes what has arrived.
+
+    ``wake`` is called after each round that brought candles, so a host loop sleeping until
+    its next due candle takes them at once (an exchange's arrivals cannot be scheduled).
+    """
+
+    def __init__(
+        self,
+        feed: CcxtPollFeed,
+        clock: Callable[[], float],
+        wake: Callable[[], None] | None = None,
+    ) -> None:
+        self.feed, self.clock = feed, clock
+        self._wake = wake
+        self._arrived: deque[Arrival] = deque()  # appended by the poller, popped by ``due``
+        self._mu = threading.Lock()  # guards ``_arrived`` only; never held for a request
+        self._stop = threading.Event()
         self.exhausted = False  # an exchange never runs out
         self.paced = True
-        self.errors = 0
+        self.errors = 0  # failed rounds (written by the poller thread only)
+        self._thread = threading.Thread(target=self._run, name=f"poll-{feed.spec.key}", daemon=True)
+        self._thread.start()
 
-    def next_due(self) -> float:
-        return self._next_poll
-
-    def due(self, now: float, limit: int) -> list[Arrival]:
-        if not self._waiting and now >= self._next_poll:
-            self._next_poll = now + self.feed.poll_interval_s
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            began = self.clock()
             try:
-                self._waiting = [live_candle(c) for c in self.feed.poll()]
+                got = [live_candle(c) for c in self.feed.poll()]
             except CandlerayError as exc:  # retries ran out: the next round resumes
                 self.errors += 1
                 log.warning("%s: polling failed, retried next round: %s", self.feed.spec.key, exc)
-        out, self._waiting = self._waiting[:limit], self._waiting[limit:]
-        return [(c, now) for c in out]
+                got = []
+            except Exception:  # a bug in one round must not end the session's polling for good
+                self.errors += 1
+                log.exception("%s: a polling round failed, retried next round", self.feed.spec.key)
+                got = []
+            if got and not self._stop.is_set():
+                at = self.clock()
+                with self._mu:
+                    self._arrived.extend((c, at) for c in got)
+                if self._wake is not None:
+                    self._wake()
+            self._stop.wait(max(0.0, began + self.feed.poll_interval_s - self.clock()))
+
+    def next_due(self) -> float | None:
+        """When the oldest waiting candle arrived; None while none waits (``wake`` says when)."""
+        with self._mu:
+            return self._arrived[0][1] if self._arrived else None
+
+    def due(self, now: float, limit: int) -> list[Arrival]:
+        with self._mu:
+            return [self._arrived.popleft() for _ in range(min(limit, len(self._arrived)))]
+
+    def close(self) -> None:
+        """Stop polling (a round under way finishes on its own; its candles are dropped)."""
+        self._stop.set()
+
+
+@dataclass
+class Hosted:
+    """A session, where its candles come from, and what the host last published for it."""
+
+    session: Session
+    plan: FeedPlan
+    source: ReplaySource | PollSource
+    last: LivePrediction | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        """Its feed ended, or it took the candles it was started for (it takes no more)."""
+        cap = self.plan.max_candles
+        return self.source.exhausted or (cap is not None and self.session.metrics.candles >= cap)
 
 
 def open_source(
     cfg: Config,
     spec: SymbolSpec,
     plan: FeedPlan,
-    now: float,
+    clock: Callable[[], float],
     after: int | None,
     exchange: Any = None,
+    wake: Callable[[], None] | None = None,
 ) -> tuple[ReplaySource | PollSource, list[Candle]]:
     """The session's source and the warm-up candles before it (empty when resuming): a
     replay's rows before its start, or an exchange's newest closed bars before now.
 
     ``after``: open time (ns) of the last candle the session already processed (from the
-    journal); the source yields only later ones.
+    journal); the source yields only later ones. ``clock``: the host's monotonic clock;
+    ``wake``: what a poll source calls when candles arrived (``PollSource``).
     """
     if plan.source == "replay":
         frame = normalize_columns(load_candles(spec, cfg.data))
@@ -152,7 +237,7 @@ def open_source(
         feed = ReplayFeed(frame, spec, speed=0, start=start)  # checks start, finds its row
         play = frame.iloc[len(frame) - len(feed) :]
         warm = [] if after is not None else list(iter_candles(feed.history()))
-        return ReplaySource(play, plan.speed, now), warm
+        return ReplaySource(play, plan.speed, clock()), warm
     ex = exchange if exchange is not None else build_exchange(spec.source, cfg.data.ccxt)
     warm: list[Candle] = []
     if after is None:  # a new session: warm up on the closed bars before now, as a replay does
@@ -168,7 +253,7 @@ def open_source(
         cache_dir=cfg.data.cache_dir,
         after=since,
     )
-    return PollSource(poll, now), warm
+    return PollSource(poll, clock, wake), warm
 
 
 def ccxt_history(cfg: Config, spec: SymbolSpec, exchange: Any) -> list[Candle]:

@@ -9,7 +9,8 @@ the last journaled candle.
 
 API (every method answers at once; errors are ``CandlerayError`` subclasses)::
 
-    start_session(symbol, timeframe, mode, source, speed=None, start=None) -> status
+    start_session(symbol, timeframe, mode, source, speed=None, start=None,
+                  max_candles=None) -> status   (finished after max_candles candles)
     list_sessions() -> [status]          status(id) -> status (with "metrics")
     chart(id, since=None) -> {"candles", "ghosts", "pivots", "signals", "trades": [records]}
     set_mode(id, mode) -> status         manual_train(id, action) -> {"queued": 1, ...}
@@ -21,7 +22,8 @@ picks the least loaded host for a new one.
 
 Concurrency: a threaded actor (``max_concurrency``): API calls run on Ray's threads, the loop
 (``HostCore.step``) and the weights refresher on two threads of their own; ``HostCore.lock``
-serializes them. The refresher asks the ModelActor's read group for ``weights_version``
+serializes them. An exchange session's feed polls on a thread of its own, outside the lock,
+and wakes the loop when its candles arrive. The refresher asks the ModelActor's read group for ``weights_version``
 (never waits behind training) and loads a new snapshot outside the lock, then swaps it in.
 """
 
@@ -37,7 +39,7 @@ import ray
 
 from actors.core import spec_from_config
 from actors.host_core import HostCore, assign_host, host_of
-from actors.host_tracking import SessionRuns
+from actors.host_tracking import RayRunsSink, SessionRuns
 from actors.model_actor import ModelClient
 from conf import Config
 from pipelines.errors import CandlerayError
@@ -84,9 +86,13 @@ class SessionHost:
         torch.set_num_threads(1)  # one core's worth: the ModelActor trains beside it
         self.client = ModelClient.connect(cfg)
         predictor = Predictor(spec_from_config(cfg), "cpu")
-        runs = (
-            SessionRuns(cfg.tracking.uri, f"{cfg.run.name}-live") if cfg.tracking.enabled else None
-        )
+        runs = None
+        if cfg.tracking.enabled:  # written by an actor of its own: MLflow never takes our GIL
+            name = f"{host_name(cfg, index)}-mlflow"
+            experiment = f"{cfg.run.name}-live"
+            runs = SessionRuns(RayRunsSink(cfg.tracking.uri, experiment, name, cfg.ray.namespace))
+        self._stop = threading.Event()
+        self._wake = threading.Event()
         self.core = HostCore(
             cfg,
             index,
@@ -95,10 +101,9 @@ class SessionHost:
             host_journal(cfg, index),
             clock=time.monotonic,
             runs=runs,
+            wake=self._wake.set,  # an exchange's candles are taken as soon as a poll brings them
         )
         self.core.restore()
-        self._stop = threading.Event()
-        self._wake = threading.Event()
         threading.Thread(target=self._loop, name="host-loop", daemon=True).start()
         threading.Thread(target=self._weights, name="host-weights", daemon=True).start()
 
@@ -142,8 +147,9 @@ class SessionHost:
         source: str,
         speed: float | None = None,
         start: int | str | None = None,
+        max_candles: int | None = None,
     ) -> dict[str, Any]:
-        out = self.core.start_session(symbol, timeframe, mode, source, speed, start)
+        out = self.core.start_session(symbol, timeframe, mode, source, speed, start, max_candles)
         self._wake.set()
         return out
 
