@@ -6,8 +6,9 @@
 Starts Ray, the ModelActor and the session hosts (``actors.session_host``), one session per
 symbol (each on the least loaded host), and redraws a view of the last candles, the ghost
 candle, the signal, the session metrics and the training queue in place until Ctrl-C, which
-stops the sessions and the hosts cleanly. ``--candles N`` stops once every session has taken
-N candles and prints the final metrics (as JSON with ``--json``). Arguments are checked
+stops the sessions and the hosts cleanly. ``--candles N``: every session takes exactly N
+candles (the host's ``max_candles``; a poll that brings more leaves the rest untaken), then the
+command stops and prints the final metrics (as JSON with ``--json``). Arguments are checked
 before anything starts (exit 2).
 """
 
@@ -41,7 +42,13 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--start", default=None, help="replay: row (-300: the last 300) or time to play from"
     )
-    p.add_argument("--candles", type=int, default=None, help="stop after N candles per session")
+    p.add_argument(
+        "--candles",
+        type=int,
+        default=None,
+        help="stop after exactly N candles per session: each session takes N and no more, "
+        "even when one exchange poll brings several",
+    )
     p.add_argument("--json", action="store_true", help="with --candles: final metrics as JSON")
 
 
@@ -88,7 +95,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             loads[i] += 1
             st = host_call(
                 hosts[i].start_session.remote(
-                    n, args.timeframe, args.mode, args.source, args.speed, start
+                    n, args.timeframe, args.mode, args.source, args.speed, start, args.candles
                 ),
                 "start_session",
                 cfg.ray.call_timeout_s,

@@ -117,3 +117,50 @@ def test_ccxt_source_predicts_each_candle_once_after_the_exchange_closed_it(
     assert [c.time for c in live] == preds
     for c, (_, row) in zip(live, closed.iterrows(), strict=True):
         assert c.values() == pytest.approx(tuple(row[["open", "high", "low", "close", "volume"]]))
+
+
+def test_ccxt_candles_n_stops_at_exactly_n_when_one_poll_brings_more(ray_cluster, tiny, capsys):
+    """The exchange's clock jumps five bars at once, so one poll brings five closed candles:
+    with --candles 3 each session takes exactly three (the first three, in order) and the
+    command stops there, the session finished."""
+    import threading
+    import time
+
+    import pandas as pd
+    from fake_exchange import FakeBinance, binance_options
+
+    from actors.session_host import host_journal
+    from pipelines.config import load_config
+
+    n, jump, first = 3, 5, 100
+    with FakeBinance(start=pd.Timestamp("2024-01-01", tz="UTC"), bars=1, interval="1m") as fake:
+        fake.now_ms = fake.open_ms(first) + 30_000
+        stop = threading.Event()
+
+        def exchange_clock() -> None:  # once warmed up: bars first..first+jump-1 close at once
+            waited = time.monotonic() + 60
+            while not any("startTime" in r.params for r in fake.calls()):
+                if stop.wait(0.1) or time.monotonic() > waited:
+                    return
+            fake.now_ms = fake.open_ms(first + jump) + 30_000
+
+        ticker = threading.Thread(target=exchange_clock, daemon=True)
+        ticker.start()
+        opts = json.dumps(binance_options(fake))
+        args = ["--symbols", "binance:BTC/USDT", "--timeframe", "1m", "--mode", "none"]
+        args += ["--source", "ccxt", "--candles", str(n), "--json"]
+        over = [*tiny, f"data.ccxt.options={opts}", "data.ccxt.backoff_s=0.05"]
+        try:
+            assert cli.main(["live", *args, *over]) == 0
+        finally:
+            stop.set()
+            ticker.join()
+    (s,) = json.loads(capsys.readouterr().out)
+    m = s["metrics"]
+    assert (m["candles"], m["predictions"], s["state"]) == (n, n, "finished"), m
+    j = host_journal(load_config(None, over), 0)
+    (sid,) = j.session_ids()
+    step, start_ns = 60_000_000_000, fake.open_ms(first) * 1_000_000
+    preds = [t for t, _ in j.events(sid, "prediction")]
+    assert preds == [start_ns + k * step for k in range(n)]  # the first n, none past them
+    assert max(c.time for c in j.candles(sid, limit=1000)) == preds[-1]
