@@ -68,11 +68,53 @@ def _model_client(cfg: Config) -> Iterator[Any]:
             ray.shutdown()
 
 
-def _tag_kind(cfg: Config, tracking: dict[str, Any], kind: str) -> None:
+def _tag_kind(cfg: Config, tracking: dict[str, Any], kind: str) -> bool:
+    """Tag the run with the kind of its latest training; False if the run could not be tagged
+    (not open yet, or the store refused: the status lines say why)."""
     from pipelines.jobs.annotations import TRAINING_KIND_TAG, tag_run
 
-    if tracking.get("enabled") and cfg.tracking.uri is not None:
+    if not tracking.get("enabled") or cfg.tracking.uri is None or not tracking.get("run_id"):
+        return False
+    try:
         tag_run(cfg.tracking.uri, tracking["run_id"], {TRAINING_KIND_TAG: kind})
+    except CandlerayError as exc:
+        print(f"candleray: could not tag the MLflow run: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def _tracking_lines(cfg: Config, t: dict[str, Any], note: str = "") -> list[str]:
+    """Where the MLflow run stands, from the ModelActor's ``flush_tracking`` status; ``note``
+    follows the run id.
+
+    Writes still pending go on in the background (the writer keeps retrying a store that is
+    down), so "pending" means "not yet", not lost.
+    """
+    if not t.get("enabled"):
+        return []
+    parts = [str(t.get("state", "unknown"))]
+    pending = t.get("pending")
+    if pending is None:
+        parts.append("the writer did not answer")
+    elif pending:
+        parts.append(f"{pending} write{'s' * (pending != 1)} pending")
+    for key, what in (
+        ("open_failures", "failed attempt{} to open the run"),
+        ("errors", "write error{}"),
+        ("dropped", "write{} dropped (queue full)"),
+    ):
+        n = t.get(key) or 0
+        if n:
+            parts.append(f"{n} {what.format('s' * (n != 1))}")
+    run = t.get("run_id") or "(not open yet)"
+    lines = [
+        f"MLflow run {run}{note} in experiment {cfg.run.name!r} at {cfg.tracking.uri} "
+        f"({'; '.join(parts)})"
+    ]
+    if t.get("last_error") and (t.get("errors") or t.get("open_failures") or pending is None):
+        lines.append(f"  last error: {t['last_error']}")
+    lines += [f"  failed upload: {f}" for f in t.get("failed_uploads", [])]
+    return lines
 
 
 def cmd_train_annotations(cfg: Config) -> dict[str, Any]:
@@ -103,7 +145,7 @@ def cmd_train_annotations(cfg: Config) -> dict[str, Any]:
         train_s = time.time() - t0
         ckpt = client.call("save_checkpoint", "annotations")
         tracking = client.call("flush_tracking")
-        _tag_kind(cfg, tracking, "annotations")
+        tagged = _tag_kind(cfg, tracking, "annotations")
         metrics = client.call("metrics")
     steps = sum(r.steps for r in results)
     last = results[-1].metrics
@@ -113,8 +155,8 @@ def cmd_train_annotations(cfg: Config) -> dict[str, Any]:
         f"{last['action_accuracy']:.2f}"
     )
     print(f"checkpoint: {ckpt['path']}")
-    if tracking.get("enabled"):
-        print(f"MLflow run {tracking['run_id']} tagged training_kind=annotations")
+    for line in _tracking_lines(cfg, tracking, " tagged training_kind=annotations" * tagged):
+        print(line)
     return {"epochs": results, "checkpoint": ckpt, "tracking": tracking, "samples": len(ds)}
 
 
@@ -200,15 +242,8 @@ def _train_and_evaluate(client: Any, cfg: Config, split: Any, show_table: bool) 
         f"({samples / max(train_s, 1e-9):.0f} samples/s), model at step {metrics['steps']}, trend {metrics['trend']}"
     )
     print(f"checkpoint: {ckpt['path']}")
-    if tracking.get("enabled"):
-        print(
-            f"MLflow run {tracking['run_id']} in experiment {cfg.run.name!r} at {cfg.tracking.uri}"
-            + (
-                f" ({tracking['errors']} write errors: {tracking['last_error']})"
-                if tracking["errors"]
-                else ""
-            )
-        )
+    for line in _tracking_lines(cfg, tracking):
+        print(line)
     if show_table:
         _print_table(table, split.cut)
     return {
