@@ -78,13 +78,16 @@ class RunPlan:
 
     def create(self) -> Any:
         cfg = self.cfg
+        assert cfg.tracking.uri, "conf.validate.resolve fills tracking.uri"
         if cfg.tracking.uri.startswith(("http://", "https://")):
             # in the writer's process: MLflow's defaults retry a dead server for minutes
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         factory = self.factory
         if factory is None:
-            from pipelines.tracking.tracker import Tracker as factory  # noqa: N813 - a class used as a factory
+            from pipelines.tracking.tracker import Tracker
+
+            factory = Tracker
         return factory(
             cfg.tracking.uri,
             cfg.run.name,
@@ -169,13 +172,15 @@ class WriterCore:
         if method == "rewind":
             self.rewind(*args)
             return
-        fn = self.log_steps if method == "log_steps" else getattr(self.tracker, method)
+        fn: Callable[..., Any] = (
+            self.log_steps if method == "log_steps" else getattr(self.tracker, method)
+        )
         i = _FILE_ARG.get(method)
         item = args[i] if i is not None else None
         try:
-            if isinstance(item, StagedFile):
+            if i is not None and isinstance(item, StagedFile):
                 with upload_staging.local_file(item) as local:
-                    fn(*args[:i], local, *args[i + 1 :], **kwargs)  # type: ignore[index]
+                    fn(*args[:i], local, *args[i + 1 :], **kwargs)
             else:
                 fn(*args, **kwargs)
         except Exception as exc:  # a failing store must not stop training: count and report it

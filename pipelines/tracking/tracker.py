@@ -196,10 +196,12 @@ class Tracker:
         self._calls_since_flush = 0
         while self._pending:
             chunk = self._pending[:_METRICS_PER_BATCH]
+
+            def log_chunk(c: list[Metric] = chunk) -> None:
+                self._client.log_batch(self._run_id, metrics=c)
+
             try:
-                self._call(
-                    "log metrics", lambda c=chunk: self._client.log_batch(self._run_id, metrics=c)
-                )
+                self._call("log metrics", log_chunk)
             except TrackingError as exc:
                 if not _is_transient(exc.__cause__):
                     del self._pending[: len(chunk)]
