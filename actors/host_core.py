@@ -394,5 +394,5 @@ class HostCore:
             if self.runs is not None:
                 for h in self.sessions.values():
                     self._end_run(h)
-                self.runs.close(10.0)
+                self.runs.close(30.0)  # the writer may still be starting (a new process)
             self.journal.close()

@@ -39,7 +39,8 @@ import ray
 
 from actors.core import spec_from_config
 from actors.host_core import HostCore, assign_host, host_of
-from actors.host_tracking import RayRunsSink, SessionRuns
+from actors.host_runs_writer import RayRunsSink
+from actors.host_tracking import SessionRuns
 from actors.model_actor import ModelClient
 from conf import Config
 from pipelines.errors import CandlerayError
