@@ -200,9 +200,8 @@ class HostCore:
 
     def stop_session(self, sid: str) -> dict[str, Any]:
         with self.lock:
-            h = self.sessions.pop(sid, None)
-            if h is None:
-                self._get(sid)
+            h = self._get(sid)  # an unknown id is refused before anything changes
+            del self.sessions[sid]
             h.source.close()
             self.queue.drop_session(sid)
             self.journal.write([(sid, [("stopped", 0, {}), *h.session.take_records()])])
@@ -329,13 +328,14 @@ class HostCore:
 
     def _predict_restored(self) -> None:
         """Predict the windows a killed host left waiting (journaled, never predicted)."""
-        wins = [
-            (self.sessions[s].session, self.sessions[s].session.window_to_predict())
-            for s in self._restored
-            if s in self.sessions
-        ]
+        wins = []
+        for sid in self._restored:
+            if sid in self.sessions:
+                session = self.sessions[sid].session
+                w = session.window_to_predict()
+                if w is not None:
+                    wins.append((session, w))
         self._restored = []
-        wins = [(s, w) for s, w in wins if w is not None]
         if not wins:
             return
         pred = predict_windows(self.predictor, [w for _, w in wins])

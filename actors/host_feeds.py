@@ -236,8 +236,8 @@ def open_source(
             start = int(frame.index.searchsorted(pd.Timestamp(after, tz="UTC"), side="right"))
         feed = ReplayFeed(frame, spec, speed=0, start=start)  # checks start, finds its row
         play = frame.iloc[len(frame) - len(feed) :]
-        warm = [] if after is not None else list(iter_candles(feed.history()))
-        return ReplaySource(play, plan.speed, clock()), warm
+        history = [] if after is not None else list(iter_candles(feed.history()))
+        return ReplaySource(play, plan.speed, clock()), history
     ex = exchange if exchange is not None else build_exchange(spec.source, cfg.data.ccxt)
     warm: list[Candle] = []
     if after is None:  # a new session: warm up on the closed bars before now, as a replay does

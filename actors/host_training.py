@@ -92,10 +92,10 @@ class TrainingDriver:
                 if answer[0] == "done":
                     self._answered(batch, answer, late=True)
         if self.inflight is None:
-            batch = q.take()
-            if batch is not None:
-                handle = self.calls.submit(*batch.arrays())
-                self.inflight = (batch, handle, now + self.timeout_s)
+            taken = q.take()
+            if taken is not None:
+                handle = self.calls.submit(*taken.arrays())
+                self.inflight = (taken, handle, now + self.timeout_s)
                 self.counters["calls"] += 1
 
     def _answered(self, batch: Batch, answer: tuple[str, Any], late: bool) -> None:

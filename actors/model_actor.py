@@ -134,7 +134,22 @@ class ModelClient:
 
     @classmethod
     def connect(cls, cfg: Config) -> ModelClient:
+        """The model's actor, created when missing: for drivers (CLI, ``candleray serve``)."""
         return cls(model_actor(cfg), cfg.ray.call_timeout_s, cfg.run.name)
+
+    @classmethod
+    def find(cls, cfg: Config) -> ModelClient:
+        """The running ModelActor, found by name and never created: for actors, replicas and
+        tasks. An actor is owned by the process that creates it and dies with it, so one made by
+        a session host or a job task would vanish when that host restarts or the task ends."""
+        try:
+            handle = ray.get_actor(cfg.run.name, namespace=cfg.ray.namespace)
+        except ValueError as exc:
+            raise CandlerayError(
+                f"no ModelActor {cfg.run.name!r} in Ray namespace {cfg.ray.namespace!r}: start it "
+                "first (candleray serve and candleray live do; in code ModelClient.connect(cfg))"
+            ) from exc
+        return cls(handle, cfg.ray.call_timeout_s, cfg.run.name)
 
     def submit(self, method: str, *args: Any, **kwargs: Any) -> ray.ObjectRef:
         return getattr(self.handle, method).remote(*args, **kwargs)

@@ -85,12 +85,15 @@ class SessionHost:
 
         logging.basicConfig(level=logging.INFO)
         torch.set_num_threads(1)  # one core's worth: the ModelActor trains beside it
-        self.client = ModelClient.connect(cfg)
+        self.client = ModelClient.find(
+            cfg
+        )  # created by the driver; one made here would die with us
         predictor = Predictor(spec_from_config(cfg), "cpu")
         runs = None
         if cfg.tracking.enabled:  # written by an actor of its own: MLflow never takes our GIL
             name = f"{host_name(cfg, index)}-mlflow"
             experiment = f"{cfg.run.name}-live"
+            assert cfg.tracking.uri, "conf.validate.resolve fills tracking.uri"
             runs = SessionRuns(RayRunsSink(cfg.tracking.uri, experiment, name, cfg.ray.namespace))
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -205,7 +208,8 @@ def start_hosts(cfg: Config) -> list[Any]:
         }
         if cfg.ray.detached:
             opts["lifetime"] = "detached"
-        hosts.append(SessionHost.options(**opts).remote(cfg, i))
+        # @ray.remote turns the class into an ActorClass; mypy keeps a decorated class's own type
+        hosts.append(SessionHost.options(**opts).remote(cfg, i))  # type: ignore[attr-defined]
     return hosts
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 import ray
 
 from actors.jobs import job_board, start_job
+from actors.model_actor import ModelClient
 from conf import Config
 from pipelines.backtest.report import plain
 from pipelines.data.sources import load_candles, parse_symbol
@@ -31,7 +32,6 @@ from pipelines.errors import (
     TemporaryError,
     UnavailableError,
 )
-from serve.predictor_app import find_model
 from serve.windows import interpret, model_input
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class RayBackend:
     def __init__(self, cfg: Config, predictor: Any) -> None:
         self.cfg = cfg
         self.predictor = predictor  # DeploymentHandle of serve.predictor_app.BatchedPredictor
-        self.model = find_model(cfg)  # found, never created here: it would die with the replica
+        self.model = ModelClient.find(cfg)  # never created here: it would die with the replica
         self.timeout_s = cfg.ray.call_timeout_s
         self._host_handles: list[Any] | None = None
         self.board = job_board(cfg)  # held: the board lives while a handle does

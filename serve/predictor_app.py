@@ -21,7 +21,6 @@ import logging
 from typing import Any
 
 import numpy as np
-import ray
 from ray import serve
 from ray.serve.deployment import Application, Deployment
 
@@ -58,19 +57,6 @@ class ActorWeights:
         return {**snap, "state": await snap["ref"]}
 
 
-def find_model(cfg: Config) -> ModelClient:
-    """The running ModelActor of ``cfg.run.name``, found by name (never created here: an
-    actor created by a replica would die with it)."""
-    try:
-        handle = ray.get_actor(cfg.run.name, namespace=cfg.ray.namespace)
-    except ValueError as exc:
-        raise CandlerayError(
-            f"no ModelActor {cfg.run.name!r} in Ray namespace {cfg.ray.namespace!r}: start it "
-            "before the predictor (candleray serve does; in code actors.ModelClient.connect(cfg))"
-        ) from exc
-    return ModelClient(handle, cfg.ray.call_timeout_s, cfg.run.name)
-
-
 @serve.deployment
 class BatchedPredictor:
     # Ray actors (and so Serve replicas) allow an async __init__, which lets the replica load
@@ -79,7 +65,7 @@ class BatchedPredictor:
         self.serve_cfg = cfg.serve
         self.replica = serve.get_replica_context().replica_tag
         self.follower = WeightFollower(
-            spec_from_config(cfg), cfg.model.device, ActorWeights(find_model(cfg))
+            spec_from_config(cfg), cfg.model.device, ActorWeights(ModelClient.find(cfg))
         )
         await self.follower.refresh()
         self._poll = asyncio.get_running_loop().create_task(

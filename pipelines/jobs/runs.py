@@ -33,7 +33,7 @@ def training_job(cfg: Config, kind: str, epochs: int | None, report: Report) -> 
     else:
         split = prepare(cfg)
         n_epochs = epochs if epochs is not None else cfg.train.epochs
-    client = ModelClient.connect(cfg)
+    client = ModelClient.find(cfg)  # a job task must not own the model: it ends with the task
     per_epoch = max(1, -(-len(split.train) // cfg.train.batch_size))
     total = per_epoch * n_epochs
     report(0, total)
