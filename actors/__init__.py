@@ -10,6 +10,7 @@ from actors.session_host import (
     host_name,
     host_of,
     start_hosts,
+    stop_hosts,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "model_actor",
     "spec_from_config",
     "start_hosts",
+    "stop_hosts",
 ]

@@ -213,6 +213,17 @@ def start_hosts(cfg: Config) -> list[Any]:
     return hosts
 
 
+def stop_hosts(hosts: list[Any], timeout_s: float = 30.0) -> None:
+    """Shut each host down (its sessions' MLflow runs end on their final figures; the journal
+    keeps the sessions) and kill it without a restart; a host already gone is skipped."""
+    for h in hosts:
+        try:
+            ray.get(h.shutdown.remote(), timeout=timeout_s)
+            ray.kill(h, no_restart=True)
+        except ray.exceptions.RayError:
+            pass
+
+
 def find_hosts(cfg: Config) -> list[Any]:
     """Handles of the running hosts (ValueError from Ray if one is not running)."""
     return [
@@ -240,4 +251,5 @@ __all__ = [
     "host_name",
     "host_of",
     "start_hosts",
+    "stop_hosts",
 ]

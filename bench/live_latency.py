@@ -33,7 +33,14 @@ import numpy as np
 import ray
 import torch
 
-from actors import ModelClient, assign_host, host_call, spec_from_config, start_hosts
+from actors import (
+    ModelClient,
+    assign_host,
+    host_call,
+    spec_from_config,
+    start_hosts,
+    stop_hosts,
+)
 from pipelines.config import load_config
 from pipelines.data.dataset import Dataset, Split
 from pipelines.data.sources import load_candles, parse_symbol
@@ -202,12 +209,7 @@ def scale(
             if not ok and not keep_going:
                 break
     finally:
-        for h in hosts:
-            try:
-                ray.get(h.shutdown.remote(), timeout=30)
-                ray.kill(h, no_restart=True)
-            except ray.exceptions.RayError:
-                pass
+        stop_hosts(hosts)
     return rows
 
 

@@ -123,7 +123,7 @@ def replay_phase(cfg: Config, ranges: dict[str, dict[str, str]]) -> bool:
 
     import ray
 
-    from actors import ModelClient, assign_host, host_call, start_hosts
+    from actors import ModelClient, assign_host, host_call, start_hosts, stop_hosts
     from pipelines.cluster import init_ray
     from pipelines.data.candles import normalize_columns
     from pipelines.data.sources import load_candles, parse_symbol
@@ -165,12 +165,7 @@ def replay_phase(cfg: Config, ranges: dict[str, dict[str, str]]) -> bool:
                 break
             time.sleep(0.5)
     finally:
-        for h in hosts:
-            try:
-                ray.get(h.shutdown.remote(), timeout=30)
-                ray.kill(h, no_restart=True)
-            except ray.exceptions.RayError:
-                pass
+        stop_hosts(hosts)
         if client is not None and not cfg.ray.detached:
             client.call("close", "FINISHED")
         if owns:

@@ -80,7 +80,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     names, start = check_args(cfg, args)
     import ray
 
-    from actors import ModelClient, assign_host, host_call, start_hosts
+    from actors import ModelClient, assign_host, host_call, start_hosts, stop_hosts
     from pipelines.cluster import init_ray
 
     owns = init_ray(cfg)
@@ -106,12 +106,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         final = None
         print("\nstopping", file=sys.stderr)
     finally:
-        for h in hosts:
-            try:
-                ray.get(h.shutdown.remote(), timeout=30)
-                ray.kill(h, no_restart=True)
-            except ray.exceptions.RayError:
-                pass
+        stop_hosts(hosts)
         if owns:
             ray.shutdown()
     if final is not None and args.candles is not None:

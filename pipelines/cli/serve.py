@@ -28,7 +28,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
     from actors import ModelClient
     from actors.jobs import job_board
-    from actors.session_host import host_call, start_hosts
+    from actors.session_host import start_hosts, stop_hosts
     from pipelines.cluster import init_ray
     from serve.app import start
 
@@ -56,8 +56,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         if ray.is_initialized():
             serve.shutdown()
             if not cfg.ray.detached:
-                for h in hosts:  # ends the sessions' MLflow runs; the journal keeps them
-                    host_call(h.shutdown.remote(), "shutdown", cfg.ray.call_timeout_s)
+                stop_hosts(hosts, cfg.ray.call_timeout_s)
                 if client is not None:
                     client.call("close", "FINISHED")
         if owns_ray:
