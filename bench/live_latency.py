@@ -308,7 +308,8 @@ def main() -> None:
     ray.kill(host, no_restart=True)
 
     scfg = load_config(overrides=[*base, "run.name=bench-scale"])
-    ModelClient.connect(scfg).call("weights_version")
+    model = ModelClient.connect(scfg)  # held: the hosts find the model, they never create it
+    model.call("weights_version")
     print(
         f"\n3. scale: {args.scale_mode} sessions on 1-second replayed candles, "
         f"{scfg.live.hosts} hosts, {args.measure_s:g} s measured per step"

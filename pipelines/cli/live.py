@@ -85,8 +85,11 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
     owns = init_ray(cfg)
     hosts: list[Any] = []
+    # held until the end: the ModelActor is this driver's, and an actor whose last handle goes
+    # is gone (the hosts only find it, they never create it)
+    client = ModelClient.connect(cfg)
     try:
-        ModelClient.connect(cfg).call("weights_version")
+        client.call("weights_version")
         hosts = start_hosts(cfg)
         loads = [0] * len(hosts)
         ids: list[tuple[Any, str]] = []
@@ -107,6 +110,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         print("\nstopping", file=sys.stderr)
     finally:
         stop_hosts(hosts)
+        if not cfg.ray.detached:  # ends the model's MLflow run, as candleray train does
+            client.call("close", "FINISHED")
         if owns:
             ray.shutdown()
     if final is not None and args.candles is not None:

@@ -107,13 +107,14 @@ def test_a_session_runs_shows_its_chart_and_trains_only_in_manual_mode(app):
     sid = started.json()["id"]
     assert sid in [x["id"] for x in s.get(app.url + "/sessions", timeout=30).json()]
 
+    # a window of 16 candles, then one prediction per candle: 5 predictions >= 20 candles drawn
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         status = s.get(f"{app.url}/sessions/{sid}", timeout=30).json()
-        if status["metrics"]["predictions"] >= 3:
+        if status["metrics"]["predictions"] >= 5:
             break
         time.sleep(0.3)
-    assert status["metrics"]["predictions"] >= 3, status
+    assert status["metrics"]["predictions"] >= 5, status
     chart = s.get(f"{app.url}/sessions/{sid}/chart", timeout=30).json()
     assert len(chart["candles"]) >= 20 and chart["ghosts"] and chart["signals"]
     assert all(isinstance(c["time"], int) for c in chart["candles"])
