@@ -43,6 +43,9 @@ bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/backtest_speed.py
+	$(BIN)/python bench/backtest_model_speed.py
+	$(BIN)/python bench/live_latency.py --actor-threads 1
+	$(BIN)/python bench/serve_latency.py
 
 serve: $(STAMP)
 	$(BIN)/candleray serve
