@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.errors import InvalidInputError
+from pipelines.model.trainer import loss_trend
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,19 +68,6 @@ class Batch:
         for a in self.samples:
             out[a.session_id] = out.get(a.session_id, 0) + 1
         return out
-
-
-def loss_trend(losses: list[float]) -> str:
-    """improving / flat / degrading: mean of the newer half of ``losses`` vs the older half.
-
-    A change of more than 2 % either way is a trend; fewer than 4 losses is ``flat``.
-    """
-    if len(losses) < 4:
-        return "flat"
-    half = len(losses) // 2
-    old, new = float(np.mean(losses[:half])), float(np.mean(losses[half:]))
-    change = (new - old) / max(abs(old), 1e-12)
-    return "improving" if change < -0.02 else "degrading" if change > 0.02 else "flat"
 
 
 @dataclass

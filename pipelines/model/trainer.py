@@ -133,6 +133,20 @@ def sample_indices(indices: Any, n: int) -> np.ndarray:
     return idx
 
 
+def loss_trend(losses: list[float]) -> str:
+    """improving / flat / degrading: mean of the newer half of ``losses`` vs the older half.
+
+    A change of more than 2 % either way is a trend; fewer than 4 losses is ``flat``. The one
+    definition for the ModelActor's metrics and for live sessions' training.
+    """
+    if len(losses) < 4:
+        return "flat"
+    half = len(losses) // 2
+    old, new = float(np.mean(losses[:half])), float(np.mean(losses[half:]))
+    change = (new - old) / max(abs(old), 1e-12)
+    return "improving" if change < -0.02 else "degrading" if change > 0.02 else "flat"
+
+
 class Trainer:
     def __init__(
         self, spec: ModelSpec, cfg: TrainConfig, device: torch.device, seed: int = 0
@@ -287,14 +301,8 @@ class Trainer:
         return better
 
     def trend(self) -> str:
-        """improving / flat / degrading: mean loss of the newer half of the window vs the older half."""
-        h = [m["total_loss"] for m in list(self.history)[-self.cfg.trend_window :]]
-        if len(h) < 4:
-            return "flat"
-        half = len(h) // 2
-        old, new = float(np.mean(h[:half])), float(np.mean(h[half:]))
-        change = (new - old) / max(abs(old), 1e-12)
-        return "improving" if change < -0.02 else "degrading" if change > 0.02 else "flat"
+        """``loss_trend`` of the total loss over the last ``train.trend_window`` steps."""
+        return loss_trend([m["total_loss"] for m in list(self.history)[-self.cfg.trend_window :]])
 
     def summary(self) -> dict[str, Any]:
         return {
