@@ -21,7 +21,8 @@ import torch
 
 from actors.core_checkpoints import CheckpointCalls
 from actors.core_training import TrainingCalls
-from actors.tracking_writer import ProcessWriter, RunPlan, ThreadWriter, start_writer
+from actors.run_plan import RunPlan
+from actors.tracking_writer import ProcessWriter, ThreadWriter, start_writer
 from conf import Config
 from pipelines.data.features import n_features
 from pipelines.errors import CheckpointError

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from actors.host_tracking import SESSION_TAG, Batch, Row
+from pipelines.tracking.store import fail_fast_over_http
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +92,7 @@ class _RunsActor:
         # a background writer: where it shares cores with the hosts, their predictions go first
         with contextlib.suppress(OSError):
             os.nice(10)
-        if uri.startswith(("http://", "https://")):
-            # MLflow's defaults retry a dead server for minutes (as actors.tracking_writer)
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        fail_fast_over_http(uri)
         self.writer = RunsWriter(uri, experiment)
 
     def write(self, batch: Batch) -> dict[str, Any]:

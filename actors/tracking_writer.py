@@ -41,17 +41,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from typing import Any
 
 from actors import upload_staging
+from actors.run_plan import RunPlan
 from actors.upload_staging import StagedFile
-from conf import Config, flatten, to_dict
-from pipelines.version import code_version
 
 log = logging.getLogger(__name__)
 
@@ -62,62 +59,6 @@ _RETRY_MAX_S = 60.0
 # writes held while the run cannot be opened; past this the oldest are dropped (and counted)
 _MAX_QUEUED = 20_000
 _FAILED_UPLOADS_KEPT = 20
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """The run a writer opens: always a new one, linked to ``previous_run_id`` after a restore."""
-
-    cfg: Config
-    generation: str
-    previous_run_id: str | None = None
-    restored_from: int | None = None
-    previous_generation: str | None = None  # finds the previous run when its id is unknown
-    factory: Callable[..., Any] | None = None  # the Tracker class, or a test's stand-in
-    reason: str = "restart"  # why the previous run was left: restart or rewind
-
-    def create(self) -> Any:
-        cfg = self.cfg
-        assert cfg.tracking.uri, "conf.validate.resolve fills tracking.uri"
-        if cfg.tracking.uri.startswith(("http://", "https://")):
-            # in the writer's process: MLflow's defaults retry a dead server for minutes
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-        factory = self.factory
-        if factory is None:
-            from pipelines.tracking.tracker import Tracker
-
-            factory = Tracker
-        return factory(
-            cfg.tracking.uri,
-            cfg.run.name,
-            run_name=f"{cfg.run.name}-{self.generation}",
-            tags={
-                "candleray.code_version": code_version(),
-                "candleray.generation": self.generation,  # see Tracker.link_previous_run
-            },
-            log_every_steps=cfg.tracking.log_every_steps,
-        )
-
-    def prepare(self, tracker: Any) -> None:
-        """Params, config and the link to the previous run: what every run gets; repeatable."""
-        tracker.log_params(flatten(to_dict(self.cfg)))
-        tracker.log_dict(to_dict(self.cfg), "config/resolved.yaml")
-        if self.restored_from is not None:
-            tracker.link_previous_run(
-                self.previous_run_id, self.restored_from, self.previous_generation, self.reason
-            )
-
-    def rewound(self, run_id: str, generation: str, restored_from: int) -> RunPlan:
-        """The plan of the run that follows run ``run_id`` (this plan's) after a rewind."""
-        return replace(
-            self,
-            generation=generation,
-            previous_run_id=run_id,
-            restored_from=restored_from,
-            previous_generation=self.generation,
-            reason="rewind",
-        )
 
 
 class WriterCore:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -149,3 +150,11 @@ def _message(uri: str, operation: str, exc: BaseException) -> str:
     if password:  # MLflow's own message repeats the URI it called
         detail = detail.replace(f":{password}@", ":***@")
     return f"MLflow {operation} failed at {_redact(uri)}: {detail} -- {fix}"
+
+
+def fail_fast_over_http(uri: str) -> None:
+    """For a tracking server, cap MLflow's HTTP retries in this process (its defaults retry a
+    dead server for minutes); a writer calls this in its own process, before its first call."""
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")

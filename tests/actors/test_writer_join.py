@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from actors.tracking_writer import RunPlan, ThreadWriter
+from actors.run_plan import RunPlan
+from actors.tracking_writer import ThreadWriter
 
 
 class SlowTracker:
