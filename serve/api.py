@@ -13,6 +13,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import numpy as np
 import pandas as pd
 from fastapi import FastAPI, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -33,7 +34,8 @@ from pipelines.errors import (
     TrackingError,
     UnavailableError,
 )
-from serve.security import guard
+from serve.security import Guard
+from serve.windows import Bars
 
 WEB = Path(__file__).resolve().parent / "web"
 CHART_JS = WEB / "node_modules" / "lightweight-charts" / "dist"
@@ -155,7 +157,7 @@ class Backend(Protocol):
     """What the API needs; ``serve.backend.RayBackend`` is the real one."""
 
     async def predict(
-        self, candles: pd.DataFrame | None, symbol: str | None, end: str | None
+        self, candles: Bars | None, symbol: str | None, end: str | None
     ) -> dict[str, Any]: ...
     async def start_session(self, spec: dict[str, Any]) -> dict[str, Any]: ...
     async def sessions(self) -> list[dict[str, Any]]: ...
@@ -179,13 +181,21 @@ class Backend(Protocol):
     async def health(self) -> dict[str, Any]: ...
 
 
-def _frame(candles: list[CandleIn]) -> pd.DataFrame:
-    df = pd.DataFrame(
-        [c.model_dump() for c in candles],
-        columns=["time", "open", "high", "low", "close", "volume"],
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _ns(t: dt.datetime) -> int:
+    """ns since the epoch of a request's time (no zone = UTC), exact to the microsecond."""
+    d = (t if t.tzinfo is not None else t.replace(tzinfo=dt.timezone.utc)) - _EPOCH
+    return (d.days * 86_400 + d.seconds) * 1_000_000_000 + d.microseconds * 1_000
+
+
+def _bars(candles: list[CandleIn]) -> Bars:
+    """The request's candles as arrays (a small frame costs pandas more than the features)."""
+    return Bars(
+        np.array([_ns(c.time) for c in candles], dtype=np.int64),
+        np.array([(c.open, c.high, c.low, c.close, c.volume) for c in candles], dtype=np.float64),
     )
-    df.index = pd.DatetimeIndex([_utc(t) for t in df.pop("time")], name="time")
-    return df.astype("float64")
 
 
 def build_api(backend: Backend, s: ServeConfig) -> FastAPI:
@@ -195,7 +205,7 @@ def build_api(backend: Backend, s: ServeConfig) -> FastAPI:
         description="Train, serve and backtest an OHLCV transformer: live sessions in four modes, "
         "batch training, backtests, annotations, checkpoints. See docs/API.md.",
     )
-    app.middleware("http")(guard(s.token, s.max_request_bytes))
+    app.add_middleware(Guard, token=s.token, max_bytes=s.max_request_bytes)
     if s.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -229,7 +239,7 @@ def build_api(backend: Backend, s: ServeConfig) -> FastAPI:
     # ---- inference ----------------------------------------------------------------------
     @app.post("/predict", tags=["inference"])
     async def predict(body: PredictIn) -> dict[str, Any]:
-        candles = _frame(body.candles) if body.candles is not None else None
+        candles = _bars(body.candles) if body.candles is not None else None
         return await backend.predict(candles, body.symbol, _iso(body.end))
 
     # ---- sessions -----------------------------------------------------------------------

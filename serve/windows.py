@@ -2,7 +2,8 @@
 
 Plain code for any caller of the predictor (the HTTP ingress, scripts). The input is built
 by the training code itself (``pipelines.data.features``: ``higher_timeframes`` then
-``make_windows`` for the last bar), so served features cannot drift from trained ones; the
+``make_windows`` for the last bar, in their array forms), so served features cannot drift
+from trained ones; the
 ghost candle is ``features.denormalise``; the signal is the backtests' confidence rule
 (``pipelines.backtest.inference.confidence_actions``).
 """
@@ -11,15 +12,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from pipelines.backtest.inference import confidence_actions, trade_signals
-from pipelines.data.candles import timeframe_offset, validate_candles
-from pipelines.data.features import denormalise, higher_timeframes, make_windows
+from pipelines.data.candles import check_values, timeframe_seconds, validate_candles
+from pipelines.data.features import (
+    candle_values,
+    denormalise,
+    higher_from_values,
+    windows_from_values,
+)
 from pipelines.data.labels import ACTIONS
 from pipelines.errors import InvalidInputError
+
+
+class Bars(NamedTuple):
+    """Candles as arrays: (N,) open times in ns since the epoch (UTC), oldest first, and
+    (N, 5) float64 o/h/l/c/v (``pipelines.data.features.candle_values`` of a frame)."""
+
+    times_ns: np.ndarray
+    values: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -67,21 +82,46 @@ def model_input(
     when it is too short.
     """
     validate_candles(candles, symbol)
-    if len(candles) < max(window, 2):
+    return _model_input(*candle_values(candles), window, timeframe, extra_timeframes, symbol)
+
+
+def model_input_from_values(
+    times_ns: np.ndarray,
+    values: np.ndarray,
+    window: int,
+    timeframe: str,
+    extra_timeframes: Sequence[str] = (),
+    symbol: str = "?",
+) -> ModelInput:
+    """``model_input`` on arrays: (N,) open times in ns since the epoch (UTC), oldest first,
+    and (N, 5) float64 o/h/l/c/v; the same rows are refused (CandleValidationError)."""
+    check_values(times_ns, values, symbol)
+    return _model_input(times_ns, values, window, timeframe, extra_timeframes, symbol)
+
+
+def _model_input(
+    times_ns: np.ndarray,
+    values: np.ndarray,
+    window: int,
+    timeframe: str,
+    extra_timeframes: Sequence[str],
+    symbol: str,
+) -> ModelInput:
+    n = len(values)
+    if n < max(window, 2):
         raise InvalidInputError(
-            f"{symbol}: {len(candles)} candles given; the model reads windows of {window} "
+            f"{symbol}: {n} candles given; the model reads windows of {window} "
             f"(send at least {max(window, 2)} candles, the newest last)"
         )
-    higher = higher_timeframes(candles, timeframe, tuple(extra_timeframes))
-    ends = np.array([len(candles) - 1], dtype=np.int64)
-    x, sigma = make_windows(candles, window, higher, ends)
-    end = candles.index[-1]
-    log_v = np.log1p(candles["volume"].to_numpy(dtype="float64")[-window:])
+    higher = higher_from_values(times_ns, values, timeframe, tuple(extra_timeframes))
+    x, sigma = windows_from_values(values, window, higher, np.array([n - 1], dtype=np.int64))
+    end = int(times_ns[-1])
+    log_v = np.log1p(values[-window:, 4])
     return ModelInput(
         x,
-        end,
-        end + timeframe_offset(timeframe),
-        float(candles["close"].iloc[-1]),
+        pd.Timestamp(end, tz="UTC"),
+        pd.Timestamp(end + timeframe_seconds(timeframe) * 1_000_000_000, tz="UTC"),
+        float(values[-1, 3]),
         float(sigma[0]),
         float(log_v.mean()),
     )

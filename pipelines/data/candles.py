@@ -58,9 +58,9 @@ def normalize_columns(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _fail(symbol: str, df: pd.DataFrame, mask: np.ndarray, rule: str, what: str) -> None:
+def _fail(symbol: str, times_ns: np.ndarray, mask: np.ndarray, rule: str, what: str) -> None:
     pos = int(np.flatnonzero(mask)[0])
-    stamp = df.index[pos]
+    stamp = pd.Timestamp(int(times_ns[pos]), tz="UTC")
     n = int(mask.sum())
     raise CandleValidationError(
         f"{symbol}: row {pos} ({stamp}) breaks rule '{rule}': {what}"
@@ -110,9 +110,16 @@ def validate_candles(df: pd.DataFrame, symbol: str = "?") -> pd.DataFrame:
                 symbol=symbol,
                 rule="dtype",
             )
-    if len(df) == 0:
-        return df
-    v = df.to_numpy(dtype="float64")
+    if len(df):
+        check_values(df.index.as_unit("ns").asi8, df.to_numpy(dtype="float64"), symbol)
+    return df
+
+
+def check_values(times_ns: np.ndarray, values: np.ndarray, symbol: str = "?") -> None:
+    """The row rules of ``validate_candles`` on arrays: (N,) open times in ns since the epoch
+    (UTC) and (N, 5) float64 o/h/l/c/v. Raises ``CandleValidationError`` naming the first bad
+    row; the structural rules (columns, dtypes, index) are the frame's to check."""
+    v = values
     o, h, low, c, vol = v.T
     _check = [
         (~np.isfinite(v).all(axis=1), "finite", "a value is NaN or infinite"),
@@ -123,13 +130,12 @@ def validate_candles(df: pd.DataFrame, symbol: str = "?") -> pd.DataFrame:
     ]
     for mask, rule, what in _check:
         if mask.any():
-            _fail(symbol, df, mask, rule, what)
-    t = df.index.as_unit("ns").asi8
-    d = np.diff(t)
+            _fail(symbol, times_ns, mask, rule, what)
+    d = np.diff(times_ns)
     if (d == 0).any():
         _fail(
             symbol,
-            df,
+            times_ns,
             np.r_[False, d == 0],
             "unique-timestamps",
             "timestamp repeats the previous row",
@@ -137,12 +143,11 @@ def validate_candles(df: pd.DataFrame, symbol: str = "?") -> pd.DataFrame:
     if (d < 0).any():
         _fail(
             symbol,
-            df,
+            times_ns,
             np.r_[False, d < 0],
             "sorted-timestamps",
             "timestamp is earlier than the previous row",
         )
-    return df
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,11 +200,15 @@ def bin_starts(index: pd.DatetimeIndex, timeframe: str) -> pd.DatetimeIndex:
     frequencies on a tz-aware index: 2d/3d bins started at the first data day, and weeks
     on Sunday.)
     """
+    starts = bin_starts_ns(index.as_unit("ns").asi8, timeframe)
+    return pd.DatetimeIndex(starts.astype("datetime64[ns]"), name=index.name).tz_localize("UTC")
+
+
+def bin_starts_ns(times_ns: np.ndarray, timeframe: str) -> np.ndarray:
+    """``bin_starts`` on open times in ns since the epoch (UTC)."""
     width = timeframe_seconds(timeframe) * 1_000_000_000
     origin = _WEEK_ORIGIN_NS if timeframe.endswith("w") else 0
-    t = index.as_unit("ns").asi8
-    starts = (t - origin) // width * width + origin  # floor division: right for pre-1970 too
-    return pd.DatetimeIndex(starts.astype("datetime64[ns]"), name=index.name).tz_localize("UTC")
+    return (times_ns - origin) // width * width + origin  # floor division: right for pre-1970 too
 
 
 def resample(df: pd.DataFrame, timeframe: str) -> pd.DataFrame:
@@ -209,24 +218,35 @@ def resample(df: pd.DataFrame, timeframe: str) -> pd.DataFrame:
     bins with no input bar are left out (gaps stay gaps). The first and last bins may hold
     only part of their span.
     """
-    starts = bin_starts(df.index, timeframe).as_unit("ns").asi8
-    if len(starts) == 0:
+    times, values = resample_values(
+        df.index.as_unit("ns").asi8, df[list(COLUMNS)].to_numpy(dtype="float64"), timeframe
+    )
+    if len(times) == 0:
         return empty_candles()
+    index = pd.DatetimeIndex(times.astype("datetime64[ns]"), name="time").tz_localize("UTC")
+    return pd.DataFrame(values, index=index, columns=list(COLUMNS))
+
+
+def resample_values(
+    times_ns: np.ndarray, values: np.ndarray, timeframe: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``resample`` on arrays: (N,) open times (ns) and (N, 5) o/h/l/c/v → the same for the
+    coarser bars."""
+    starts = bin_starts_ns(times_ns, timeframe)
+    if len(starts) == 0:
+        return starts, np.zeros((0, len(COLUMNS)))
     first = np.flatnonzero(np.r_[True, starts[1:] != starts[:-1]])  # (B,) first row of each bin
     last = np.r_[first[1:], len(starts)] - 1
-    v = {c: df[c].to_numpy(dtype="float64") for c in COLUMNS}
-    return pd.DataFrame(
-        {
-            "open": v["open"][first],
-            "high": np.maximum.reduceat(v["high"], first),
-            "low": np.minimum.reduceat(v["low"], first),
-            "close": v["close"][last],
-            "volume": np.add.reduceat(v["volume"], first),
-        },
-        index=pd.DatetimeIndex(starts[first].astype("datetime64[ns]"), name="time").tz_localize(
-            "UTC"
-        ),
+    out = np.column_stack(
+        [
+            values[first, 0],
+            np.maximum.reduceat(values[:, 1], first),
+            np.minimum.reduceat(values[:, 2], first),
+            values[last, 3],
+            np.add.reduceat(values[:, 4], first),
+        ]
     )
+    return starts[first], out
 
 
 def align_higher_timeframe(
@@ -239,21 +259,34 @@ def align_higher_timeframe(
     T + higher_tf <= t + base_tf, so nothing from the future leaks in. Rows with no closed
     higher candle yet are NaN.
     """
+    out = align_values(
+        base.index.as_unit("ns").asi8,
+        base_tf,
+        higher.index.as_unit("ns").asi8,
+        higher.to_numpy(dtype="float64"),
+        higher_tf,
+    )
+    return pd.DataFrame(out, index=base.index, columns=list(COLUMNS))
+
+
+def align_values(
+    base_ns: np.ndarray,
+    base_tf: str,
+    higher_ns: np.ndarray,
+    higher_values: np.ndarray,
+    higher_tf: str,
+) -> np.ndarray:
+    """``align_higher_timeframe`` on arrays: open times (ns) of the base bars and of the higher
+    bars with the higher bars' (H, 5) values → (N, 5), NaN where no higher candle has closed."""
     if timeframe_seconds(higher_tf) <= timeframe_seconds(base_tf):
         raise ConfigError(
             f"higher timeframe {higher_tf!r} must be coarser than the base {base_tf!r}"
         )
-    close_time_h = higher.index + timeframe_offset(higher_tf)
-    close_time_b = base.index + timeframe_offset(base_tf)
+    close_h = higher_ns + timeframe_seconds(higher_tf) * 1_000_000_000
+    close_b = base_ns + timeframe_seconds(base_tf) * 1_000_000_000
     # position of the last higher candle whose close time <= base close time
-    pos = (
-        np.searchsorted(
-            close_time_h.as_unit("ns").asi8, close_time_b.as_unit("ns").asi8, side="right"
-        )
-        - 1
-    )
-    vals = higher.to_numpy(dtype="float64")
-    out = np.full((len(base), len(COLUMNS)), np.nan)
+    pos = np.searchsorted(close_h, close_b, side="right") - 1
+    out = np.full((len(base_ns), len(COLUMNS)), np.nan)
     ok = pos >= 0
-    out[ok] = vals[pos[ok]]
-    return pd.DataFrame(out, index=base.index, columns=list(COLUMNS))
+    out[ok] = higher_values[pos[ok]]
+    return out

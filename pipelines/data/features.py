@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
-from pipelines.data.candles import align_higher_timeframe, resample, timeframe_seconds
+from pipelines.data.candles import COLUMNS, align_values, resample_values, timeframe_seconds
 
 N_CANDLE_TARGETS = 5
 CLIP = 50.0
@@ -30,6 +30,18 @@ def n_features(n_extra_timeframes: int) -> int:
     return 5 + 4 * n_extra_timeframes
 
 
+def candle_values(candles: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """A candle frame as the arrays the ``*_from_values`` functions take: (N,) open times in
+    ns since the epoch and (N, 5) float64 o/h/l/c/v.
+
+    Each function below has a frame form (training, backtests) and an array form (live
+    sessions, the predictor's requests: pandas spends far longer selecting a few columns of a
+    small frame than the arithmetic takes); the frame form calls the array form, so there is
+    one feature implementation.
+    """
+    return candles.index.as_unit("ns").asi8, candles[list(COLUMNS)].to_numpy(dtype="float64")
+
+
 def higher_timeframes(
     candles: pd.DataFrame, base_tf: str, extra: tuple[str, ...]
 ) -> list[np.ndarray]:
@@ -38,20 +50,27 @@ def higher_timeframes(
     Where the extra timeframe is not coarser than the base (e.g. 4h extra on daily data)
     the base candle itself is the last closed candle at that resolution.
     """
+    return higher_from_values(*candle_values(candles), base_tf, extra)
+
+
+def higher_from_values(
+    times_ns: np.ndarray, values: np.ndarray, base_tf: str, extra: tuple[str, ...]
+) -> list[np.ndarray]:
+    """``higher_timeframes`` on arrays (see ``candle_values``)."""
     out = []
     for tf in extra:
         if timeframe_seconds(tf) <= timeframe_seconds(base_tf):
-            vals = candles[["open", "high", "low", "close"]].to_numpy()
+            vals = values[:, :4]
         else:
-            aligned = align_higher_timeframe(candles, base_tf, resample(candles, tf), tf)
-            vals = aligned[["open", "high", "low", "close"]].to_numpy()
+            ht, hv = resample_values(times_ns, values, tf)
+            vals = align_values(times_ns, base_tf, ht, hv, tf)[:, :4]
         out.append(np.log(vals))
     return out
 
 
-def _raw(candles: pd.DataFrame, higher: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    lp = np.log(candles[["open", "high", "low", "close"]].to_numpy(dtype="float64"))  # (N, 4)
-    lv = np.log1p(candles["volume"].to_numpy(dtype="float64"))  # (N,)
+def _raw(values: np.ndarray, higher: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    lp = np.log(values[:, :4])  # (N, 4)
+    lv = np.log1p(values[:, 4])  # (N,)
     hp = (
         np.concatenate(higher, axis=1) if higher else np.zeros((len(lp), 0))
     )  # (N, 4E), NaN before first
@@ -66,7 +85,14 @@ def make_windows(
     Returns x (M, T, F) float32 and sigma (M,) float64. Window m uses bars
     ends[m]-T+1 .. ends[m] only.
     """
-    prices, lv = _raw(candles, higher)
+    return windows_from_values(candle_values(candles)[1], window, higher, ends)
+
+
+def windows_from_values(
+    values: np.ndarray, window: int, higher: list[np.ndarray], ends: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``make_windows`` on the (N, 5) o/h/l/c/v array."""
+    prices, lv = _raw(values, higher)
     n = len(prices)
     if ends is None:
         ends = np.arange(window - 1, n)
@@ -90,8 +116,15 @@ def candle_targets(
     candles: pd.DataFrame, window: int, ends: np.ndarray, sigma: np.ndarray
 ) -> np.ndarray:
     """(M, 5) normalised next candle for windows ending at ``ends`` (each end must have a next bar)."""
-    lp = np.log(candles[["open", "high", "low", "close"]].to_numpy(dtype="float64"))
-    lv = np.log1p(candles["volume"].to_numpy(dtype="float64"))
+    return targets_from_values(candle_values(candles)[1], window, ends, sigma)
+
+
+def targets_from_values(
+    values: np.ndarray, window: int, ends: np.ndarray, sigma: np.ndarray
+) -> np.ndarray:
+    """``candle_targets`` on the (N, 5) o/h/l/c/v array."""
+    lp = np.log(values[:, :4])
+    lv = np.log1p(values[:, 4])
     nxt = ends + 1
     y = (lp[nxt] - lp[ends, 3][:, None]) / sigma[:, None]
     vmean = sliding_window_view(lv, window)[ends - window + 1].mean(axis=1)

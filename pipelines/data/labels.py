@@ -88,7 +88,14 @@ def move_actions(close: np.ndarray, threshold: float) -> np.ndarray:
 
 def action_labels(candles: pd.DataFrame, pivot_bars: int, move_threshold: float) -> np.ndarray:
     """The per-candle training label: the pivot action where bar i is a pivot, else the price move."""
-    high, low, close = (candles[c].to_numpy() for c in ("high", "low", "close"))
+    high, low, close = (candles[c].to_numpy(dtype="float64") for c in ("high", "low", "close"))
+    return labels_from_values(high, low, close, pivot_bars, move_threshold)
+
+
+def labels_from_values(
+    high: np.ndarray, low: np.ndarray, close: np.ndarray, pivot_bars: int, move_threshold: float
+) -> np.ndarray:
+    """``action_labels`` on the high, low and close arrays."""
     piv = pivot_actions(high, low, pivot_bars)
     move = move_actions(close, move_threshold)
     return np.where(piv != UNKNOWN, piv, move)

@@ -1,9 +1,10 @@
 """A session's bounded candle history, and live windows built by the training code.
 
 Windows, next-candle targets and labels are computed by the very functions training uses
-(``pipelines.data.features.make_windows``/``higher_timeframes``/``candle_targets``,
-``pipelines.data.labels.action_labels``) on the newest bars only, so there is no second
-feature implementation to drift from the first (tested equal to the batch windows).
+(the array forms of ``pipelines.data.features.make_windows``/``higher_timeframes``/
+``candle_targets`` and ``pipelines.data.labels.action_labels``, which their frame forms call)
+on the newest bars only, so there is no second feature implementation to drift from the
+first (tested equal to the batch windows).
 
 How many bars are enough. A window of T bars ending at bar e, with the sample of bar
 e - n still to build (n = ``labels.pivot_bars``), reads bars e - n - T + 1 .. e. For an extra
@@ -13,7 +14,7 @@ higher candle, which opened at most 2H - B before that bar: up to 2k - 1 bars ea
 truncating the history never changes a number.
 
 Cost. A bar's higher-timeframe row is final once the bar has closed, so each is kept, and
-``higher_timeframes`` (a pandas resample, the dearest step) runs again only on a bar that
+``higher_from_values`` (a resample, the dearest step) runs again only on a bar that
 may see a newly closed higher candle: about once per higher bar (tested exact, gaps too).
 """
 
@@ -23,14 +24,13 @@ import math
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
 from pipelines.data.candles import COLUMNS, timeframe_seconds, validate_candles
-from pipelines.data.features import candle_targets, higher_timeframes, make_windows
-from pipelines.data.labels import UNKNOWN, action_labels, pivot_actions
+from pipelines.data.features import higher_from_values, targets_from_values, windows_from_values
+from pipelines.data.labels import UNKNOWN, labels_from_values, pivot_actions
 from pipelines.errors import CandleValidationError
 
 
@@ -101,41 +101,6 @@ def history_capacity(window: int, pivot_bars: int, timeframe: str, extra: tuple[
     base = timeframe_seconds(timeframe)
     k = max((math.ceil(timeframe_seconds(tf) / base) for tf in extra), default=0)
     return max(window + pivot_bars + 2 * k + 1, 2 * pivot_bars + 2)
-
-
-class _Bars:
-    """The newest bars as the column reads of the training code, on one (N, 5) float64 array.
-
-    ``make_windows``, ``candle_targets`` and ``action_labels`` only read columns
-    (``candles[cols].to_numpy()``); pandas 3 spends ~0.3-1 ms on each such selection, several
-    times the window arithmetic, and a session makes four per candle. Handing those functions
-    this view keeps them the one feature implementation (tested equal to the batch windows)
-    while a session step costs a fraction of it. Anything else they ask for is an
-    AttributeError, not a silent difference.
-    """
-
-    __slots__ = ("values",)
-
-    def __init__(self, values: np.ndarray) -> None:
-        self.values = values  # (N, 5) o/h/l/c/v
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def __getitem__(self, key: str | list[str]) -> _Column:
-        if isinstance(key, str):
-            return _Column(self.values[:, _COL[key]])
-        return _Column(self.values[:, [_COL[k] for k in key]])
-
-
-class _Column:
-    __slots__ = ("array",)
-
-    def __init__(self, array: np.ndarray) -> None:
-        self.array = array
-
-    def to_numpy(self, dtype: Any = None) -> np.ndarray:
-        return self.array if dtype is None else self.array.astype(dtype, copy=False)
 
 
 _COL = {c: i for i, c in enumerate(COLUMNS)}
@@ -231,8 +196,8 @@ class CandleHistory:
         if reuse:
             self._rows.append(self._rows[-1])
         else:
-            frame = _frame(times.copy(), values.copy())
-            full = np.concatenate(higher_timeframes(frame, self.timeframe, self.extra), axis=1)
+            higher = higher_from_values(times, values, self.timeframe, self.extra)
+            full = np.concatenate(higher, axis=1)
             self._rows.extend(full[len(full) - missing :])
         rows = np.stack(list(self._rows)[len(self._rows) - n :])  # (N, 4E)
         return [rows[:, 4 * e : 4 * e + 4] for e in range(len(self.extra))]
@@ -246,12 +211,12 @@ class CandleHistory:
         the windows at positions ``targets`` of ``back`` (each needs a next bar: back >= 1).
         """
         higher = self._higher_arrays()
-        bars = cast(pd.DataFrame, _Bars(self._arrays()[1]))  # the columns they read (see _Bars)
-        ends = len(bars) - 1 - np.asarray(back, dtype=np.int64)
-        x, sigma = make_windows(bars, window, higher, ends)
+        values = self._arrays()[1]
+        ends = len(values) - 1 - np.asarray(back, dtype=np.int64)
+        x, sigma = windows_from_values(values, window, higher, ends)
         pick = np.asarray(targets, dtype=np.int64)
         y = (
-            candle_targets(bars, window, ends[pick], sigma[pick])
+            targets_from_values(values, window, ends[pick], sigma[pick])
             if len(pick)
             else np.zeros((0, 5), dtype=np.float32)
         )
@@ -272,5 +237,6 @@ class CandleHistory:
             return UNKNOWN, UNKNOWN
         i = len(values) - 1 - back
         piv = pivot_actions(values[:, _COL["high"]], values[:, _COL["low"]], pivot_bars)
-        lab = action_labels(cast(pd.DataFrame, _Bars(values)), pivot_bars, move_threshold)
+        high, low, close = (values[:, _COL[c]] for c in ("high", "low", "close"))
+        lab = labels_from_values(high, low, close, pivot_bars, move_threshold)
         return int(piv[i]), int(lab[i])

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -17,10 +18,11 @@ from pipelines.data.features import candle_targets, denormalise
 from pipelines.data.sources.synthetic import generate
 from pipelines.errors import CandlerayError, CandleValidationError, ConfigError, InvalidInputError
 from pipelines.model.network import CandleTransformer, ModelSpec
+from serve.api import PredictIn, _bars
 from serve.batched import WeightFollower, check_request, predict_batch
 from serve.config import Batching, deployment_options, parse_batching
 from serve.predictor import Predictor
-from serve.windows import interpret, model_input
+from serve.windows import interpret, model_input, model_input_from_values
 
 SPEC = ModelSpec(n_features=5, window=8, d_model=16, n_heads=2, n_layers=1, dim_feedforward=32)
 
@@ -205,6 +207,63 @@ def test_served_input_equals_the_training_window_for_the_same_bar():
         np.testing.assert_array_equal(mi.x[0], full.x[m])
         assert mi.sigma == full.sigma[m] and mi.end == df.index[end]
         assert mi.anchor_close == df["close"].iloc[end]
+
+
+def request_body(df, zone: str = "") -> str:
+    """The candles as a client sends them: ISO times (UTC, written in ``zone``), prices."""
+    rows = []
+    for t, (o, h, lo, c, v) in zip(df.index, df.to_numpy().tolist(), strict=True):
+        stamp = t.tz_convert(zone).isoformat() if zone else t.tz_localize(None).isoformat()
+        rows.append(
+            f'{{"time":"{stamp}","open":{o!r},"high":{h!r},"low":{lo!r},'
+            f'"close":{c!r},"volume":{v!r}}}'
+        )
+    return '{"candles":[' + ",".join(rows) + "]}"
+
+
+@pytest.mark.parametrize("zone", ["", "UTC", "Asia/Kolkata", "America/New_York"])
+def test_a_request_body_gives_the_training_window(zone):
+    """A JSON window of candles (times with no zone = UTC, or any offset) → the exact window
+    training builds for that bar, through the array path the ingress takes."""
+    df = generate("S", "1h", SyntheticConfig(length=200))
+    full = all_windows(df, "1h", ("4h",), 16)
+    for end in (60, 199):
+        body = PredictIn.model_validate_json(request_body(df.iloc[end - 39 : end + 1], zone))
+        bars = _bars(body.candles or [])
+        np.testing.assert_array_equal(
+            bars.times_ns, df.index[end - 39 : end + 1].as_unit("ns").asi8
+        )
+        mi = model_input_from_values(*bars, 16, "1h", ("4h",))
+        framed = model_input(df.iloc[end - 39 : end + 1], 16, "1h", ("4h",))
+        m = int(np.flatnonzero(full.ends == end)[0])
+        np.testing.assert_array_equal(mi.x[0], full.x[m])
+        assert (mi.sigma, mi.end, mi.next_time) == (
+            full.sigma[m],
+            df.index[end],
+            df.index[end] + pd.Timedelta("1h"),
+        )
+        assert (mi.anchor_close, mi.log_volume_mean) == (
+            framed.anchor_close,
+            framed.log_volume_mean,
+        )
+
+
+@pytest.mark.parametrize(
+    ("row", "col", "value", "rule"),
+    [(5, 1, 1e-9, "high-covers-open-close"), (7, 4, -1.0, "volume-non-negative")],
+)
+def test_arrays_are_refused_by_the_frame_rules(row, col, value, rule):
+    df = generate("S", "1h", SyntheticConfig(length=40))
+    times, values = df.index.as_unit("ns").asi8.copy(), df.to_numpy().copy()
+    values[row, col] = value
+    with pytest.raises(CandleValidationError, match=f"row {row} .*'{rule}'"):
+        model_input_from_values(times, values, 16, "1h", symbol="S")
+    times[9] = times[8]
+    values = df.to_numpy()
+    with pytest.raises(CandleValidationError, match="row 9 .*'unique-timestamps'"):
+        model_input_from_values(times, values, 16, "1h", symbol="S")
+    with pytest.raises(InvalidInputError, match="10 candles given"):
+        model_input_from_values(df.index.as_unit("ns").asi8[:10], values[:10], 16, "1h")
 
 
 def test_bad_candles_are_refused_before_the_model():
