@@ -125,6 +125,13 @@ def test_a_session_runs_shows_its_chart_and_trains_only_in_manual_mode(app):
 
     trained = s.post(f"{app.url}/sessions/{sid}/train", json={"action": "BUY"}, timeout=30)
     assert trained.status_code == 200 and trained.json()["queued"] == 1
+    deadline = time.monotonic() + 30  # the queued step is applied in the background
+    while time.monotonic() < deadline:
+        metrics = s.get(f"{app.url}/sessions/{sid}", timeout=30).json()["metrics"]
+        if metrics["train_pending"] == 0:
+            break
+        time.sleep(0.2)
+    assert metrics["train_pending"] == 0 and metrics["train_done"] >= 1, metrics
 
     switched = s.post(f"{app.url}/sessions/{sid}/mode", json={"mode": "none"}, timeout=30)
     assert switched.status_code == 200 and switched.json()["mode"] == "none"
