@@ -57,6 +57,7 @@ from serve.api import PredictIn, _bars
 from serve.app import Ingress, build_app
 from serve.backend import _history_bars
 from serve.batched import WindowPrediction
+from serve.config import ingress_options
 from serve.predictor import Predictor
 from serve.windows import interpret, model_input, model_input_from_values
 
@@ -198,7 +199,8 @@ def main() -> None:
     unbatched = replace(one, serve=replace(one.serve, max_batch_size=1))
     serve.run(build_app(unbatched), name="unbatched", route_prefix="/u")
     serve.run(NoOp.bind(), name="noop", route_prefix="/n")
-    serve.run(Ingress.bind(NoOpPredictor.bind(), one), name="composed", route_prefix="/c")
+    composed = Ingress.options(**ingress_options(one.serve)).bind(NoOpPredictor.bind(), one)
+    serve.run(composed, name="composed", route_prefix="/c")
     predictor = serve.get_deployment_handle("BatchedPredictor", app_name="batched")
 
     bars = _history_bars(f.window, d.timeframe, d.extra_timeframes)

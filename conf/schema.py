@@ -187,6 +187,10 @@ class ServeConfig:
     max_ongoing_requests: int = 64  # per replica; >= max_batch_size, so a batch can fill
     weights_poll_s: float = 0.2  # how often a replica asks the ModelActor for a newer version
     max_request_bytes: int = 1_000_000  # bigger requests are refused (HTTP 413)
+    # the HTTP ingress holds no state (everything lives in named actors): add replicas when
+    # it, not the predictor, is what caps requests/s (bench/RESULTS.md)
+    ingress_replicas: int = 1
+    ingress_num_cpus: float = 0.1  # Ray CPUs per ingress replica
     # bearer token for routes that change state; secret: never logged, echoed or written out
     token: str | None = field(default=None, metadata={"secret": True})
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none by default

@@ -103,9 +103,10 @@ def check_serve(s: ServeConfig) -> None:
         f"{s.max_batch_size}, or a replica never holds enough requests to fill a batch",
     )
     _need(s.replicas >= 1, f"serve.replicas={s.replicas} must be >= 1")
+    _need(s.ingress_replicas >= 1, f"serve.ingress_replicas={s.ingress_replicas} must be >= 1")
     _need(
-        s.replica_num_cpus >= 0 and s.replica_num_gpus >= 0,
-        "serve.replica_num_cpus and serve.replica_num_gpus must be >= 0",
+        s.replica_num_cpus >= 0 and s.replica_num_gpus >= 0 and s.ingress_num_cpus >= 0,
+        "serve.replica_num_cpus, serve.replica_num_gpus and serve.ingress_num_cpus must be >= 0",
     )
     _need(1 <= s.port <= 65535, f"serve.port={s.port} must be in 1..65535")
     _need(s.weights_poll_s > 0, f"serve.weights_poll_s={s.weights_poll_s} must be > 0")

@@ -20,12 +20,14 @@ from ray.serve.handle import DeploymentHandle
 from conf import Config
 from serve.api import build_api
 from serve.backend import RayBackend
+from serve.config import ingress_options
 from serve.predictor_app import build_predictor_app
 from serve.security import check_bind
 
 log = logging.getLogger(__name__)
 
 
+# replicas and CPUs come from serve.ingress_* in build_app; these are only the defaults
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
 @serve.ingress()
 class Ingress:
@@ -42,7 +44,8 @@ def build_app(cfg: Config) -> Application:
     """The whole app, bound: the ingress with the predictor deployment as its argument."""
     check_bind(cfg.serve.host, cfg.serve.token)
     # @serve.deployment turns the class into a Deployment; mypy keeps a decorated class's type
-    return Ingress.bind(build_predictor_app(cfg), cfg)  # type: ignore[attr-defined]
+    ingress = Ingress.options(**ingress_options(cfg.serve))  # type: ignore[attr-defined]
+    return ingress.bind(build_predictor_app(cfg), cfg)
 
 
 def start(cfg: Config) -> DeploymentHandle:

@@ -75,6 +75,15 @@ def parse_batching(user_config: Any, serve_cfg: ServeConfig) -> Batching:
     return Batching.of(merged)
 
 
+def ingress_options(s: ServeConfig) -> dict[str, Any]:
+    """``Deployment.options(...)`` for the HTTP ingress: replicas and CPUs from ``serve.*``."""
+    check_serve(s)
+    return {
+        "num_replicas": s.ingress_replicas,
+        "ray_actor_options": {"num_cpus": s.ingress_num_cpus},
+    }
+
+
 def deployment_options(s: ServeConfig) -> dict[str, Any]:
     """``Deployment.options(...)`` for the predictor: replicas, resources and batching."""
     check_serve(s)

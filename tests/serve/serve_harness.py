@@ -1,5 +1,5 @@
 """The whole Serve app for a test module: ModelActor, session hosts, JobBoard, predictor and
-ingress on 127.0.0.1 and a free port, started once and shut down at the end."""
+two ingress replicas on 127.0.0.1 and a free port, started once and shut down at the end."""
 
 from __future__ import annotations
 
@@ -56,6 +56,10 @@ def running_app(home: Path, *overrides: str) -> Iterator[RunningApp]:
             f"serve.port={port}",
             f"serve.token={TOKEN}",
             "serve.replica_num_cpus=0.05",
+            # two ingress replicas: a job, session or annotation made through one is seen
+            # through the other (the ingress keeps no state of its own)
+            "serve.ingress_replicas=2",
+            "serve.ingress_num_cpus=0.05",
             "serve.max_request_bytes=20000",
             "live.hosts=1",
             *overrides,
@@ -67,6 +71,8 @@ def running_app(home: Path, *overrides: str) -> Iterator[RunningApp]:
     board = job_board(cfg)  # held: the board lives while this handle does
     try:
         start(cfg)
+        ingress = serve.status().applications[cfg.run.name].deployments["Ingress"]
+        assert ingress.replica_states.get("RUNNING") == 2, ingress
         yield RunningApp(cfg, f"http://127.0.0.1:{port}", TOKEN, client, checkpoint, home)
     finally:
         serve.shutdown()

@@ -20,7 +20,7 @@ from pipelines.errors import CandlerayError, CandleValidationError, ConfigError,
 from pipelines.model.network import CandleTransformer, ModelSpec
 from serve.api import PredictIn, _bars
 from serve.batched import WeightFollower, check_request, predict_batch
-from serve.config import Batching, deployment_options, parse_batching
+from serve.config import Batching, deployment_options, ingress_options, parse_batching
 from serve.predictor import Predictor
 from serve.windows import interpret, model_input, model_input_from_values
 
@@ -76,6 +76,10 @@ def test_deployment_options_come_from_the_serve_section_and_are_checked():
     assert opts["user_config"] == {"max_batch_size": 4, "batch_wait_timeout_s": 0.0}
     with pytest.raises(ConfigError, match="serve.replicas=0"):
         deployment_options(dataclasses.replace(s, replicas=0))
+    ingress = ingress_options(ServeConfig(ingress_replicas=4, ingress_num_cpus=0.5))
+    assert ingress == {"num_replicas": 4, "ray_actor_options": {"num_cpus": 0.5}}
+    with pytest.raises(ConfigError, match="serve.ingress_replicas=0"):
+        ingress_options(ServeConfig(ingress_replicas=0))
 
 
 # -- requests and batches ------------------------------------------------------------------
