@@ -32,7 +32,6 @@ import pandas as pd
 from conf import Config
 from pipelines.data.candles import normalize_columns, timeframe_seconds
 from pipelines.data.feeds import CcxtPollFeed, ReplayFeed
-from pipelines.data.feeds.base import Candle as FeedCandle
 from pipelines.data.sources import SymbolSpec, load_candles
 from pipelines.data.sources.ccxt_source import CcxtSource, build_exchange
 from pipelines.errors import CandlerayError, InvalidInputError
@@ -44,10 +43,6 @@ log = logging.getLogger(__name__)
 SOURCES: tuple[str, ...] = ("replay", "ccxt")
 
 Arrival = tuple[Candle, float]  # the candle and when it arrived (host monotonic seconds)
-
-
-def live_candle(c: FeedCandle) -> Candle:
-    return Candle(int(pd.Timestamp(c.time).as_unit("ns").value), *c.values())
 
 
 @dataclass(frozen=True)
@@ -165,7 +160,7 @@ class PollSource:
         while not self._stop.is_set():
             began = self.clock()
             try:
-                got = [live_candle(c) for c in self.feed.poll()]
+                got = self.feed.poll()
             except CandlerayError as exc:  # retries ran out: the next round resumes
                 self.errors += 1
                 log.warning("%s: polling failed, retried next round: %s", self.feed.spec.key, exc)

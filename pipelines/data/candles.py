@@ -37,6 +37,33 @@ def timeframe_offset(timeframe: str) -> pd.Timedelta:
     return pd.Timedelta(seconds=timeframe_seconds(timeframe))
 
 
+@dataclass(frozen=True, slots=True)
+class Candle:
+    """One closed candle, as feeds emit it and live sessions take it. ``time`` is its open time
+    in ns since the epoch (UTC), as the schema's index holds it (``timestamp`` gives it back)."""
+
+    time: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+    @classmethod
+    def at(
+        cls, time: pd.Timestamp | int, o: float, h: float, lo: float, c: float, v: float
+    ) -> Candle:
+        t = time if isinstance(time, int) else int(pd.Timestamp(time).as_unit("ns").value)
+        return cls(t, float(o), float(h), float(lo), float(c), float(v))
+
+    @property
+    def timestamp(self) -> pd.Timestamp:
+        return pd.Timestamp(self.time, tz="UTC")
+
+    def values(self) -> tuple[float, float, float, float, float]:
+        return (self.open, self.high, self.low, self.close, self.volume)
+
+
 def empty_candles() -> pd.DataFrame:
     idx = pd.DatetimeIndex([], tz="UTC", name="time")
     return pd.DataFrame({c: pd.Series([], dtype="float64") for c in COLUMNS}, index=idx)

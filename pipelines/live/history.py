@@ -23,41 +23,14 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from pipelines.data.candles import COLUMNS, timeframe_seconds, validate_candles
+from pipelines.data.candles import COLUMNS, Candle, check_values, timeframe_seconds
 from pipelines.data.features import higher_from_values, targets_from_values, windows_from_values
 from pipelines.data.labels import UNKNOWN, labels_from_values, pivot_actions
 from pipelines.errors import CandleValidationError
-
-
-@dataclass(frozen=True, slots=True)
-class Candle:
-    """One closed candle. ``time`` is its open time in ns since the epoch (UTC), as the index."""
-
-    time: int
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: float
-
-    @classmethod
-    def at(
-        cls, time: pd.Timestamp | int, o: float, h: float, lo: float, c: float, v: float
-    ) -> Candle:
-        t = time if isinstance(time, int) else int(pd.Timestamp(time).as_unit("ns").value)
-        return cls(t, float(o), float(h), float(lo), float(c), float(v))
-
-    @property
-    def timestamp(self) -> pd.Timestamp:
-        return pd.Timestamp(self.time, tz="UTC")
-
-    def values(self) -> tuple[float, float, float, float, float]:
-        return (self.open, self.high, self.low, self.close, self.volume)
 
 
 def iter_candles(frame: pd.DataFrame) -> Iterator[Candle]:
@@ -70,7 +43,7 @@ def iter_candles(frame: pd.DataFrame) -> Iterator[Candle]:
 def check_candle(c: Candle, last_time: int | None, symbol: str) -> tuple[str, str] | None:
     """(kind, message) if a feed candle must be skipped, else None.
 
-    kind: ``nan`` or ``invalid`` (the candle schema's rules, checked by ``validate_candles``,
+    kind: ``nan`` or ``invalid`` (the candle schema's rules, checked by ``check_values``,
     whose message names the rule), ``duplicate`` or ``out_of_order`` (not after ``last_time``).
     """
     o, h, lo, cl, v = c.values()
@@ -82,11 +55,8 @@ def check_candle(c: Candle, last_time: int | None, symbol: str) -> tuple[str, st
         and v >= 0
     )
     if not sound:  # the fast test above is the schema's rules; the validator names the one broken
-        one = pd.DataFrame(
-            [c.values()], columns=list(COLUMNS), index=pd.DatetimeIndex([c.timestamp], name="time")
-        )
         try:
-            validate_candles(one, symbol)
+            check_values(np.array([c.time]), np.array([c.values()]), symbol)
         except CandleValidationError as exc:
             return ("nan" if exc.rule == "finite" else "invalid"), str(exc)
     if last_time is not None and c.time <= last_time:

@@ -45,7 +45,7 @@ def make_feed(fake: FakeBinance, **kw) -> CcxtPollFeed:
 
 
 def bars(candles) -> list[int]:
-    return [int((c.time - START) / H) for c in candles]
+    return [int((c.timestamp - START) / H) for c in candles]
 
 
 def test_emits_a_candle_only_once_the_exchange_closed_it(fake):

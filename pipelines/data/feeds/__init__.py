@@ -3,12 +3,14 @@
     from pipelines.data.feeds import ReplayFeed, CcxtPollFeed
     feed = ReplayFeed.from_spec(spec, cfg.data, speed=20, start=-200)
     warm_up = feed.history()          # candle frame before the start
-    for candle in feed.candles():     # Candle(time, open, high, low, close, volume)
+    for candle in feed.candles():     # Candle(time (ns), open, high, low, close, volume)
         ...
     feed.stats.to_dict()              # emitted, skipped by rule, gaps, backfilled, ...
 
 Every feed follows :class:`Feed`: ``candles()`` yields each closed candle exactly once, in
-time order (``time`` is the bar's open time, UTC, as in the candle schema). Bad data (NaN,
+time order (``time`` is the bar's open time in ns since the epoch, UTC; ``timestamp`` gives
+it as a pandas Timestamp). It is the ``Candle`` live sessions take, so a feed's candles go
+to a session as they are. Bad data (NaN,
 non-positive price, high below open/close, a repeated or earlier timestamp) is logged,
 counted in ``stats.skipped`` under the validator's rule name, and skipped; a gap is
 logged and counted (``stats.gaps``, ``stats.missing_bars``), and the ccxt feed backfills

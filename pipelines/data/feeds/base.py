@@ -1,5 +1,6 @@
-"""What every feed shares: the ``Candle`` it yields, its ``FeedStats`` and the gate that
-checks each candle before it is emitted."""
+"""What every feed shares: its ``FeedStats`` and the gate that checks each candle before it
+is emitted (as a ``pipelines.data.candles.Candle``, the one candle type of feeds and live
+sessions)."""
 
 from __future__ import annotations
 
@@ -11,31 +12,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.data.candles import COLUMNS, timeframe_seconds, validate_candles
+from pipelines.data.candles import COLUMNS, Candle, check_values, timeframe_seconds
 from pipelines.errors import CandleValidationError
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Candle:
-    """One closed candle. ``time`` is its open time (UTC), as in the candle schema."""
-
-    time: pd.Timestamp
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: float
-
-    def values(self) -> tuple[float, float, float, float, float]:
-        return (self.open, self.high, self.low, self.close, self.volume)
-
-
 def candles_frame(candles: Sequence[Candle]) -> pd.DataFrame:
     """Candles as the project's candle schema (UTC index named ``time``, float64 o/h/l/c/v)."""
-    idx = pd.DatetimeIndex([c.time for c in candles], name="time")
-    idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
+    times = np.array([c.time for c in candles], dtype=np.int64).view("M8[ns]")
+    # microseconds, the unit pandas (and so every source) gives a candle index
+    idx = pd.DatetimeIndex(times, name="time").tz_localize("UTC").as_unit("us")
     vals = np.array([c.values() for c in candles], dtype="float64").reshape(-1, len(COLUMNS))
     return pd.DataFrame(vals, index=idx, columns=list(COLUMNS))
 
@@ -92,11 +79,10 @@ class CandleGate:
             rule = "unique-timestamps" if time == self.last else "sorted-timestamps"
             self._skip(time, rule, f"the last emitted candle opened at {self.last}")
             return None
-        row = pd.DataFrame(
-            [list(values)], index=pd.DatetimeIndex([time], name="time"), columns=list(COLUMNS)
-        ).astype("float64")
+        row = np.asarray(values, dtype="float64")  # an exchange's null becomes NaN: rule 'finite'
+        candle = Candle.at(time, *row)
         try:
-            validate_candles(row, self.label)
+            check_values(np.array([candle.time]), row[None, :], self.label)
         except CandleValidationError as exc:
             self._skip(time, exc.rule, str(exc))
             self.seen = time if self.seen is None else max(self.seen, time)
@@ -110,4 +96,4 @@ class CandleGate:
             )
         self.last = self.seen = time
         self.stats.emitted += 1
-        return Candle(time, *(float(v) for v in values))
+        return candle
