@@ -8,6 +8,7 @@ import pytest
 
 from conf.schema import DataConfig, SyntheticConfig
 from pipelines.data.feeds import Candle, ReplayFeed, candles_frame
+from pipelines.data.feeds.base import CandleGate, FeedStats
 from pipelines.data.sources import SymbolSpec, load_candles
 from pipelines.errors import InvalidInputError
 
@@ -118,3 +119,17 @@ def test_bad_rows_are_skipped_and_counted_by_rule_and_gaps_reported(series, capl
     }
     assert (feed.stats.gaps, feed.stats.missing_bars) == (1, 1)  # bar 9; bad bars 2-4 are not a gap
     assert "rule 'finite'" in caplog.text and "gap of 1 bar(s)" in caplog.text
+
+
+def test_the_gate_takes_an_exchanges_null_as_nan_and_skips_it():
+    """Every feed's gate: a null value (as some exchanges send for volume) is the validator's
+    'finite' rule, skipped and counted; the next good bar is no gap and comes out whole."""
+    stats = FeedStats()
+    gate = CandleGate("X", "1h", stats)
+    t = pd.Timestamp("2024-01-01", tz="UTC")
+    assert gate.admit(t, [1.0, 2.0, 0.5, 1.5, None]) is None
+    assert stats.skipped == {"finite": 1} and stats.emitted == 0
+    c = gate.admit(t + pd.Timedelta(hours=1), [1.0, 2.0, 0.5, 1.5, 3.0])
+    assert c is not None and c.timestamp == t + pd.Timedelta(hours=1)
+    assert c.time == (t + pd.Timedelta(hours=1)).value and c.values() == (1.0, 2.0, 0.5, 1.5, 3.0)
+    assert (stats.emitted, stats.gaps) == (1, 0)
