@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import pytest
 import torch
+from support import random_batch
 
 from actors.core import ModelCore
 
 
-def batch(core, b=8, seed=0):
-    rng = np.random.default_rng(seed)
-    s = core.spec
-    return (
-        rng.standard_normal((b, s.window, s.n_features)).astype(np.float32),
-        rng.standard_normal((b, 5)).astype(np.float32),
-        rng.integers(0, 3, b),
-    )
-
-
 def train(core, n, seed=0):
     for i in range(n):
-        core.train_batch(*batch(core, seed=seed + i))
+        core.train_batch(*random_batch(core, seed=seed + i))
 
 
 def test_a_save_after_a_restart_keeps_the_best(make_cfg):
@@ -39,7 +29,7 @@ def test_a_save_after_a_restart_keeps_the_best(make_cfg):
     again.save_checkpoint("batch")
     assert again.best_checkpoint().path == best.path
     for i in range(3):
-        again.train_batch(*batch(again, seed=20 + i))
+        again.train_batch(*random_batch(again, seed=20 + i))
         again.save_checkpoint("batch")
     assert again.best_checkpoint().path == best.path and os.path.exists(best.path)
     st, _ = again.store.load(best.path)
@@ -55,7 +45,7 @@ def test_a_crash_mid_save_after_a_rewind_leaves_only_true_checkpoints(make_cfg, 
     core = ModelCore(cfg)
     train(core, 4)  # checkpoints at steps 2 and 4
     core.load_checkpoint(core.list_checkpoints()[0]["path"])  # rewind to step 2
-    core.train_batch(*batch(core, seed=50))  # step 3
+    core.train_batch(*random_batch(core, seed=50))  # step 3
     real_mv = core.store.fs.mv
 
     def mv(src, dst, *a, **k):
@@ -65,7 +55,7 @@ def test_a_crash_mid_save_after_a_rewind_leaves_only_true_checkpoints(make_cfg, 
 
     monkeypatch.setattr(core.store.fs, "mv", mv)
     with pytest.raises(Killed):
-        core.train_batch(*batch(core, seed=51))  # step 4 -> periodic save
+        core.train_batch(*random_batch(core, seed=51))  # step 4 -> periodic save
     monkeypatch.undo()
     again = ModelCore(cfg)
     assert again.restored_from == 2  # the rewound weights, not the half-written step 4
@@ -83,7 +73,7 @@ def test_a_rewind_survives_a_restart(make_cfg):
     out = core.load_checkpoint(first["path"])  # step 6 diverged: back to step 2
     assert out["step"] == 2
     w2 = core.trainer.weights_cpu()
-    core.train_batch(*batch(core, seed=99))  # step 3, not saved; then the actor crashes
+    core.train_batch(*random_batch(core, seed=99))  # step 3, not saved; then the actor crashes
     again = ModelCore(cfg)
     assert again.restored_from == 2
     assert all(torch.equal(v, w2[k]) for k, v in again.trainer.weights_cpu().items())

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from support import random_batch
 
 from actors.core import ModelCore
 from pipelines.errors import CheckpointError
 
 
-def batch(core, b=8, seed=0):
-    rng = np.random.default_rng(seed)
-    s = core.spec
-    return (
-        rng.standard_normal((b, s.window, s.n_features)).astype(np.float32),
-        rng.standard_normal((b, 5)).astype(np.float32),
-        rng.integers(0, 3, b),
-    )
-
-
 def test_saving_the_same_weights_twice_keeps_the_best_flag(make_cfg):
     core = ModelCore(make_cfg("checkpoint.every_steps=1000"))
-    core.train_batch(*batch(core))
+    core.train_batch(*random_batch(core))
     first = core.save_checkpoint("batch", is_best=True)
     again = core.save_checkpoint("batch")  # e.g. the end of `candleray train` right after a best
     assert again == first and core.store.best().step == 1
@@ -31,14 +21,14 @@ def test_saving_the_same_weights_twice_keeps_the_best_flag(make_cfg):
 
 def test_rewinding_gives_a_new_weights_lineage(make_cfg):
     core = ModelCore(make_cfg("checkpoint.every_steps=1000"))
-    core.train_batch(*batch(core))
+    core.train_batch(*random_batch(core))
     info = core.save_checkpoint()
     for i in range(3):
-        core.train_batch(*batch(core, seed=i + 1))
+        core.train_batch(*random_batch(core, seed=i + 1))
     seen = (core.snapshot.generation, core.snapshot.version)
     core.load_checkpoint(info["path"])
     for i in range(3):
-        core.train_batch(*batch(core, seed=i + 7))
+        core.train_batch(*random_batch(core, seed=i + 7))
     # step 4 again, other weights: a predictor that holds (gen, 4) must see a new version
     assert core.snapshot.version == 4 and (core.snapshot.generation, 4) != seen
 
@@ -46,7 +36,7 @@ def test_rewinding_gives_a_new_weights_lineage(make_cfg):
 def test_checkpoints_of_another_model_config_are_a_clear_error(make_cfg):
     cfg = make_cfg("checkpoint.every_steps=1000")
     core = ModelCore(cfg)
-    core.train_batch(*batch(core))
+    core.train_batch(*random_batch(core))
     core.save_checkpoint()
     other = make_cfg("model.d_model=16", "model.dim_feedforward=128", name=cfg.run.name)
     with pytest.raises(CheckpointError, match=r"another run\.name"):
@@ -64,7 +54,7 @@ def test_checkpoints_on_remote_storage_reach_mlflow(make_cfg, tmp_path):
     )
     core = ModelCore(cfg)
     for i in range(4):
-        core.train_batch(*batch(core, seed=i))
+        core.train_batch(*random_batch(core, seed=i))
     status = core.flush_tracking()
     assert status["errors"] == 0, status
     mc = MlflowClient(tracking_uri=cfg.tracking.uri, registry_uri=cfg.tracking.uri)

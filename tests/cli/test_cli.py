@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from support import CLI_TINY_MODEL
 
 from pipelines import cli
 
@@ -18,13 +19,7 @@ def test_train_runs_end_to_end_and_resumes(ray_cluster, make_cfg, tmp_path, caps
         "tracking.enabled=true",
         "data.symbols=[synthetic:SYN0]",
         "data.synthetic.length=400",
-        "features.window=16",
-        "model.d_model=16",
-        "model.n_heads=2",
-        "model.n_layers=1",
-        "train.batch_size=32",
-        "train.epochs=1",
-        "ray.torch_threads=1",
+        *CLI_TINY_MODEL,
     ]
     assert cli.main(args) == 0
     out = capsys.readouterr().out

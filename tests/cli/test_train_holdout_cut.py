@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+from support import CLI_TINY_MODEL
 
 from pipelines import cli
 
@@ -23,13 +24,7 @@ def test_train_prints_and_records_the_holdout_cut(ray_cluster, make_cfg, tmp_pat
         "data.symbols=[synthetic:SYN0@1h, synthetic:SYN1@4h]",
         "data.synthetic.length=400",
         "data.extra_timeframes=[]",
-        "features.window=16",
-        "model.d_model=16",
-        "model.n_heads=2",
-        "model.n_layers=1",
-        "train.batch_size=32",
-        "train.epochs=1",
-        "ray.torch_threads=1",
+        *CLI_TINY_MODEL,
     ]
     assert cli.main(args) == 0
     out = capsys.readouterr().out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from support import free_port
+from support import CLI_TINY_MODEL, free_port
 
 from pipelines import cli
 
@@ -26,13 +26,7 @@ def test_train_with_the_store_down_prints_the_tracking_status(
         "ray.call_timeout_s=30",  # the writer's process starts in time on a loaded machine
         "data.symbols=[synthetic:SYN0]",
         "data.synthetic.length=300",
-        "features.window=16",
-        "model.d_model=16",
-        "model.n_heads=2",
-        "model.n_layers=1",
-        "train.batch_size=32",
-        "train.epochs=1",
-        "ray.torch_threads=1",
+        *CLI_TINY_MODEL,
     ]
     assert cli.main(args) == 0  # the store being down does not stop training
     out = capsys.readouterr().out
