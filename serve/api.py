@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from conf import ServeConfig
 from pipelines.errors import (
@@ -59,12 +59,30 @@ MODES = ("none", "pivots_only", "every_candle", "manual")
 Mode = Literal["none", "pivots_only", "every_candle", "manual"]
 
 
+def _iso_time(value: Any) -> Any:
+    """A request's time must be ISO 8601 text (no zone = UTC): pydantic alone would also take
+    a number, or numeric text, as seconds since 1970, so a mistyped field became a 1970 date."""
+    if isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ValueError('a time is ISO 8601 text, e.g. "2024-01-01T00:00:00Z"')
+
+
+Time = Annotated[dt.datetime, BeforeValidator(_iso_time), Field(strict=False)]
+
+
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # strict: a field takes its own JSON type only (no "1.5" for a number, 1.0 or true for an
+    # integer); times are ISO text (``Time``). A refused body changes nothing.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class CandleIn(_Body):
-    time: dt.datetime
+    time: Time
     open: float = Field(gt=0)
     high: float = Field(gt=0)
     low: float = Field(gt=0)
@@ -75,7 +93,7 @@ class CandleIn(_Body):
 class PredictIn(_Body):
     candles: list[CandleIn] | None = Field(default=None, min_length=2, max_length=20_000)
     symbol: str | None = Field(default=None, min_length=1, max_length=200)
-    end: dt.datetime | None = None
+    end: Time | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> PredictIn:
@@ -114,8 +132,8 @@ class TrainingJobIn(_Body):
 
 class BacktestIn(_Body):
     symbols: list[str] = Field(min_length=1, max_length=200)
-    since: dt.datetime | None = None
-    until: dt.datetime | None = None
+    since: Time | None = None
+    until: Time | None = None
     checkpoint: str | None = Field(default=None, max_length=1000)
 
     @model_validator(mode="after")
@@ -133,9 +151,9 @@ class AnnotationIn(_Body):
     symbol: str = Field(min_length=1, max_length=200)
     timeframe: str = Field(min_length=1, max_length=10)
     side: Literal["long", "short"]
-    entry_time: dt.datetime
+    entry_time: Time
     entry_price: float = Field(gt=0)
-    exit_time: dt.datetime
+    exit_time: Time
     exit_price: float = Field(gt=0)
     note: str = Field(default="", max_length=2000)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
+import json
 
 import numpy as np
 import pandas as pd
@@ -18,7 +20,7 @@ from pipelines.data.features import candle_targets, denormalise
 from pipelines.data.sources.synthetic import generate
 from pipelines.errors import CandlerayError, CandleValidationError, ConfigError, InvalidInputError
 from pipelines.model.network import CandleTransformer, ModelSpec
-from serve.api import PredictIn, _bars
+from serve.api import BacktestIn, PredictIn, SessionIn, TrainingJobIn, _bars
 from serve.batched import WeightFollower, check_request, predict_batch
 from serve.config import Batching, deployment_options, ingress_options, parse_batching
 from serve.predictor import Predictor
@@ -307,3 +309,31 @@ def test_an_answer_becomes_a_ghost_candle_in_prices_and_a_signal_by_the_confiden
     assert (unsure.action, unsure.signal) == ("HOLD", 0)  # SELL is likeliest but below 0.5
     sure = interpret(candle, [0.3, 0.25, 0.45], mi, confidence=0.4)
     assert (sure.action, sure.signal) == ("SELL", -1)
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "field"),
+    [
+        (BacktestIn, {"symbols": ["sample:EURUSD"], "until": 0.0}, "until"),
+        (BacktestIn, {"symbols": ["sample:EURUSD"], "since": "1700000000"}, "since"),
+        (PredictIn, {"symbol": "sample:EURUSD", "end": 1_700_000_000}, "end"),
+        (TrainingJobIn, {"kind": "history", "epochs": 1.0}, "epochs"),
+        (TrainingJobIn, {"kind": "history", "epochs": True}, "epochs"),
+        (SessionIn, {"symbol": "sample:EURUSD", "mode": "none", "speed": "5"}, "speed"),
+    ],
+)
+def test_request_fields_take_only_their_own_json_type(model, body, field):
+    """A number or numeric text is not a time (it was read as seconds since 1970), nor 1.0 or
+    true an integer, nor text a number: each is refused naming the field."""
+    with pytest.raises(ValueError) as err:  # pydantic's ValidationError is a ValueError
+        model.model_validate_json(json.dumps(body))
+    assert field in str(err.value)
+
+
+def test_request_times_are_iso_text_with_or_without_a_zone():
+    ok = BacktestIn.model_validate_json(
+        '{"symbols": ["s"], "since": "2024-01-01", "until": "2024-02-01T00:00:00Z"}'
+    )
+    assert ok.since == dt.datetime(2024, 1, 1) and ok.until.tzinfo is not None
+    assert TrainingJobIn.model_validate_json('{"kind": "history", "epochs": 3}').epochs == 3
+    assert SessionIn.model_validate_json('{"symbol": "s", "mode": "none", "speed": 5}').speed == 5.0
