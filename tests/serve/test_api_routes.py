@@ -101,7 +101,10 @@ def test_predict_answers_a_ghost_candle_and_the_weights_version(app):
 def test_a_session_runs_shows_its_chart_and_trains_only_in_manual_mode(app):
     s = app.http()
     started = s.post(
-        app.url + "/sessions", json={"symbol": SYMBOL, "mode": "manual", "speed": 50}, timeout=60
+        # 5 candles/s: the replay is still running when the manual step waits for its next candle
+        app.url + "/sessions",
+        json={"symbol": SYMBOL, "mode": "manual", "speed": 5},
+        timeout=60,
     )
     assert started.status_code == 201, started.text
     sid = started.json()["id"]
@@ -125,13 +128,15 @@ def test_a_session_runs_shows_its_chart_and_trains_only_in_manual_mode(app):
 
     trained = s.post(f"{app.url}/sessions/{sid}/train", json={"action": "BUY"}, timeout=30)
     assert trained.status_code == 200 and trained.json()["queued"] == 1
-    deadline = time.monotonic() + 30  # the queued step is applied in the background
+    # the marked bar is queued when the next candle closes, then trained in the background:
+    # wait for it, or it could change the weights after the "before" fingerprint below
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         metrics = s.get(f"{app.url}/sessions/{sid}", timeout=30).json()["metrics"]
-        if metrics["train_pending"] == 0:
+        if metrics["train_done"] >= 1 and metrics["train_pending"] == 0:
             break
         time.sleep(0.2)
-    assert metrics["train_pending"] == 0 and metrics["train_done"] >= 1, metrics
+    assert metrics["train_done"] == 1 and metrics["train_pending"] == 0, metrics
 
     switched = s.post(f"{app.url}/sessions/{sid}/mode", json={"mode": "none"}, timeout=30)
     assert switched.status_code == 200 and switched.json()["mode"] == "none"
