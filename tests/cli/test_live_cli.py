@@ -15,6 +15,27 @@ def tiny(tmp_path) -> list[str]:
     return [*tiny_overrides(tmp_path, "livecli"), "live.hosts=1"]
 
 
+def run_ccxt_live(fake, tiny: list[str], n: int, clock, stop) -> list[str]:
+    """``candleray live --source ccxt --candles n`` on the fake Binance while ``clock`` (a
+    thread, ended by ``stop``) moves the exchange's time; returns the config overrides used."""
+    import threading
+
+    from fake_exchange import binance_options
+
+    ticker = threading.Thread(target=clock, daemon=True)
+    ticker.start()
+    opts = json.dumps(binance_options(fake))
+    args = ["--symbols", "binance:BTC/USDT", "--timeframe", "1m", "--mode", "none"]
+    args += ["--source", "ccxt", "--candles", str(n), "--json"]
+    over = [*tiny, f"data.ccxt.options={opts}", "data.ccxt.backoff_s=0.05"]
+    try:
+        assert cli.main(["live", *args, *over]) == 0
+    finally:
+        stop.set()
+        ticker.join()
+    return over
+
+
 @pytest.mark.parametrize(
     "bad, says",
     [
@@ -62,7 +83,7 @@ def test_ccxt_source_predicts_each_candle_once_after_the_exchange_closed_it(
     import time
 
     import pandas as pd
-    from fake_exchange import FakeBinance, binance_options
+    from fake_exchange import FakeBinance
 
     from actors.session_host import host_journal
     from pipelines.config import load_config
@@ -87,17 +108,7 @@ def test_ccxt_source_predicts_each_candle_once_after_the_exchange_closed_it(
                     return
                 fake.now_ms = fake.open_ms(first + k) + 30_000
 
-        ticker = threading.Thread(target=exchange_clock, daemon=True)
-        ticker.start()
-        opts = json.dumps(binance_options(fake))
-        args = ["--symbols", "binance:BTC/USDT", "--timeframe", "1m", "--mode", "none"]
-        args += ["--source", "ccxt", "--candles", str(n), "--json"]
-        over = [*tiny, f"data.ccxt.options={opts}", "data.ccxt.backoff_s=0.05"]
-        try:
-            assert cli.main(["live", *args, *over]) == 0
-        finally:
-            stop.set()
-            ticker.join()
+        over = run_ccxt_live(fake, tiny, n, exchange_clock, stop)
         open_bar = fake.last_bar()
     (s,) = json.loads(capsys.readouterr().out)
     m = s["metrics"]
@@ -127,7 +138,7 @@ def test_ccxt_candles_n_stops_at_exactly_n_when_one_poll_brings_more(ray_cluster
     import time
 
     import pandas as pd
-    from fake_exchange import FakeBinance, binance_options
+    from fake_exchange import FakeBinance
 
     from actors.session_host import host_journal
     from pipelines.config import load_config
@@ -144,17 +155,7 @@ def test_ccxt_candles_n_stops_at_exactly_n_when_one_poll_brings_more(ray_cluster
                     return
             fake.now_ms = fake.open_ms(first + jump) + 30_000
 
-        ticker = threading.Thread(target=exchange_clock, daemon=True)
-        ticker.start()
-        opts = json.dumps(binance_options(fake))
-        args = ["--symbols", "binance:BTC/USDT", "--timeframe", "1m", "--mode", "none"]
-        args += ["--source", "ccxt", "--candles", str(n), "--json"]
-        over = [*tiny, f"data.ccxt.options={opts}", "data.ccxt.backoff_s=0.05"]
-        try:
-            assert cli.main(["live", *args, *over]) == 0
-        finally:
-            stop.set()
-            ticker.join()
+        over = run_ccxt_live(fake, tiny, n, exchange_clock, stop)
     (s,) = json.loads(capsys.readouterr().out)
     m = s["metrics"]
     assert (m["candles"], m["predictions"], s["state"]) == (n, n, "finished"), m
