@@ -20,7 +20,11 @@ newest checkpoint is the one written last whatever the writers' clocks say. The 
 what a (re)started ModelActor restores; a rewind (``promote``) therefore writes a copy of the
 older checkpoint as the newest, which makes the rewind survive a restart and leaves the
 abandoned checkpoints the oldest, pruned first. Re-saving the bytes of a best checkpoint keeps
-the best flag. Sidecars of the layout before ``seq`` (``ckpt-000000200.json``) still load; they
+the best flag.
+
+Best: the newest record flagged ``is_best`` is THE best (``best()``, what ``prune`` keeps, the
+one listed with ``is_best: true``); older flags stay on disk untouched, since a save never
+rewrites another checkpoint's sidecar, and are listed as false. ``mark_best`` rewrites them all. Sidecars of the layout before ``seq`` (``ckpt-000000200.json``) still load; they
 count as older than every checkpoint with a ``seq``.
 """
 
@@ -72,6 +76,12 @@ class CheckpointInfo:
 def _seq_of(name: str) -> int:
     m = _NAME.search(name)
     return int(m.group(1)) if m else 0
+
+
+def _newest_best(metas: list[tuple[str, dict[str, Any]]]) -> str | None:
+    """The path of the best checkpoint: the newest record flagged best (module doc)."""
+    bests = [p for p, m in metas if m.get("is_best")]
+    return bests[-1] if bests else None
 
 
 def _stem(path: str) -> str:
@@ -153,8 +163,9 @@ class CheckpointStore:
         seq = 1 + max(
             [int(m.get("seq", 0)) for _, m in records] + [_seq_of(n) for n in names] + [0]
         )
-        # the same bytes as a best checkpoint are that best: the flag goes with them
-        same_best = any(m["sha256"] == sha and m.get("is_best") for _, m in records)
+        # the same bytes as the best checkpoint are that best: the flag goes with them
+        best = _newest_best(records)
+        same_best = any(p == best and m["sha256"] == sha for p, m in records)
         name = f"ckpt-{seq:08d}-step{step:09d}-{uuid.uuid4().hex[:8]}"
         path = self._atomic_write(f"{name}.pt", blob)
         full = {
@@ -184,7 +195,9 @@ class CheckpointStore:
 
     def info(self, meta: dict[str, Any]) -> CheckpointInfo:
         """The listing entry of a sidecar record ``meta`` (as ``load`` returns it)."""
-        return self._info(self._p(str(meta["file"])), meta)
+        path = self._p(str(meta["file"]))
+        best = _newest_best(self._metas())
+        return self._info(path, {**meta, "is_best": self.fs._strip_protocol(path) == best})
 
     def _metas(self) -> list[tuple[str, dict[str, Any]]]:
         """(path of the .pt, sidecar) of every readable sidecar record, oldest written first."""
@@ -217,8 +230,10 @@ class CheckpointStore:
         )
 
     def list(self) -> list[CheckpointInfo]:
-        """Complete checkpoints, oldest written first."""
-        return [self._info(p, m) for p, m in self._metas()]
+        """Complete checkpoints, oldest written first; only the best one has ``is_best``."""
+        metas = self._metas()
+        best = _newest_best(metas)
+        return [self._info(p, {**m, "is_best": p == best}) for p, m in metas]
 
     def _read(self, path: str) -> tuple[dict[str, Any], bytes]:
         """(sidecar, bytes) of the .pt ``path``, its sha256 checked; CheckpointError if not."""
@@ -295,9 +310,9 @@ class CheckpointStore:
         """
         metas = self._metas()
         keep = {p for p, _ in metas[-self.keep_last :]}
-        bests = [p for p, m in metas if m.get("is_best")]
-        if bests:
-            keep.add(bests[-1])
+        best = _newest_best(metas)
+        if best is not None:
+            keep.add(best)
         for p, _ in metas:
             if p not in keep:
                 for q in (_stem(p) + ".json", p):  # metadata first: a .pt alone is ignored

@@ -187,3 +187,26 @@ def test_a_sidecar_that_is_not_a_record_is_skipped(tmp_path, caplog, content):
     assert "ignoring unreadable checkpoint metadata" in caplog.text
     with pytest.raises(CheckpointError, match="metadata"):
         store.load(str(tmp_path / "ckpt-000000002.pt"))
+
+
+def test_a_new_best_is_the_only_one_listed_best(tmp_path):
+    """Each on-best save makes the earlier best an ordinary checkpoint: the listing has one
+    is_best, the newest best, as docs/API.md says (and as mark_best leaves it)."""
+    store = CheckpointStore(str(tmp_path), keep_last=10)
+    save(store, 10, best=True)
+    save(store, 20)
+    save(store, 30, best=True)
+    save(store, 40, best=True)
+    save(store, 50)
+    assert [(i.step, i.is_best) for i in store.list()] == [
+        (10, False),
+        (20, False),
+        (30, False),
+        (40, True),
+        (50, False),
+    ]
+    assert store.best().step == 40
+    store.mark_best(store.list()[0].path)
+    assert [i.step for i in store.list() if i.is_best] == [10]
+    save(store, 60, best=True)
+    assert [i.step for i in store.list() if i.is_best] == [60]
