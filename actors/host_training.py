@@ -1,13 +1,20 @@
-"""A session host's training calls: one ``train_batch`` in flight, never waited on.
+"""A session host's training calls: one ``train_batch`` outstanding, never waited on.
 
 One call in flight per host, not per model: the queue lives with the sessions that fill it
 (a model-wide queue would add an actor hop to every candle), and the ModelActor runs calls
 one at a time anyway, so at most ``live.hosts`` calls wait there. A call is submitted only
-when none is in flight and never waited on: each ``drive`` looks whether it has answered
-(done or failed) or passed its deadline (``ray.call_timeout_s``): a timeout is logged,
-counted and journaled, its slot freed, and if the actor answers later the samples move from
-dropped to done (``TrainingQueue.late_done``). While the actor is busy (a batch run holds it)
-samples wait in the queue; past ``live.queue_capacity`` they are dropped, counted.
+when none is outstanding and never waited on: each ``drive`` looks whether it has answered
+(done or failed) or passed its deadline (``ray.call_timeout_s``). A timeout is logged,
+counted and journaled (its samples count as dropped), and the call stays watched: no other
+batch is sent while the actor may still be running it, since a new call would only queue
+behind it in the actor's mailbox (one per timeout, each holding its batch, all run later).
+When the actor answers, the samples move from dropped to done (``TrainingQueue.late_done``),
+or stay dropped if it failed, and the next batch goes. A hung actor therefore costs one
+outstanding call and one batch, never more (``MAX_LATE``); an actor that dies or restarts
+fails its pending calls (Ray), which frees the slot. A batch that cannot even be sent
+(``submit`` raises, e.g. the object store is full) is counted as a failed call, its samples
+dropped, and the next batch is tried on the next step. While the actor is busy (a batch run
+holds it) samples wait in the queue; past ``live.queue_capacity`` they are dropped, counted.
 
 Not thread-safe: the host calls it under its own lock.
 """
@@ -21,7 +28,7 @@ from pipelines.live import Batch, Journal, TrainingQueue
 
 log = logging.getLogger(__name__)
 
-MAX_LATE = 256  # timed-out calls still watched for a late answer
+MAX_LATE = 1  # timed-out calls watched for a late answer: the one outstanding call (module doc)
 
 
 class TrainCalls(Protocol):
@@ -52,51 +59,63 @@ class TrainingDriver:
     ) -> None:
         self.queue, self.calls, self.journal = queue, calls, journal
         self.timeout_s, self.counters, self.host = timeout_s, counters, host
-        self.inflight: tuple[Batch, Any, float] | None = None  # (batch, handle, deadline)
-        self.late: dict[int, tuple[Batch, Any]] = {}
+        # the outstanding call, on time or timed out (queue.overdue): (batch, handle, deadline)
+        self.inflight: tuple[Batch, Any, float] | None = None
         for k in ("calls", "timeouts", "late_answers", "failed_calls"):
             counters.setdefault(k, 0)
 
     @property
     def busy(self) -> bool:
-        """A call in flight or a late answer still watched (the host loop polls sooner)."""
-        return self.inflight is not None or bool(self.late)
+        """A call in flight within its deadline (the host loop polls sooner); a timed-out one
+        is looked at on the loop's own pace, its answer being no longer awaited."""
+        return self.inflight is not None and not self.queue.overdue
 
     def drive(self, now: float) -> None:
-        q = self.queue
         if self.inflight is not None:
             batch, handle, deadline = self.inflight
             answer = self.calls.poll(handle)
             if answer is not None:
                 self.inflight = None
-                self._answered(batch, answer, late=False)
-            elif now >= deadline:
-                self.inflight = None
-                q.timed_out(batch.id)
-                self.journal.record_training(batch, "timeout")
-                self.counters["timeouts"] += 1
-                log.warning(
-                    "host %d: train_batch of %d samples passed its %.1fs deadline "
-                    "(ray.call_timeout_s); counted as dropped, sessions keep predicting",
-                    self.host,
-                    len(batch.samples),
-                    self.timeout_s,
-                )
-                self.late[batch.id] = (batch, handle)
-                while len(self.late) > MAX_LATE:  # stays dropped: the actor never answered
-                    self.late.pop(next(iter(self.late)))
-        for bid, (batch, handle) in list(self.late.items()):
-            answer = self.calls.poll(handle)
-            if answer is not None:
-                del self.late[bid]
-                if answer[0] == "done":
-                    self._answered(batch, answer, late=True)
+                self._answered(batch, answer, late=self.queue.overdue)
+            elif not self.queue.overdue and now >= deadline:
+                self._timed_out(batch)
         if self.inflight is None:
-            taken = q.take()
-            if taken is not None:
-                handle = self.calls.submit(*taken.arrays())
-                self.inflight = (taken, handle, now + self.timeout_s)
-                self.counters["calls"] += 1
+            self._submit(now)
+
+    def _submit(self, now: float) -> None:
+        taken = self.queue.take()
+        if taken is None:
+            return
+        try:
+            handle = self.calls.submit(*taken.arrays())
+        except Exception as exc:  # whatever the cause, the batch was not sent: drop, go on
+            self.queue.failed(taken.id)
+            self.journal.record_training(taken, "failed")
+            self.counters["failed_calls"] += 1
+            log.warning(
+                "host %d: could not send train_batch of %d samples (%s: %s); counted as "
+                "dropped, the next batch is sent on the next step",
+                self.host,
+                len(taken.samples),
+                type(exc).__name__,
+                exc,
+            )
+            return
+        self.inflight = (taken, handle, now + self.timeout_s)
+        self.counters["calls"] += 1
+
+    def _timed_out(self, batch: Batch) -> None:
+        self.queue.timed_out(batch.id)
+        self.journal.record_training(batch, "timeout")
+        self.counters["timeouts"] += 1
+        log.warning(
+            "host %d: train_batch of %d samples passed its %.1fs deadline "
+            "(ray.call_timeout_s); counted as dropped, sessions keep predicting; no other "
+            "batch is sent until the actor answers this one",
+            self.host,
+            len(batch.samples),
+            self.timeout_s,
+        )
 
     def _answered(self, batch: Batch, answer: tuple[str, Any], late: bool) -> None:
         kind, value = answer
@@ -107,6 +126,10 @@ class TrainingDriver:
             else:
                 self.queue.done(batch.id, value)
             self.journal.record_training(batch, "late_done" if late else "done", value)
+            return
+        if late:  # counted as dropped at its timeout already; only the slot is freed
+            self.queue.late_failed(batch.id)
+            log.warning("host %d: a timed-out train_batch failed after all: %s", self.host, value)
             return
         self.queue.failed(batch.id)
         self.journal.record_training(batch, "failed")

@@ -15,6 +15,12 @@ Accounting, per session, is exact at every moment::
   the actor may still run it (a sync actor finishes what it started), so if its answer
   arrives later ``late_done`` moves them from dropped to done: the count follows the actor's
   own answer, never a guess.
+
+A timed-out call keeps the slot until the actor answers it (``late_done`` / ``late_failed``):
+a new batch sent meanwhile would only wait in the busy actor's mailbox behind it, so after
+each timeout another batch would pile up there (and here, kept for its late answer). So at
+most one call is outstanding and at most one batch held, however long the actor hangs;
+samples wait in the queue, and past ``capacity`` are dropped and counted.
 """
 
 from __future__ import annotations
@@ -110,8 +116,8 @@ class TrainingQueue:
         self.capacity, self.batch_size, self.trend_window = capacity, batch_size, trend_window
         self._queue: deque[Sample] = deque()
         self._ids = itertools.count(1)
-        self.in_flight: Batch | None = None
-        self._timed_out: dict[int, Batch] = {}
+        self.in_flight: Batch | None = None  # its call has not answered yet (on time or late)
+        self.overdue = False  # in_flight passed its deadline: counted as dropped meanwhile
         self.counts: dict[str, TrainCounts] = {}
         self.steps_done = 0  # training calls answered (each one actor step)
 
@@ -147,56 +153,68 @@ class TrainingQueue:
         return dropped
 
     def take(self) -> Batch | None:
-        """The next batch (oldest samples first), or None if one is in flight or nothing waits."""
+        """The next batch (oldest samples first), or None if a call is outstanding (in flight
+        or timed out and not answered yet) or nothing waits."""
         if self.in_flight is not None or not self._queue:
             return None
         n = min(self.batch_size, len(self._queue))
         self.in_flight = Batch(next(self._ids), tuple(self._queue.popleft() for _ in range(n)))
+        self.overdue = False
         return self.in_flight
 
-    def _finish(self, batch_id: int) -> Batch:
+    def _finish(self, batch_id: int, late: bool) -> Batch:
         b = self.in_flight
-        if b is None or b.id != batch_id:
+        if b is None or b.id != batch_id or self.overdue != late:
+            state = "none" if b is None else f"{b.id}{' (timed out)' if self.overdue else ''}"
             raise InvalidInputError(
-                f"batch {batch_id} is not the one in flight "
-                f"({None if b is None else b.id}); report each batch exactly once"
+                f"batch {batch_id} is not the one {'timed out' if late else 'in flight'} "
+                f"(outstanding: {state}); report each batch exactly once: done/failed/timed_out "
+                "while on time, late_done/late_failed after timed_out"
             )
-        self.in_flight = None
+        self.in_flight, self.overdue = None, False
         return b
 
     def done(self, batch_id: int, result: dict[str, Any], now: float | None = None) -> Batch:
         """The actor trained the batch; ``result`` is its answer (``total_loss`` read)."""
-        b = self._finish(batch_id)
+        b = self._finish(batch_id, late=False)
         self._credit(b, result, now)
         return b
 
     def failed(self, batch_id: int) -> Batch:
-        """The call raised: its samples are dropped (the actor refused them; nothing trained)."""
-        b = self._finish(batch_id)
+        """The call raised, or could not be sent: its samples are dropped (nothing trained)."""
+        b = self._finish(batch_id, late=False)
         for sid, n in b.per_session().items():
             self.session(sid).dropped += n
         return b
 
     def timed_out(self, batch_id: int) -> Batch:
         """The call missed its deadline: a timeout per session in it, its samples dropped
-        until ``late_done`` says the actor did train them. Frees the slot for the next batch."""
-        b = self._finish(batch_id)
+        until ``late_done`` says the actor did train them. The slot stays taken until the
+        actor answers (module doc): ``take`` gives nothing meanwhile."""
+        b = self.in_flight
+        if b is None or b.id != batch_id or self.overdue:
+            raise InvalidInputError(
+                f"batch {batch_id} is not the one in flight on time "
+                f"({None if b is None else b.id}, timed out: {self.overdue}); a call times out once"
+            )
         for sid, n in b.per_session().items():
             c = self.session(sid)
             c.dropped += n
             c.timeouts += 1
-        self._timed_out[b.id] = b
+        self.overdue = True
         return b
 
     def late_done(self, batch_id: int, result: dict[str, Any], now: float | None = None) -> Batch:
         """A timed-out call's answer arrived after all: its samples move from dropped to done."""
-        b = self._timed_out.pop(batch_id, None)
-        if b is None:
-            raise InvalidInputError(f"batch {batch_id} did not time out (or was reported already)")
+        b = self._finish(batch_id, late=True)
         for sid, n in b.per_session().items():
             self.session(sid).dropped -= n
         self._credit(b, result, now)
         return b
+
+    def late_failed(self, batch_id: int) -> Batch:
+        """A timed-out call failed after all: its samples stay dropped; the slot is free."""
+        return self._finish(batch_id, late=True)
 
     def _credit(self, b: Batch, result: dict[str, Any], now: float | None) -> None:
         t = time.time() if now is None else now

@@ -42,7 +42,7 @@ def test_a_hung_training_call_times_out_and_sessions_keep_predicting(ray_cluster
     sid = call(
         host.start_session.remote("synthetic:SYN0", "1h", "every_candle", "replay", 20, -120)
     )["id"]
-    wait_until(lambda: call(host.stats.remote())["timeouts"] >= 2, what="two timeouts")
+    wait_until(lambda: call(host.stats.remote())["timeouts"] >= 1, what="a timeout")
     st = call(host.status.remote(sid))
     wait_until(
         lambda: (
@@ -52,10 +52,12 @@ def test_a_hung_training_call_times_out_and_sessions_keep_predicting(ray_cluster
         what="predictions going on after the timeouts",
     )
     m = call(host.status.remote(sid))["metrics"]
-    assert m["train_timeouts"] >= 2 and m["train_done"] == 0
+    assert m["train_timeouts"] == 1 and m["train_done"] == 0
     assert m["train_requested"] == m["train_done"] + m["train_dropped"] + m["train_pending"]
+    # the hung call keeps the slot: no batch per timeout piles up in the actor's mailbox
+    assert call(host.stats.remote())["calls"] == 1
     outcomes = [d["outcome"] for _, d in journal_of(cfg).events(sid, "train_result")]
-    assert outcomes.count("timeout") >= 2
+    assert outcomes.count("timeout") == 1
     call(host.shutdown.remote())
     kill(host)
     kill(fake)

@@ -14,7 +14,7 @@ def samples(session_id: str, n: int, start: int = 0) -> list[Sample]:
 
 def balanced(q: TrainingQueue) -> None:
     pending = {sid: 0 for sid in q.counts}
-    for batch in [q.in_flight] if q.in_flight else []:
+    for batch in [q.in_flight] if q.in_flight and not q.overdue else []:  # timed out: dropped
         for s in batch.samples:
             pending[s.session_id] += 1
     for s in q._queue:
@@ -59,10 +59,33 @@ def test_failed_and_timed_out_calls_are_counted_exactly():
     q.late_done(b2.id, {"total_loss": 0.2})  # the actor's answer came after all
     assert (c.timeouts, c.dropped, c.done) == (1, 0, 3)
     balanced(q)
-    with pytest.raises(InvalidInputError, match="did not time out"):
+    with pytest.raises(InvalidInputError, match="not the one timed out"):
         q.late_done(b2.id, {})
     with pytest.raises(InvalidInputError, match="not the one in flight"):
         q.done(99, {})
+
+
+def test_a_timed_out_call_keeps_the_slot_until_the_actor_answers_it():
+    """After a timeout no second batch goes out (it would only wait behind the first in the
+    busy actor's mailbox); a late failure frees the slot with the samples still dropped."""
+    q = TrainingQueue(capacity=100, batch_size=2)
+    q.put(samples("a", 6))
+    b1 = q.take()
+    q.timed_out(b1.id)
+    assert q.take() is None and q.in_flight is b1  # one call outstanding, one batch held
+    with pytest.raises(InvalidInputError, match="times out once"):
+        q.timed_out(b1.id)
+    with pytest.raises(InvalidInputError, match="not the one in flight"):
+        q.done(b1.id, {})  # a late answer is reported as late
+    q.late_failed(b1.id)
+    c = q.counts["a"]
+    assert (c.dropped, c.timeouts, c.done, c.pending) == (2, 1, 0, 4)
+    assert q.in_flight is None
+    b2 = q.take()
+    assert b2 is not None and b2.id != b1.id
+    q.done(b2.id, {"total_loss": 1.0})
+    assert (c.done, c.dropped, c.pending) == (2, 2, 2)
+    balanced(q)
 
 
 def test_loss_trend_is_defined_by_the_newer_half_against_the_older():
