@@ -151,8 +151,10 @@ class ModelCore(TrainingCalls, CheckpointCalls):
     def _register_best(self) -> None:
         """Register the best checkpoint (alias ``best``) unless it already is.
 
-        Done when tracking is flushed rather than at every new best: early in training the
-        best moves every few dozen steps, and each registration uploads a checkpoint.
+        Done on each save that uploads (explicit saves, such as the one that ends a training
+        job, and periodic ones), on flush and on close, rather than at every new best: early
+        in training the best moves every few dozen steps, and each registration uploads a
+        checkpoint. Never on a read: GET /health reads ``tracking_status``.
         """
         best = self.store.best()
         if best is None or not self.cfg.tracking.register_best:
@@ -182,6 +184,13 @@ class ModelCore(TrainingCalls, CheckpointCalls):
         self._send_metrics()
         self._track("flush")
         return {"enabled": True, **self._tracking.join(self._writer_wait_s(wait_s))}
+
+    def tracking_status(self, wait_s: float = 2.0) -> dict[str, Any]:
+        """The writer's status (as ``flush_tracking`` returns it), read only: it registers,
+        sends and flushes nothing, so any thread may call it while training runs."""
+        if self._tracking is None:
+            return {"enabled": False}
+        return {"enabled": True, **self._tracking.status(wait_s)}
 
     # -- publishing -------------------------------------------------------------------------
     def _publish(self) -> None:

@@ -49,12 +49,17 @@ class CheckpointCalls:
     ) -> dict[str, Any]:
         """Write the current state (atomically); a second save of the same weights is a no-op.
 
+        ``upload``: also upload it to MLflow and register the best checkpoint if it changed
+        (on-best saves mid-training pass False: see ``ModelCore._register_best``).
+
         "The same weights" is the same (generation, step), including those just restored or
         loaded: saving them again would only write a duplicate without the best flag.
         """
         key = (self.generation, self.trainer.step)
         last = self._last_ckpt
         if last is not None and last[0] == key and (not is_best or last[1]["is_best"]):
+            if upload:  # e.g. a training job's last save, after an on-best save of that step
+                self._register_best()
             return last[1]
         meta = {
             "step": self.trainer.step,
@@ -71,6 +76,8 @@ class CheckpointCalls:
         if self.cfg.tracking.log_checkpoints and upload:
             self._track("log_artifact", self.store.full_uri(info.path), "checkpoints")
         self._last_ckpt = (key, info.to_dict())
+        if upload:  # the registry follows the saves that upload (``ModelCore._register_best``)
+            self._register_best()
         return info.to_dict()
 
     def load_checkpoint(self, path: str | None = None) -> dict[str, Any]:

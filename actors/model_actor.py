@@ -103,6 +103,11 @@ class ModelActor:
         return {"generation": s.generation, "version": s.version, "spec": s.spec, "ref": cached[1]}
 
     @ray.method(concurrency_group=READ)
+    def tracking_status(self) -> dict[str, Any]:
+        """The MLflow writer's status, read only (GET /health): never behind training."""
+        return self.core.tracking_status()
+
+    @ray.method(concurrency_group=READ)
     def list_checkpoints(self) -> list[dict[str, Any]]:
         return self.core.list_checkpoints()
 

@@ -239,6 +239,10 @@ class ThreadWriter:
     def join(self, timeout_s: float) -> dict[str, Any]:
         return self._worker.join(timeout_s)
 
+    def status(self, timeout_s: float) -> dict[str, Any]:
+        """The writer's status now, waiting for nothing (``timeout_s`` is ProcessWriter's)."""
+        return self._worker.join(0.0)
+
 
 class _WriterActor:
     """The Ray actor behind ProcessWriter: every method answers at once or within its wait."""
@@ -328,6 +332,20 @@ class ProcessWriter:
         ref, self._status_ref = self._status_ref, None
         try:
             return ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            return self._unanswered(timeout_s, str(exc))
+
+    def status(self, timeout_s: float) -> dict[str, Any]:
+        """The writer's status as it is now, within ``timeout_s``, for readers on another
+        thread than ``join``'s (GET /health): it shares no state with ``join`` and queues
+        nothing, so the writer's work and the training thread are untouched."""
+        ray = self._ray
+        ref = self._actor.status.remote(0.0)
+        ready, _ = ray.wait([ref], timeout=timeout_s)
+        if not ready:
+            return self._unanswered(timeout_s, "")
+        try:
+            return ray.get(ready[0])
         except ray.exceptions.RayActorError as exc:
             return self._unanswered(timeout_s, str(exc))
 

@@ -321,7 +321,9 @@ class RayBackend:
         except Exception as exc:
             ok, out["session_hosts"] = False, [{"ok": False, "error": str(exc)[:300]}]
         try:
-            t = await asyncio.wait_for(self.model.submit("flush_tracking"), 5)
+            # read only, in the actor's read group: a probe never writes the registry and
+            # never queues behind training
+            t = await asyncio.wait_for(self.model.submit("tracking_status"), 5)
             out["mlflow"] = {"ok": not t.get("errors") and not t.get("pending_error"), **t}
         except Exception as exc:
             out["mlflow"] = {"ok": False, "error": str(exc)[:300]}

@@ -268,3 +268,50 @@ def test_a_rewind_opens_a_new_run_linked_to_the_old_one(make_cfg, store):
     again.close()
     tags = client(cfg).get_run(again.run_id).data.tags
     assert tags["candleray.previous_run"] == new and tags["candleray.restarts"] == "2"
+
+
+def registry(cfg) -> tuple[list[int], int | None]:
+    """(versions of the model, the version alias 'best' names) in the MLflow registry."""
+    mc = client(cfg)
+    try:
+        found = mc.search_model_versions(f"name='{cfg.run.name}'")
+    except Exception:  # no registered model yet
+        return [], None
+    versions = sorted(int(v.version) for v in found)
+    try:
+        best = int(mc.get_model_version_by_alias(cfg.run.name, "best").version)
+    except Exception:
+        best = None
+    return versions, best
+
+
+def wait_for(what, check, deadline_s: float = 90.0):
+    """Poll ``check()`` until it is truthy (a condition, not a duration)."""
+    end = time.monotonic() + deadline_s
+    while True:
+        got = check()
+        if got or time.monotonic() > end:
+            assert got, f"waited {deadline_s:.0f} s for {what}"
+            return got
+        time.sleep(0.2)
+
+
+def test_the_best_is_registered_on_save_and_reading_the_status_writes_nothing(make_cfg, store):
+    """The registry follows the saves (an explicit or periodic save registers a new best, as
+    the end of a training job does); reading the tracking status, which GET /health does,
+    never registers a version or moves the alias."""
+    cfg = make_cfg(store, "tracking.enabled=true", "tracking.log_checkpoints=false")
+    core = ModelCore(cfg)
+    train(core, 2)
+    core.save_checkpoint("batch", is_best=True)
+    wait_for("the first best to be registered", lambda: registry(cfg) == ([1], 1))
+    train(core, 2, seed=1)
+    core.save_checkpoint("batch", is_best=True, upload=False)  # an on-best save mid-training
+    for _ in range(3):
+        status = core.tracking_status()
+        assert status["enabled"] and status["errors"] == 0, status
+    wait_for("the writer to be idle", lambda: core.tracking_status()["pending"] == 0)
+    assert registry(cfg) == ([1], 1), "a status read changed the registry"
+    core.save_checkpoint("batch")  # the end of a training job: the same weights saved again
+    wait_for("the new best to be registered", lambda: registry(cfg) == ([1, 2], 2))
+    core.close()
