@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml $(WEB)/package-lock.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e '.[dev]'
-	# the dashboard's chart library, from npm with the lockfile (served by the app: no CDN)
-	npm ci --prefix $(WEB) --no-audit --no-fund --loglevel=error
+	# the dashboard's chart library and the /docs page's Swagger UI, from npm with the lockfile
+	# (served by the app: no CDN); no install scripts: swagger-ui-dist's @scarf/scarf one only
+	# reports the install to its vendor
+	npm ci --prefix $(WEB) --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
 # Debian's chromium for the dashboard test (Playwright drives it; no browser is downloaded)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import types
 import typing
 from pathlib import Path
@@ -165,7 +166,11 @@ def load_config(
     for text in overrides:
         data = _apply_override(data, *parse_override(text))
     cfg = _build(Config, data)
+    from conf.token import with_token
     from conf.validate import check, resolve
+
+    # the entry point's one read of the environment: the token may stay out of argv
+    cfg = with_token(cfg, os.environ)
 
     check(cfg)
     return resolve(cfg) if resolve_paths else cfg

@@ -194,6 +194,14 @@ class ServeConfig:
     # bearer token for routes that change state; secret: never logged, echoed or written out
     token: str | None = field(default=None, metadata={"secret": True})
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none by default
+    # read when serve.token is unset (a path, or CANDLERAY_SERVE_TOKEN): keeps it out of `ps`
+    token_file: str | None = None
+    # Host header names served besides the loopback ones and serve.host (DNS-rebinding guard);
+    # "*" takes any (only behind a proxy that checks Host itself)
+    allowed_hosts: tuple[str, ...] = ()
+    body_timeout_s: float = 30.0  # a request body not received in full by then gets 408
+    request_timeout_s: float = 300.0  # Serve's end-to-end limit per HTTP request (408 past it)
+    keep_alive_timeout_s: int = 5  # idle keep-alive connections are closed after this
 
 
 @dataclass(frozen=True)

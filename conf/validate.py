@@ -111,6 +111,12 @@ def check_serve(s: ServeConfig) -> None:
     _need(1 <= s.port <= 65535, f"serve.port={s.port} must be in 1..65535")
     _need(s.weights_poll_s > 0, f"serve.weights_poll_s={s.weights_poll_s} must be > 0")
     _need(s.max_request_bytes >= 1, f"serve.max_request_bytes={s.max_request_bytes} must be >= 1")
+    _need(
+        s.body_timeout_s > 0 and s.request_timeout_s > 0 and s.keep_alive_timeout_s >= 1,
+        f"serve.body_timeout_s={s.body_timeout_s} and serve.request_timeout_s="
+        f"{s.request_timeout_s} must be > 0 seconds, serve.keep_alive_timeout_s="
+        f"{s.keep_alive_timeout_s} >= 1 (they end connections a client holds open)",
+    )
 
 
 def _abs(home: Path, p: str) -> str:

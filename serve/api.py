@@ -16,10 +16,18 @@ from typing import Annotated, Any, Literal, Protocol
 import numpy as np
 import pandas as pd
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse
-from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
 from conf import ServeConfig
 from pipelines.errors import (
@@ -34,12 +42,23 @@ from pipelines.errors import (
     TrackingError,
     UnavailableError,
 )
+from serve.checks import checkpoint_choice, safe_errors, time_in_range, timeframe_in_range
 from serve.security import Guard
 from serve.windows import Bars
 
 WEB = Path(__file__).resolve().parent / "web"
 CHART_JS = WEB / "node_modules" / "lightweight-charts" / "dist"
 CHART_JS_FILE = "lightweight-charts.standalone.production.js"
+SWAGGER_UI = WEB / "node_modules" / "swagger-ui-dist"
+# what the dashboard and /docs load: nothing else under serve/web (node_modules, package
+# files) is served
+PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+VENDOR_FILES = {
+    "lightweight-charts.js": (CHART_JS / CHART_JS_FILE, "text/javascript"),
+    "swagger-ui-bundle.js": (SWAGGER_UI / "swagger-ui-bundle.js", "text/javascript"),
+    "swagger-ui.css": (SWAGGER_UI / "swagger-ui.css", "text/css"),
+    "swagger-favicon.png": (SWAGGER_UI / "favicon-32x32.png", "image/png"),
+}
 
 # most specific first: the first class an error is an instance of gives its status
 STATUS: tuple[tuple[type[CandlerayError], int], ...] = (
@@ -72,7 +91,11 @@ def _iso_time(value: Any) -> Any:
     raise ValueError('a time is ISO 8601 text, e.g. "2024-01-01T00:00:00Z"')
 
 
-Time = Annotated[dt.datetime, BeforeValidator(_iso_time), Field(strict=False)]
+# pandas' nanosecond clock spans 1677-2262 only: a time outside it is refused here, with the
+# range, instead of overflowing in a route (500)
+Time = Annotated[
+    dt.datetime, BeforeValidator(_iso_time), AfterValidator(time_in_range), Field(strict=False)
+]
 
 
 class _Body(BaseModel):
@@ -110,7 +133,9 @@ class PredictIn(_Body):
 
 class SessionIn(_Body):
     symbol: str = Field(min_length=1, max_length=200)
-    timeframe: str | None = Field(default=None, max_length=10)
+    timeframe: Annotated[str, AfterValidator(timeframe_in_range)] | None = Field(
+        default=None, max_length=10
+    )
     mode: Mode
     source: Literal["replay", "ccxt"] = "replay"
     speed: float = Field(default=5.0, ge=0, le=10_000)
@@ -222,8 +247,12 @@ def build_api(backend: Backend, s: ServeConfig) -> FastAPI:
         version="1",
         description="Train, serve and backtest an OHLCV transformer: live sessions in four modes, "
         "batch training, backtests, annotations, checkpoints. See docs/API.md.",
+        # FastAPI's own pages load Swagger UI / ReDoc from a CDN: /docs is served below from
+        # the npm package instead, so it works offline; ReDoc is not shipped
+        docs_url=None,
+        redoc_url=None,
     )
-    app.add_middleware(Guard, token=s.token, max_bytes=s.max_request_bytes)
+    app.add_middleware(Guard, serve=s)
     if s.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -237,22 +266,46 @@ def build_api(backend: Backend, s: ServeConfig) -> FastAPI:
         status = next(code for cls, code in STATUS if isinstance(exc, cls))
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each bad input whole: a NaN cannot be encoded (500),
+        # and a big body came back in full
+        return JSONResponse({"detail": safe_errors(exc.errors())}, status_code=422)
+
     # ---- dashboard ----------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
     async def dashboard() -> FileResponse:
         return FileResponse(WEB / "index.html")
 
-    @app.get("/static/vendor/lightweight-charts.js", include_in_schema=False)
-    async def chart_library() -> FileResponse:
-        path = CHART_JS / CHART_JS_FILE
+    @app.get("/static/vendor/{name}", include_in_schema=False)
+    async def vendor_file(name: str) -> FileResponse:
+        if name not in VENDOR_FILES:
+            raise NotFoundError(f"no file /static/vendor/{name}")
+        path, media_type = VENDOR_FILES[name]
         if not path.exists():
-            raise NotFoundError(
-                f"{path} is missing: the dashboard's chart library is installed by `make setup` "
-                "(npm ci --prefix serve/web)"
+            # the server's install is incomplete; the client can do nothing about it
+            raise UnavailableError(
+                f"/static/vendor/{name} is not installed on this server (its npm packages in "
+                "serve/web are missing)"
             )
-        return FileResponse(path, media_type="text/javascript")
+        return FileResponse(path, media_type=media_type)
 
-    app.mount("/static", StaticFiles(directory=WEB, html=False), name="static")
+    @app.get("/static/{name}", include_in_schema=False)
+    async def page_file(name: str) -> FileResponse:
+        if name not in PAGE_FILES:
+            raise NotFoundError(f"no file /static/{name}")
+        return FileResponse(WEB / name, media_type=PAGE_FILES[name])
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        # relative URLs: they work behind a proxy that mounts the app under a path
+        return get_swagger_ui_html(
+            openapi_url="openapi.json",
+            title="candleray API",
+            swagger_js_url="static/vendor/swagger-ui-bundle.js",
+            swagger_css_url="static/vendor/swagger-ui.css",
+            swagger_favicon_url="static/vendor/swagger-favicon.png",
+        )
 
     # ---- inference ----------------------------------------------------------------------
     @app.post("/predict", tags=["inference"])
@@ -274,7 +327,7 @@ def build_api(backend: Backend, s: ServeConfig) -> FastAPI:
         return await backend.session(session_id)
 
     @app.get("/sessions/{session_id}/chart", tags=["sessions"])
-    async def chart(session_id: str, since: dt.datetime | None = None) -> dict[str, Any]:
+    async def chart(session_id: str, since: Time | None = None) -> dict[str, Any]:
         return await backend.chart(session_id, _iso(since))
 
     @app.post("/sessions/{session_id}/mode", tags=["sessions"])
@@ -300,11 +353,16 @@ def build_api(backend: Backend, s: ServeConfig) -> FastAPI:
 
     @app.post("/backtests", status_code=202, tags=["backtests"])
     async def start_backtest(body: BacktestIn) -> dict[str, str]:
+        checkpoint = None
+        if body.checkpoint is not None:
+            # only what the store lists (or best / latest): a path or URL of the client's
+            # choosing would be fetched by the server (SSRF) and its errors reveal files
+            checkpoint = checkpoint_choice(body.checkpoint, await backend.checkpoints())
         params = {
             "symbols": body.symbols,
             "since": _iso(body.since),
             "until": _iso(body.until),
-            "checkpoint": body.checkpoint,
+            "checkpoint": checkpoint,
         }
         return {"job_id": await backend.start_job("backtest", params)}
 

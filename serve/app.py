@@ -20,9 +20,9 @@ from ray.serve.handle import DeploymentHandle
 from conf import Config
 from serve.api import build_api
 from serve.backend import RayBackend
-from serve.config import ingress_options
+from serve.config import http_options, ingress_options
 from serve.predictor_app import build_predictor_app
-from serve.security import check_bind
+from serve.security import check_security
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 @serve.ingress()
 class Ingress:
     def __init__(self, predictor: DeploymentHandle, cfg: Config) -> None:
-        check_bind(cfg.serve.host, cfg.serve.token)
+        check_security(cfg.serve)
         self.cfg = cfg
         self.backend = RayBackend(cfg, predictor)
 
@@ -42,7 +42,7 @@ class Ingress:
 
 def build_app(cfg: Config) -> Application:
     """The whole app, bound: the ingress with the predictor deployment as its argument."""
-    check_bind(cfg.serve.host, cfg.serve.token)
+    check_security(cfg.serve)
     # @serve.deployment turns the class into a Deployment; mypy keeps a decorated class's type
     ingress = Ingress.options(**ingress_options(cfg.serve))  # type: ignore[attr-defined]
     return ingress.bind(build_predictor_app(cfg), cfg)
@@ -53,8 +53,8 @@ def start(cfg: Config) -> DeploymentHandle:
 
     Ray must be initialised and the ModelActor running (``candleray serve`` does both).
     """
-    check_bind(cfg.serve.host, cfg.serve.token)
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    check_security(cfg.serve)
+    serve.start(http_options=http_options(cfg.serve))
     handle = serve.run(build_app(cfg), name=cfg.run.name, route_prefix="/")
     log.info("candleray app at http://%s:%d/", cfg.serve.host, cfg.serve.port)
     return handle

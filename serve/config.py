@@ -93,3 +93,15 @@ def deployment_options(s: ServeConfig) -> dict[str, Any]:
         "ray_actor_options": {"num_cpus": s.replica_num_cpus, "num_gpus": s.replica_num_gpus},
         "user_config": Batching.of(s).user_config(),
     }
+
+
+def http_options(s: ServeConfig) -> dict[str, Any]:
+    """``serve.start(http_options=...)`` for Serve's HTTP proxy: the bind address and the
+    timeouts that end held-open connections (idle keep-alive, a whole request)."""
+    check_serve(s)
+    return {
+        "host": s.host,
+        "port": s.port,
+        "keep_alive_timeout_s": s.keep_alive_timeout_s,
+        "request_timeout_s": s.request_timeout_s,
+    }

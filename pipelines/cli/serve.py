@@ -18,10 +18,10 @@ def register(sub: Any) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    from serve.security import check_bind
+    from serve.security import check_security
 
     # before anything starts: a refused bind must not leave Ray or actors behind
-    check_bind(cfg.serve.host, cfg.serve.token)
+    check_security(cfg.serve)
 
     import ray
     from ray import serve

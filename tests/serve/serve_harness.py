@@ -3,6 +3,8 @@ two ingress replicas on 127.0.0.1 and a free port, started once and shut down at
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -115,3 +117,92 @@ def field_errors(reply: Any) -> list[str]:
     """The names of the fields a 422 from FastAPI's validation points at."""
     assert reply.status_code == 422, reply.text
     return [".".join(str(p) for p in e["loc"][1:]) for e in reply.json()["detail"]]
+
+
+# -- the FastAPI app in-process: plain ASGI calls, no Ray, no sockets ------------------------
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class FakeBackend:
+    """The API's ``Backend`` with canned answers; ``calls`` lists (method, args) it got."""
+
+    def __init__(self, checkpoints: list[dict[str, Any]] | None = None) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.listed = checkpoints or []
+
+    def __getattr__(self, name: str) -> Any:
+        async def answer(*args: Any) -> Any:
+            self.calls.append((name, args))
+            canned = {"checkpoints": self.listed, "start_job": "job-1", "sessions": []}
+            return canned.get(name, {"id": "s-1"})
+
+        return answer
+
+
+def asgi_call(
+    app: Any,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    *,
+    chunks: list[bytes] | None = None,
+    headers: dict[str, str] | None = None,
+    query: str = "",
+    receive_hangs: bool = False,
+) -> tuple[Reply, int]:
+    """One request to ``app``: ``body`` with a Content-Length, or ``chunks`` without one (as
+    Transfer-Encoding: chunked arrives); ``receive_hangs``: the client never sends its body.
+    Returns the reply and how many body messages the app took."""
+    hdrs = {"host": "127.0.0.1:8000", "content-type": "application/json", **(headers or {})}
+    messages: list[dict[str, Any]] = []
+    if chunks is not None:
+        hdrs.setdefault("transfer-encoding", "chunked")
+        messages = [{"type": "http.request", "body": c, "more_body": True} for c in chunks]
+        messages.append({"type": "http.request", "body": b"", "more_body": False})
+    elif not receive_hangs:
+        if body is not None:
+            hdrs.setdefault("content-length", str(len(body)))
+        messages = [{"type": "http.request", "body": body or b"", "more_body": False}]
+    taken = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal taken
+        if taken < len(messages):
+            taken += 1
+            return messages[taken - 1]
+        await asyncio.Event().wait()  # nothing more from this client
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in hdrs.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    # a generous deadline: a request that would hang fails the test instead
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 60))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    out = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    got = {k.decode("latin-1"): v.decode("latin-1") for k, v in start.get("headers", [])}
+    return Reply(start["status"], got, out), taken

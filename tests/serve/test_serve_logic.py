@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from serve_harness import FakeBackend, asgi_call
 
 from conf import ServeConfig
 from conf.schema import SyntheticConfig
@@ -20,7 +21,7 @@ from pipelines.data.features import candle_targets, denormalise
 from pipelines.data.sources.synthetic import generate
 from pipelines.errors import CandlerayError, CandleValidationError, ConfigError, InvalidInputError
 from pipelines.model.network import CandleTransformer, ModelSpec
-from serve.api import BacktestIn, PredictIn, SessionIn, TrainingJobIn, _bars
+from serve.api import BacktestIn, PredictIn, SessionIn, TrainingJobIn, _bars, build_api
 from serve.batched import WeightFollower, check_request, predict_batch
 from serve.config import Batching, deployment_options, ingress_options, parse_batching
 from serve.predictor import Predictor
@@ -337,3 +338,72 @@ def test_request_times_are_iso_text_with_or_without_a_zone():
     assert ok.since == dt.datetime(2024, 1, 1) and ok.until.tzinfo is not None
     assert TrainingJobIn.model_validate_json('{"kind": "history", "epochs": 3}').epochs == 3
     assert SessionIn.model_validate_json('{"symbol": "s", "mode": "none", "speed": 5}').speed == 5.0
+
+
+# -- bounds: nothing a body or query can carry gets a 500 ------------------------------------
+
+
+def _api():
+    backend = FakeBackend()
+    return build_api(backend, ServeConfig()), backend
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_a_non_finite_number_is_a_422_naming_the_field(literal):
+    app, backend = _api()
+    body = f'{{"symbol": "synthetic:SYN0", "mode": "none", "speed": {literal}}}'.encode()
+    reply, _ = asgi_call(app, "POST", "/sessions", body)
+    assert reply.status == 422, reply.body
+    (error,) = reply.json()["detail"]
+    assert error["loc"] == ["body", "speed"] and "finite" in error["msg"]
+    assert backend.calls == []
+    bare, _ = asgi_call(app, "POST", "/sessions", literal.encode())  # a body that is only NaN
+    assert bare.status == 422
+
+
+def _window(year: int, n: int = 40) -> bytes:
+    t0 = dt.datetime(year, 1, 1, tzinfo=dt.timezone.utc)
+    candles = [
+        {
+            "time": (t0 + dt.timedelta(hours=i)).isoformat(),
+            "open": 100.0,
+            "high": 101.0,
+            "low": 99.0,
+            "close": 100.5,
+            "volume": 10.0,
+        }
+        for i in range(n)
+    ]
+    return json.dumps({"candles": candles}).encode()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "query", "field"),
+    [
+        ("POST", "/predict", _window(2300), "", "time"),
+        ("POST", "/predict", _window(1000), "", "time"),
+        ("POST", "/predict", b'{"symbol": "s", "end": "9999-01-01T00:00:00Z"}', "", "end"),
+        ("GET", "/sessions/s-1/chart", None, "since=9999-01-01T00:00:00Z", "since"),
+        ("GET", "/sessions/s-1/chart", None, "since=0001-01-01T00:00:00Z", "since"),
+        (
+            "POST",
+            "/sessions",
+            b'{"symbol": "s", "mode": "none", "timeframe": "99999w"}',
+            "",
+            "timeframe",
+        ),
+        ("POST", "/backtests", b'{"symbols": ["s"], "until": "2262-06-01"}', "", "until"),
+    ],
+)
+def test_times_and_timeframes_past_the_candle_clock_are_a_422_with_the_range(
+    method, path, body, query, field
+):
+    app, backend = _api()
+    reply, _ = asgi_call(app, method, path, body, query=query)
+    assert reply.status == 422, reply.body
+    errors = reply.json()["detail"]
+    assert any(e["loc"][-1] == field for e in errors), errors
+    assert any("1678-01-01" in e["msg"] or "52w" in e["msg"] for e in errors), errors
+    assert backend.calls == []
+    ok, _ = asgi_call(app, "POST", "/predict", _window(2024))
+    assert ok.status == 200
