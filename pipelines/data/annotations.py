@@ -21,7 +21,8 @@ without it only entry and exit are trained. A sample is the window ending at tha
 and its next-candle target, built by the same code as batch training
 (``make_windows``, ``higher_timeframes``, ``candle_targets``), so ``x`` equals the batch
 window of that bar. A bar without a full window before it, or without a next candle, gives
-no sample; it is logged and listed in ``Samples.skipped``.
+no sample; it is logged and listed in ``Samples.skipped``, and so is a whole trade whose
+entry or exit candle is no longer among the loaded candles (the data range moved since).
 """
 
 from __future__ import annotations
@@ -337,6 +338,26 @@ class Samples:
     skipped: list[str]
 
 
+def _bars(a: Annotation, candles: pd.DataFrame) -> tuple[int, int] | str:
+    """Positions of the trade's entry and exit candles, or why it has none in ``candles``.
+
+    A stored trade was checked against the candles of its day; the loader's range may have
+    moved since (``data.since``/``until``, a shorter synthetic series, another cache), so its
+    bars may be missing now: that trade is skipped, and said so, while the others train."""
+    pos = []
+    for what, t in (("entry", a.entry_time), ("exit", a.exit_time)):
+        i = int(candles.index.searchsorted(t))
+        if i >= len(candles) or candles.index[i] != t:
+            span = f"{candles.index[0]} .. {candles.index[-1]}" if len(candles) else "no candles"
+            return (
+                f"annotation {a.id}: its {what} bar {t} is not in the loaded candles of "
+                f"{a.symbol}@{a.timeframe} (they open {span}); widen data.since/data.until (or "
+                f"the series) to cover it, or `candleray annotate remove --id {a.id}`"
+            )
+        pos.append(i)
+    return pos[0], pos[1]
+
+
 def to_samples(annotations: Iterable[Annotation], loader: CandleLoader, cfg: Config) -> Samples:
     """One sample per trained bar: entry BUY/SELL, exit the opposite, HOLD between (if on)."""
     window = cfg.features.window
@@ -351,7 +372,11 @@ def to_samples(annotations: Iterable[Annotation], loader: CandleLoader, cfg: Con
         higher = higher_timeframes(candles, spec.timeframe, cfg.data.extra_timeframes)
         ends, labels = [], []
         for a in group:
-            i_e, i_x = (int(candles.index.get_loc(t)) for t in (a.entry_time, a.exit_time))
+            bars = _bars(a, candles)
+            if isinstance(bars, str):
+                skipped.append(bars)
+                continue
+            i_e, i_x = bars
             first, last = (BUY, SELL) if a.side == "long" else (SELL, BUY)
             mid = list(range(i_e + 1, i_x)) if cfg.annotations.hold_between else []
             for i, y in [(i_e, first), *((i, HOLD) for i in mid), (i_x, last)]:
@@ -373,8 +398,12 @@ def to_samples(annotations: Iterable[Annotation], loader: CandleLoader, cfg: Con
     for s in skipped:
         logger.warning("%s: no training sample", s)
     if not parts:
+        shown = "; ".join(skipped[:5]) + (
+            f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        )
         raise AnnotationError(
             f"the annotations give no training sample (each needs features.window={window} "
-            "candles before its bars and a candle after); mark trades later in the data"
+            "candles before its bars and a candle after, within the loaded candles); mark "
+            f"trades later in the data. Skipped: {shown}"
         )
     return Samples(Dataset.concat(parts, tuple(keys)), skipped)

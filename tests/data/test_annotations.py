@@ -183,3 +183,18 @@ def test_bars_without_a_full_window_give_no_sample_and_are_reported(store, cfg, 
     assert len(got.skipped) == 12 and "has no full window before it" in got.skipped[0]
     with pytest.raises(AnnotationError, match="no training sample"):
         to_samples([store.add(trade(candles, 1, 5))], candle_loader(cfg.data), cfg)
+
+
+def test_a_trade_outside_the_loaded_candles_is_skipped_and_named(store, cfg, candles):
+    """The data range moved since the trade was marked (data.since, a shorter series): that
+    trade is listed in ``skipped`` with why and what to do; the others still train."""
+    near, far = store.add_many([trade(candles, 40, 45), trade(candles, 500, 520)])
+    shorter = candles.iloc[:400]
+    got = to_samples([near, far], lambda spec: shorter, cfg)
+    assert got.data.y_action.tolist() == [BUY, HOLD, HOLD, HOLD, HOLD, SELL]  # near's bars
+    (why,) = got.skipped
+    assert far.id in why and str(far.entry_time) in why and "not in the loaded candles" in why
+    assert str(shorter.index[-1]) in why and "annotate remove" in why
+    with pytest.raises(AnnotationError, match="no training sample") as err:
+        to_samples([far], lambda spec: shorter, cfg)  # nothing left: the error says why
+    assert far.id in str(err.value)
