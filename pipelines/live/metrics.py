@@ -65,7 +65,7 @@ class SessionMetrics:
     candles: int = 0  # candles accepted (bad ones are not)
     predictions: int = 0
     settled: int = 0
-    expired: int = 0  # predictions a gap left without the candle they were for
+    gaps: int = 0  # jumps of more than one bar: market closures or feed holes (not bad data)
     missed: int = 0  # candles that got no prediction from the host in time (traded as HOLD)
     hits: int = 0
     directions: int = 0  # settled predictions whose next close moved (direction counted)
@@ -98,7 +98,7 @@ class SessionMetrics:
             "candles": self.candles,
             "predictions": self.predictions,
             "settled": n,
-            "expired": self.expired,
+            "gaps": self.gaps,
             "missed": self.missed,
             "direction_acc": self.hits / self.directions if self.directions else nan,
             "direction_acc_rolling": float(np.mean(self.rolling)) if self.rolling else nan,
@@ -119,4 +119,10 @@ class SessionMetrics:
     def from_json(cls, d: dict[str, Any]) -> SessionMetrics:
         d = dict(d)
         rolling = deque(d.pop("rolling"), maxlen=d.pop("rolling_maxlen"))
+        # states journaled before predictions settled against the next candle: they counted
+        # time jumps as bad data and left predictions "expired"; now both are gaps
+        if "expired" in d:
+            del d["expired"]
+            d["bad"] = bad = dict(d["bad"])
+            d["gaps"] = bad.pop("gap", 0)
         return cls(**d, rolling=rolling)

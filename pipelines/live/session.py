@@ -9,8 +9,15 @@ A host drives many sessions per closed candle::
 
 ``on_candle`` returns None (and the bar trades as HOLD) until a full window exists, and for a
 bad candle (NaN or broken candle rules, duplicate, out of order: counted, journaled and
-skipped; a gap is reported and the candle accepted). If the host never answers a window, the
-next candle trades the bar as HOLD and counts a missed prediction.
+skipped). If the host never answers a window, the next candle trades the bar as HOLD and
+counts a missed prediction.
+
+A prediction settles against the next candle that arrives, whatever its time: the next row,
+the candle the model is trained to predict (``candle_targets``) and that backtests score it
+against (``model_stats``). Bars that never come (a market closure: weekends, holidays; or a
+hole in the feed, which the feed reports) are a jump in time, not bad data: counted in
+``gaps`` and journaled as a ``gap`` event, and nothing is lost. Paper trades count bars as
+``simulate`` does, row by row, so a closure changes neither.
 
 Which samples each mode trains, and when: ``pipelines.live.policy``.
 
@@ -63,7 +70,8 @@ class LivePrediction:
     """What a session publishes for the next bar: ghost o/h/l/c (4,), probs (3,), action, signal."""
 
     time: int  # the bar it was made at
-    target: int  # the bar it predicts (time + one timeframe)
+    target: int  # when the bar it predicts opens if none is missing (time + one timeframe);
+    # it settles against the next candle that arrives, after a market closure too
     ghost: np.ndarray
     probs: np.ndarray
     action: str
@@ -107,9 +115,10 @@ class Session:
             self.metrics.missed += 1
             self._close_bar(0)
         if self.last_time is not None and c.time > self.last_time + self.step_ns:
+            # a closure or a feed's hole, told apart by neither: reported, not bad data
             missing = (c.time - self.last_time) // self.step_ns - 1
-            self.metrics.count_bad("gap")
-            self._record("bad_data", c.time, {"kind": "gap", "detail": f"{missing} bar(s) missing"})
+            self.metrics.gaps += 1
+            self._record("gap", c.time, {"bars_missing": int(missing)})
         self.history.append(c)
         self.metrics.candles += 1
         self.last_time = c.time
@@ -238,11 +247,7 @@ class Session:
         p, self.pending = self.pending, None
         if p is None:
             return
-        if p["target"] != c.time:
-            self.metrics.expired += 1
-            self._record("expired", p["time"], {"target": p["target"]})
-            return
-        s = settle(
+        s = settle(  # against the candle that arrived, the next row (module doc)
             np.array(p["pred"]),
             np.array(p["ghost"]),
             p["anchor"],

@@ -41,7 +41,10 @@ def test_nan_out_of_order_duplicate_and_broken_candles_are_counted_and_skipped()
     assert "high-covers-open-close" in events[1][2]["detail"]  # names the broken rule
 
 
-def test_a_gap_is_reported_the_candle_kept_and_the_stale_prediction_expired():
+def test_a_gap_is_reported_not_as_bad_data_and_the_prediction_settles_on_the_next_candle():
+    """Bars that never arrive (a feed's hole, or a market closure: the session cannot tell
+    them apart) lose nothing: the prediction made before them settles against the candle
+    that came next, as backtests score it (the next row) and as the model is trained."""
     frame = synthetic(100)
     cands = list(iter_candles(frame))
     session = Session("g", "SYN", "1h", "every_candle", settings())
@@ -52,11 +55,13 @@ def test_a_gap_is_reported_the_candle_kept_and_the_stale_prediction_expired():
         tick([(session, c)], fake)
         session.take_samples()
     m = session.summary()
-    assert m["bad_data"] == {"gap": 1}
-    assert m["candles"] == 97 and m["expired"] == 1
-    assert m["settled"] == m["predictions"] - m["expired"] - 1  # the last one waits for its candle
-    gap = [r[2] for r in session.take_records() if r[0] == "bad_data"]
-    assert gap == [{"kind": "gap", "detail": "3 bar(s) missing"}]
+    assert m["bad_data"] == {} and m["gaps"] == 1
+    assert m["candles"] == 97
+    assert m["settled"] == m["predictions"] - 1  # the last one waits for its candle
+    records = session.take_records()
+    assert [r[2] for r in records if r[0] == "gap"] == [{"bars_missing": 3}]
+    (after,) = [r for r in records if r[0] == "settlement" and r[1] == cands[63].time]
+    assert after[2]["made_at"] == cands[59].time  # bar 59's prediction, settled by bar 63
     assert np.isfinite(session.history.windows(16, (0,))[0]).all()
 
 

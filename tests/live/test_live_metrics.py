@@ -29,8 +29,14 @@ def test_settle_gives_errors_per_field_in_percent_and_volatility_units():
     assert out["settled"] == 2 and out["direction_acc"] == 1.0 and out["rolling_n"] == 1
 
 
-def test_session_metrics_equal_backtest_model_stats_over_the_same_predictions():
+@pytest.mark.parametrize("closed", [False, True], ids=["always-open", "closed-on-weekends"])
+def test_session_metrics_equal_backtest_model_stats_over_the_same_predictions(closed):
+    """The backtest scores each prediction against the next row; so does a session, across
+    a market closure too (no prediction left unsettled, no closure counted as bad data)."""
     frame = synthetic(200)
+    if closed:  # a market shut on Saturdays and Sundays, as stocks and FX are
+        frame = synthetic(400)
+        frame = frame[frame.index.dayofweek < 5]
     s = settings()
     fake = FakePredictor()
     session = Session("m", "SYN", "1h", "none", s)
@@ -41,9 +47,17 @@ def test_session_metrics_equal_backtest_model_stats_over_the_same_predictions():
     labels = action_labels(frame, s.pivot_bars, s.move_threshold)
     ref = model_stats(frame["close"].to_numpy(), inf, labels)
     got = session.summary()
-    assert got["settled"] == len(w.ends) - 1
+    assert got["settled"] == got["predictions"] - 1 == len(w.ends) - 1  # the last one waits
+    assert got["bad_data"] == {}
     assert got["direction_acc"] == pytest.approx(ref["direction_acc"], abs=1e-12)
     assert got["mae_pct_close"] == pytest.approx(ref["close_err_pct"], rel=1e-5)
     assert got["mae_vol_close"] == pytest.approx(ref["close_err_vol"], rel=1e-5)
     recent = session.metrics.rolling
     assert len(recent) == s.rolling_window and got["direction_acc_rolling"] == np.mean(recent)
+
+
+def test_a_state_journaled_before_gaps_were_not_bad_data_restores():
+    old = {**SessionMetrics().to_json(), "expired": 3, "bad": {"gap": 2, "nan": 1}}
+    del old["gaps"]
+    m = SessionMetrics.from_json(old)
+    assert (m.gaps, m.bad) == (2, {"nan": 1}) and "expired" not in m.summary()

@@ -79,8 +79,12 @@ def test_wiped_out_short_stops_like_the_simulator():
     assert_same_trades(frame, trades, book, res)
 
 
-def test_session_paper_trades_equal_simulate_over_its_signals():
+@pytest.mark.parametrize("closed", [False, True], ids=["always-open", "closed-on-weekends"])
+def test_session_paper_trades_equal_simulate_over_its_signals(closed):
     frame = synthetic(300)
+    if closed:  # a market closure is a jump in time, no bar: the simulator's rows exactly
+        frame = synthetic(420)
+        frame = frame[frame.index.dayofweek < 5]
     s = settings(spec=BacktestSpec(commission=0.001, units="fractional", direction="long_short"))
     session = Session("p", "SYN", "1h", "none", s)
     preds, _ = replay(session, frame, FakePredictor())
