@@ -6,11 +6,11 @@ One queue per model. Sessions ``put`` samples; the host ``take``s a batch (up to
 
 Accounting, per session, is exact at every moment::
 
-    requested = done + dropped + pending        (pending = queued + in flight)
+    requested = done + dropped + pending        (pending = queued + in flight on time)
 
 * past ``capacity`` queued samples, a new sample is dropped (the newest, so what waits keeps
   its place) and counted;
-* a call that fails (bad batch, actor error) counts its samples as dropped;
+* a call that fails (bad batch, actor error) or cannot be sent counts its samples as dropped;
 * a call past its deadline counts one timeout per session in it and its samples as dropped;
   the actor may still run it (a sync actor finishes what it started), so if its answer
   arrives later ``late_done`` moves them from dropped to done: the count follows the actor's
