@@ -24,6 +24,7 @@ their own short work. The journal and the training queue are only touched under 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
@@ -40,7 +41,7 @@ from actors.host_tracking import SessionRuns, loggable
 from actors.host_training import TrainCalls, TrainingDriver
 from conf import Config
 from pipelines.data.sources import parse_symbol
-from pipelines.errors import InvalidInputError
+from pipelines.errors import CapacityError, InvalidInputError
 from pipelines.live import (
     Journal,
     Session,
@@ -145,17 +146,24 @@ class HostCore:
         max_candles: int | None = None,
     ) -> dict[str, Any]:
         plan = FeedPlan.checked(source, speed, start, max_candles)
+        with self.lock:  # before loading anything: a full host refuses at once
+            self._check_room()
         spec = parse_symbol(symbol, timeframe or self.cfg.data.timeframe)
         if timeframe and spec.timeframe != timeframe:
-            raise InvalidInputError(
-                f"{symbol!r} names timeframe {spec.timeframe} but {timeframe} was asked; give one"
-            )
+            if "@" in symbol:
+                raise InvalidInputError(
+                    f"{symbol!r} names timeframe {spec.timeframe} but 'timeframe' is "
+                    f"{timeframe}; give the timeframe once, after @ or as 'timeframe'"
+                )
+            # a sample's native timeframe is only its default: an asked one resamples, as @tf
+            spec = dataclasses.replace(spec, timeframe=timeframe)
         Session("check", spec.key, spec.timeframe, mode, self.settings)  # checks mode
         # outside the lock: loading a series or asking an exchange for its history may take
         # seconds, and every other session keeps predicting meanwhile
         src, warm = open_source(self.cfg, spec, plan, self.clock, None, self.exchange, self.wake)
         try:
             with self.lock:
+                self._check_room()  # again under the lock: two starts may have raced
                 sid = self._new_id(spec.key)
                 session = Session(sid, spec.key, spec.timeframe, mode, self.settings)
                 session.prime(warm[-session.history.capacity :])
@@ -165,6 +173,17 @@ class HostCore:
         except BaseException:
             src.close()  # a poll source's thread must not outlive a session that never started
             raise
+
+    def _check_room(self) -> None:
+        """CapacityError when this host holds ``live.max_sessions`` sessions: each costs the
+        host memory (README: about 1.5 MB), so an unbounded number would take it down."""
+        cap = self.cfg.live.max_sessions
+        if len(self.sessions) >= cap:
+            raise CapacityError(
+                f"session host {self.index} holds {len(self.sessions)} sessions, its limit "
+                f"(live.max_sessions={cap}); stop some (DELETE /sessions/{{id}}) or raise "
+                "live.max_sessions or live.hosts"
+            )
 
     def _new_id(self, key: str) -> str:
         base = f"h{self.index}-" + re.sub(r"[^A-Za-z0-9]+", "-", key).strip("-")

@@ -171,6 +171,8 @@ class LiveConfig:
     queue_capacity: int = 2048  # samples waiting for training; past it new samples are dropped
     trend_window: int = 20  # training results compared for a session's loss trend
     journal_dir: str = "live"  # below run.home; one SQLite journal per model: <run.name>.sqlite
+    # sessions per host at most (each costs its host ~1.5 MB, README); past it a start is a 429
+    max_sessions: int = 500
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,8 @@ class ServeConfig:
     body_timeout_s: float = 30.0  # a request body not received in full by then gets 408
     request_timeout_s: float = 300.0  # Serve's end-to-end limit per HTTP request (408 past it)
     keep_alive_timeout_s: int = 5  # idle keep-alive connections are closed after this
+    max_running_jobs: int = 4  # training and backtest jobs running at once; past it a 429
+    keep_finished_jobs: int = 100  # finished jobs (and their results) kept; the oldest go first
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,7 @@ def check(cfg: Config) -> None:
     _need(
         len(cfg.data.symbols) >= 1, "data.symbols is empty; name at least one, e.g. [sample:EURUSD]"
     )
+    _need(cfg.live.max_sessions >= 1, f"live.max_sessions={cfg.live.max_sessions} must be >= 1")
     check_serve(cfg.serve)
     for key in ("since", "until"):
         value = getattr(cfg.data, key)
@@ -111,6 +112,11 @@ def check_serve(s: ServeConfig) -> None:
     _need(1 <= s.port <= 65535, f"serve.port={s.port} must be in 1..65535")
     _need(s.weights_poll_s > 0, f"serve.weights_poll_s={s.weights_poll_s} must be > 0")
     _need(s.max_request_bytes >= 1, f"serve.max_request_bytes={s.max_request_bytes} must be >= 1")
+    _need(
+        s.max_running_jobs >= 1 and s.keep_finished_jobs >= 0,
+        f"serve.max_running_jobs={s.max_running_jobs} must be >= 1 and "
+        f"serve.keep_finished_jobs={s.keep_finished_jobs} >= 0",
+    )
     _need(
         s.body_timeout_s > 0 and s.request_timeout_s > 0 and s.keep_alive_timeout_s >= 1,
         f"serve.body_timeout_s={s.body_timeout_s} and serve.request_timeout_s="

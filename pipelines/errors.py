@@ -92,6 +92,16 @@ class NotFoundError(CandlerayError):
     message names what was asked for and how to list what exists."""
 
 
+class ConflictError(CandlerayError):
+    """A request that conflicts with work under way or done (a second training job while one
+    runs, cancelling a finished job); the message names it and what to do. Nothing changed."""
+
+
+class CapacityError(CandlerayError):
+    """A configured limit is reached (sessions per host, running jobs); the message names the
+    limit, its config key and how to make room. Nothing changed; retry once there is room."""
+
+
 class UnavailableError(CandlerayError):
     """A component a request needs is not running (session hosts, ModelActor, predictor);
     the message names it and how to start it. Retrying once it is up may succeed."""

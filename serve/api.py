@@ -33,7 +33,9 @@ from conf import ServeConfig
 from pipelines.errors import (
     ActorCallTimeout,
     CandlerayError,
+    CapacityError,
     CheckpointError,
+    ConflictError,
     DataSourceError,
     InvalidInputError,
     ModeError,
@@ -63,6 +65,8 @@ VENDOR_FILES = {
 # most specific first: the first class an error is an instance of gives its status
 STATUS: tuple[tuple[type[CandlerayError], int], ...] = (
     (ModeError, 409),
+    (ConflictError, 409),
+    (CapacityError, 429),
     (NotFoundError, 404),
     (CheckpointError, 404),
     (TemporaryError, 503),
@@ -96,6 +100,33 @@ def _iso_time(value: Any) -> Any:
 Time = Annotated[
     dt.datetime, BeforeValidator(_iso_time), AfterValidator(time_in_range), Field(strict=False)
 ]
+
+
+_START_FORMS = (
+    "a replay's 'start' is a row offset as a JSON integer (-300: the last 300 bars, after a "
+    "warm-up on the bars before; 500: from row 500) or an ISO 8601 time as text (e.g. "
+    '"2024-03-01T00:00:00Z")'
+)
+
+
+def _replay_start(value: Any) -> int | str:
+    """A JSON integer is a row (as the CLI's ``--start -300``); text must be an ISO time,
+    sent on as UTC ISO text: numeric text such as "-300" was read by pandas as the year -300."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > 10**9:
+            raise ValueError(f"{_START_FORMS}; a row offset is at most 10^9 either way")
+        return value
+    if isinstance(value, str) and len(value) <= 40:
+        try:
+            t = time_in_range(dt.datetime.fromisoformat(value))
+        except ValueError:
+            pass
+        else:
+            return str(_iso(t))
+    raise ValueError(_START_FORMS)
+
+
+ReplayStart = Annotated[int | str, BeforeValidator(_replay_start)]
 
 
 class _Body(BaseModel):
@@ -139,7 +170,7 @@ class SessionIn(_Body):
     mode: Mode
     source: Literal["replay", "ccxt"] = "replay"
     speed: float = Field(default=5.0, ge=0, le=10_000)
-    start: str | None = Field(default=None, max_length=40)
+    start: ReplayStart | None = None
 
 
 class ModeIn(_Body):
@@ -212,6 +243,7 @@ class Backend(Protocol):
     async def start_job(self, kind: str, params: dict[str, Any]) -> str: ...
     async def job(self, job_id: str) -> dict[str, Any]: ...
     async def jobs(self) -> list[dict[str, Any]]: ...
+    async def cancel_job(self, job_id: str) -> dict[str, Any]: ...
     async def training_metrics(self) -> dict[str, Any]: ...
     async def add_annotation(self, fields: dict[str, Any]) -> dict[str, Any]: ...
     async def annotations(
@@ -373,6 +405,13 @@ def build_api(backend: Backend, s: ServeConfig) -> FastAPI:
     @app.get("/jobs/{job_id}", tags=["jobs"])
     async def job(job_id: str) -> dict[str, Any]:
         return await backend.job(job_id)
+
+    @app.post("/jobs/{job_id}/cancel", status_code=202, tags=["jobs"])
+    async def cancel_job(job_id: str) -> dict[str, Any]:
+        """Ask a running job to stop: it shows ``cancel_requested`` until it stops, then
+        ``state: cancelled`` (a training job stops after the call in flight, with the steps it
+        applied in its error). 404 for an unknown job, 409 for one that has ended."""
+        return await backend.cancel_job(job_id)
 
     # ---- annotations --------------------------------------------------------------------
     @app.post("/annotations", status_code=201, tags=["annotations"])

@@ -233,6 +233,9 @@ class RayBackend:
     async def jobs(self) -> list[dict[str, Any]]:
         return plain(await self._get(self.board.list.remote(), "JobBoard.list"))
 
+    async def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return plain(await self._get(self.board.cancel.remote(job_id), "JobBoard.cancel"))
+
     async def training_metrics(self) -> dict[str, Any]:
         m = await self._model("metrics")
         served = None

@@ -83,6 +83,12 @@ class ReplayFeed:
                 "-100 or 2024-03-01T00:00Z"
             ) from exc
         ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+        if n and ts > self._frame.index[-1]:  # nothing to play: a session finished at once
+            first, last = self._frame.index[0].isoformat(), self._frame.index[-1].isoformat()
+            raise InvalidInputError(
+                f"replay start {ts.isoformat()} is after the data of {self.spec.key}, which "
+                f"spans {first} to {last}; give a start in that span, or a row in [-{n}, {n - 1}]"
+            )
         return int(self._frame.index.searchsorted(ts, side="left"))
 
     def history(self) -> pd.DataFrame:
