@@ -75,6 +75,11 @@ class ActorCallTimeout(CandlerayError):
     """A call into an actor missed its deadline; the message names the call."""
 
 
+class JournalError(CandlerayError):
+    """A live journal write did not commit (disk full, I/O error); nothing of it was kept in
+    the file, and the sessions still hold its records for the next write."""
+
+
 class CheckpointError(CandlerayError):
     """A checkpoint could not be written, found or loaded."""
 

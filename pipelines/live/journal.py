@@ -5,7 +5,14 @@ changes, bad data) is written in one transaction together with the session's sta
 restarted host resumes exactly after the last journaled candle: a candle whose step was not
 committed is fed again, none is predicted twice. WAL mode with ``synchronous=NORMAL``: a
 killed process (SIGKILL) loses nothing committed (a power cut may lose the last steps).
-One writer per file (the host of the model's sessions); readers (a dashboard) may run beside it.
+One writer per file (the host of the model's sessions); readers (a dashboard) may run beside it:
+``chart`` reads on a connection of its own, so a long read never waits for, or holds up, the
+writer (WAL: a reader sees the last committed transaction).
+
+A write either commits or leaves the sessions holding their records (``write_sessions``): a
+failed write (disk full) is retried by the next one, so the file never lacks a step the
+sessions took. A session stopped on purpose (``stop_session``, a host's clean shutdown) is
+journaled ``stopped`` and never resumed; only a host that died resumes its sessions.
 
 Tables: ``sessions`` (one row per session: its latest state), ``candles`` (every accepted
 candle), ``events`` (everything else, in order, with JSON data).
@@ -13,18 +20,19 @@ candle), ``events`` (everything else, in order, with JSON data).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from pipelines.data.labels import pivots
-from pipelines.errors import CandlerayError
+from pipelines.errors import CandlerayError, JournalError
 from pipelines.live.config import SessionSettings
 from pipelines.live.history import Candle, history_capacity
 from pipelines.live.paper import Trade
@@ -76,8 +84,8 @@ class Journal:
         """Append the records of many sessions' steps in one transaction (all or nothing)."""
         now = time.time()
         db = self._db
-        db.execute("BEGIN")
         try:
+            db.execute("BEGIN")
             for sid, records in steps:
                 for kind, t, data in records:
                     if kind == "candle":
@@ -112,13 +120,45 @@ class Journal:
                             (sid, t, kind, json.dumps(data), now),
                         )
             db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise JournalError(
+                    f"the live journal {self.path} did not take a write ({exc}); nothing of it "
+                    "was committed and the sessions keep its records for the next write: free "
+                    "disk space or fix the file's folder (live.journal_dir)"
+                ) from exc
+            raise
+
+    def write_sessions(
+        self,
+        sessions: Sequence[Session],
+        extra: Sequence[tuple[str, list[Record]]] = (),
+        *,
+        state: bool = False,
+    ) -> None:
+        """The records each session holds (its state last) and ``extra`` steps, in one
+        transaction. If it does not commit, each session takes its records back
+        (``Session.return_records``) and the error is raised: the next write carries them, so
+        the file never lacks a step a session took. ``state``: write each session's state
+        even if it has no new records (a session just started, with no warm-up)."""
+        taken = []
+        for s in sessions:
+            recs = s.take_records()
+            if not recs and state:  # what take_records ends with when there are records
+                recs = [("state", s.last_time or 0, s.state_dict())]
+            taken.append((s, recs))
+        try:
+            self.write([*extra, *((s.session_id, r) for s, r in taken)])
         except BaseException:
-            db.execute("ROLLBACK")
+            for s, r in taken:
+                s.return_records(r)
             raise
 
     def write_session(self, session: Session) -> None:
         """The session's records since the last call, state included (e.g. after each step)."""
-        self.write([(session.session_id, session.take_records())])
+        self.write_sessions([session])
 
     def record_training(
         self, batch: Batch, outcome: str, result: dict[str, Any] | None = None
@@ -165,23 +205,28 @@ class Journal:
         self, session_id: str, since: int | None = None, limit: int | None = None
     ) -> list[Candle]:
         """The session's candles (oldest first), from ``since`` (ns) on, or the newest ``limit``."""
-        q = "SELECT time, open, high, low, close, volume FROM candles WHERE session_id=? AND time>=?"
-        rows = self._db.execute(
-            q + " ORDER BY time DESC" + (f" LIMIT {int(limit)}" if limit else ""),
-            (session_id, since if since is not None else -(2**62)),
-        ).fetchall()
-        return [Candle(*r) for r in reversed(rows)]
+        return _candles(self._db, session_id, since, limit)
 
     def events(
         self, session_id: str, kind: str, since: int | None = None, limit: int | None = None
     ) -> list[tuple[int, dict[str, Any]]]:
         """The session's events of ``kind`` in the order written (the newest ``limit`` if given)."""
-        rows = self._db.execute(
-            "SELECT time, data FROM events WHERE session_id=? AND kind=? AND time>=? "
-            "ORDER BY id DESC" + (f" LIMIT {int(limit)}" if limit else ""),
-            (session_id, kind, since if since is not None else -(2**62)),
-        ).fetchall()
-        return [(t, json.loads(d)) for t, d in reversed(rows)]
+        return _events(self._db, session_id, kind, since, limit)
+
+    def fed_until(self, session_id: str) -> int | None:
+        """Open time (ns) of the last candle the session's feed gave it, taken or skipped as
+        bad (NaN, broken rules): a resumed feed starts after it, so a skipped candle is not
+        fed, and counted, a second time."""
+        row = self._db.execute(
+            "SELECT MAX(time) FROM events WHERE session_id=? AND kind='bad_data'", (session_id,)
+        ).fetchone()
+        last = self.last_time(session_id)
+        times = [t for t in (last, row[0]) if t is not None]
+        return max(times) if times else None
+
+    def stopped(self, session_id: str) -> bool:
+        """True if the session was stopped on purpose (never to be resumed)."""
+        return bool(self.events(session_id, "stopped", limit=1))
 
     def train_counts(self, session_id: str, trend_window: int = 20) -> TrainCounts:
         """The session's training accounting, from its requests and the calls' outcomes."""
@@ -252,62 +297,106 @@ class Journal:
     ) -> dict[str, pd.DataFrame]:
         """What a chart draws from ``since`` (ns) on: candles, ghost candles, confirmed pivots,
         signals and closed trades, each a DataFrame (times as UTC timestamps)."""
-        cs = self.candles(session_id, since)
-        idx = pd.DatetimeIndex([pd.Timestamp(c.time, tz="UTC") for c in cs], name="time")
-        candles = pd.DataFrame(
-            [c.values() for c in cs],
-            index=idx,
-            columns=["open", "high", "low", "close", "volume"],
-            dtype="float64",
+        with self._reader() as db:
+            return _chart(db, session_id, since, pivot_bars)
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        """A read connection of this call's own: the writer's is the host loop's, under its
+        lock, and a chart of a long session (seconds of reading) must not hold that up."""
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None)
+            db.execute("BEGIN")  # one snapshot: candles and events of the same ticks
+        except sqlite3.Error as exc:
+            raise CandlerayError(f"cannot read the live journal {self.path}: {exc}") from exc
+        try:
+            yield db
+        finally:
+            db.close()
+
+
+def _candles(
+    db: sqlite3.Connection, session_id: str, since: int | None, limit: int | None
+) -> list[Candle]:
+    q = "SELECT time, open, high, low, close, volume FROM candles WHERE session_id=? AND time>=?"
+    rows = db.execute(
+        q + " ORDER BY time DESC" + (f" LIMIT {int(limit)}" if limit else ""),
+        (session_id, since if since is not None else -(2**62)),
+    ).fetchall()
+    return [Candle(*r) for r in reversed(rows)]
+
+
+def _events(
+    db: sqlite3.Connection, session_id: str, kind: str, since: int | None, limit: int | None
+) -> list[tuple[int, dict[str, Any]]]:
+    rows = db.execute(
+        "SELECT time, data FROM events WHERE session_id=? AND kind=? AND time>=? "
+        "ORDER BY id DESC" + (f" LIMIT {int(limit)}" if limit else ""),
+        (session_id, kind, since if since is not None else -(2**62)),
+    ).fetchall()
+    return [(t, json.loads(d)) for t, d in reversed(rows)]
+
+
+def _chart(
+    db: sqlite3.Connection, session_id: str, since: int | None, pivot_bars: int
+) -> dict[str, pd.DataFrame]:
+    """``Journal.chart`` on the connection ``db``."""
+    cs = _candles(db, session_id, since, None)
+    idx = pd.DatetimeIndex([pd.Timestamp(c.time, tz="UTC") for c in cs], name="time")
+    candles = pd.DataFrame(
+        [c.values() for c in cs],
+        index=idx,
+        columns=["open", "high", "low", "close", "volume"],
+        dtype="float64",
+    )
+    preds = _events(db, session_id, "prediction", since, None)
+    ts = lambda ns: pd.Timestamp(ns, tz="UTC")  # noqa: E731
+    ghosts = pd.DataFrame(
+        [
+            {
+                "time": ts(d["target"]),
+                "made_at": ts(t),
+                "open": d["ghost"][0],
+                "high": d["ghost"][1],
+                "low": d["ghost"][2],
+                "close": d["ghost"][3],
+                "version": d["version"],
+            }
+            for t, d in preds
+        ],
+        columns=["time", "made_at", "open", "high", "low", "close", "version"],
+    )
+    signals = pd.DataFrame(
+        [
+            {
+                "time": ts(t),
+                "action": d["action"],
+                "signal": d["signal"],
+                "p_hold": d["probs"][0],
+                "p_buy": d["probs"][1],
+                "p_sell": d["probs"][2],
+            }
+            for t, d in preds
+        ],
+        columns=["time", "action", "signal", "p_hold", "p_buy", "p_sell"],
+    )
+    trades = pd.DataFrame(
+        [
+            {**d, "entry_time": ts(d["entry_time"]), "exit_time": ts(d["exit_time"])}
+            for _, d in _events(db, session_id, "trade", since, None)
+        ]
+    )
+    piv = (
+        pivots(candles, pivot_bars)
+        if len(candles)
+        else pd.DataFrame(
+            columns=["bar", "time", "kind", "price", "confirmed_bar", "confirmed_time"]
         )
-        preds = self.events(session_id, "prediction", since)
-        ts = lambda ns: pd.Timestamp(ns, tz="UTC")  # noqa: E731
-        ghosts = pd.DataFrame(
-            [
-                {
-                    "time": ts(d["target"]),
-                    "made_at": ts(t),
-                    "open": d["ghost"][0],
-                    "high": d["ghost"][1],
-                    "low": d["ghost"][2],
-                    "close": d["ghost"][3],
-                    "version": d["version"],
-                }
-                for t, d in preds
-            ],
-            columns=["time", "made_at", "open", "high", "low", "close", "version"],
-        )
-        signals = pd.DataFrame(
-            [
-                {
-                    "time": ts(t),
-                    "action": d["action"],
-                    "signal": d["signal"],
-                    "p_hold": d["probs"][0],
-                    "p_buy": d["probs"][1],
-                    "p_sell": d["probs"][2],
-                }
-                for t, d in preds
-            ],
-            columns=["time", "action", "signal", "p_hold", "p_buy", "p_sell"],
-        )
-        trades = pd.DataFrame(
-            [
-                {**d, "entry_time": ts(d["entry_time"]), "exit_time": ts(d["exit_time"])}
-                for _, d in self.events(session_id, "trade", since)
-            ]
-        )
-        piv = (
-            pivots(candles, pivot_bars)
-            if len(candles)
-            else pd.DataFrame(
-                columns=["bar", "time", "kind", "price", "confirmed_bar", "confirmed_time"]
-            )
-        )
-        return {
-            "candles": candles,
-            "ghosts": ghosts,
-            "pivots": piv,
-            "signals": signals,
-            "trades": trades,
-        }
+    )
+    return {
+        "candles": candles,
+        "ghosts": ghosts,
+        "pivots": piv,
+        "signals": signals,
+        "trades": trades,
+    }

@@ -242,6 +242,11 @@ class Session:
             out.append(("state", self.last_time or 0, self.state_dict()))
         return out
 
+    def return_records(self, records: list[Record]) -> None:
+        """Take back records a journal write did not commit, ahead of any newer ones, so the
+        next ``take_records`` carries them (its own state record replaces this one's)."""
+        self._records[:0] = [r for r in records if r[0] != "state"]
+
     # -- internals -----------------------------------------------------------------------------
     def _settle(self, c: Candle) -> None:
         p, self.pending = self.pending, None

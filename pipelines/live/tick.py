@@ -63,9 +63,11 @@ def tick(
                 pred.candle[i], pred.probs[i], pred.version
             )
     # journal first: a crash in between leaves requests journaled but never queued, which a
-    # restore counts as dropped; the other order could train a replayed candle's sample twice
+    # restore counts as dropped; the other order could train a replayed candle's sample twice.
+    # A write that fails leaves the records with the sessions (the next tick writes them) and
+    # raises before the samples are queued, so they are queued with the write that has them.
     if journal is not None:
-        journal.write([(s.session_id, s.take_records()) for s in sessions])
+        journal.write_sessions(sessions)
     if queue is not None:
         for s in sessions:
             queue.put(s.take_samples())

@@ -103,3 +103,74 @@ def test_chart_returns_candles_ghosts_pivots_signals_and_trades(tmp_path):
     assert set(chart["signals"]["action"]) <= {"HOLD", "BUY", "SELL"}
     assert len(chart["pivots"]) > 0 and set(chart["pivots"]["kind"]) <= {"H", "L"}
     assert len(chart["trades"]) > 0 and (chart["trades"]["exit_time"] >= frame.index[100]).all()
+
+
+def test_a_failed_write_loses_nothing_the_next_write_carries_it(tmp_path):
+    """A tick whose journal write does not commit (here: another process holds the file's
+    write lock; a full disk fails the same way) raises a JournalError that names the file, and
+    the sessions keep its records: the next tick journals both steps, so the journal holds every
+    candle the session took, its accounting adds up and a restart rebuilds the same session."""
+    import sqlite3
+
+    import pytest
+
+    from pipelines.errors import JournalError
+
+    cands = list(iter_candles(synthetic(110)))
+    s = settings()
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    queue = TrainingQueue(capacity=1000, batch_size=8)
+    session = Session("x", "SYN", "1h", "every_candle", s)
+    ref = Session("x", "SYN", "1h", "every_candle", s)
+    for i, c in enumerate(cands):
+        tick([(ref, c)], FakePredictor())
+        if i == 100:
+            other = sqlite3.connect(path, timeout=0)
+            other.execute("BEGIN IMMEDIATE")  # the write lock, held by someone else
+            with pytest.raises(JournalError, match="j.sqlite"):
+                tick([(session, c)], FakePredictor(), queue=queue, journal=journal)
+            other.rollback()
+            other.close()
+        else:
+            tick([(session, c)], FakePredictor(), queue=queue, journal=journal)
+        batch = queue.take()
+        if batch is not None:
+            queue.done(batch.id, {"total_loss": 1.0})
+            journal.record_training(batch, "done", {"total_loss": 1.0})
+
+    assert [c.time for c in journal.candles("x")] == [c.time for c in cands]
+    counts = journal.train_counts("x")
+    live = queue.counts["x"]
+    assert (counts.requested, counts.done) == (live.requested, live.done)
+    assert counts.requested == ref.metrics.samples  # the failed tick's samples queued once
+    restored, _ = Journal(path).restore("x", s)
+    same(restored.summary(), ref.summary())
+    np.testing.assert_array_equal(
+        restored.history.windows(16, (0,))[0], ref.history.windows(16, (0,))[0]
+    )
+
+
+def test_a_resumed_feed_starts_after_a_skipped_bad_candle_not_at_it(tmp_path):
+    """A NaN candle is skipped and counted once; a host that dies after it resumes the feed
+    after it (``fed_until``), so a restart does not count it a second time."""
+    from pipelines.live import Candle
+
+    cands = list(iter_candles(synthetic(60)))
+    bad = Candle(cands[40].time, float("nan"), 1.0, 1.0, 1.0, 1.0)
+    feed = [*cands[:40], bad, *cands[41:]]
+    s = settings()
+    ref = Session("x", "SYN", "1h", "none", s)
+    for c in feed:
+        tick([(ref, c)], FakePredictor())
+    journal = Journal(tmp_path / "b.sqlite")
+    first = Session("x", "SYN", "1h", "none", s)
+    for c in feed[:41]:  # ... the bad candle is the last one the dead host's feed gave
+        tick([(first, c)], FakePredictor(), journal=journal)
+    assert journal.last_time("x") == cands[39].time and journal.fed_until("x") == bad.time
+    restored, _ = journal.restore("x", s)
+    for c in (c for c in feed if c.time > journal.fed_until("x")):
+        tick([(restored, c)], FakePredictor(), journal=journal)
+    assert ref.summary()["bad_data"]["nan"] == 1  # (and the gap it leaves, once)
+    assert restored.summary()["bad_data"] == ref.summary()["bad_data"]
+    same(restored.summary(), ref.summary())
