@@ -19,7 +19,15 @@ Weights are loaded by the caller (``load_weights``), from the ModelActor's read-
 methods, on its own thread: predicting never waits for a weights download either.
 
 Concurrency: one ``lock`` guards everything; the loop holds it for one step, API calls for
-their own short work. The journal and the training queue are only touched under it.
+their own short work. The journal's writer and the training queue are only touched under it;
+``chart`` reads the journal on a connection of its own, without the lock, so a dashboard
+never holds up predictions.
+
+Lifecycle: ``restore`` resumes what a host that died left running (a session whose feed cannot
+be reopened is reported in ``stats()["restore_failed"]``; the others resume); ``close`` is a
+clean end: every session is journaled ``stopped`` first (a later host of the same run name
+resumes none of them), then their MLflow runs end within a deadline, and it reports whether
+they did.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from actors.host_tracking import SessionRuns, loggable
 from actors.host_training import TrainCalls, TrainingDriver
 from conf import Config
 from pipelines.data.sources import parse_symbol
-from pipelines.errors import CapacityError, InvalidInputError
+from pipelines.errors import CandlerayError, CapacityError, InvalidInputError
 from pipelines.live import (
     Journal,
     Session,
@@ -103,6 +111,8 @@ class HostCore:
         self.sessions: dict[str, Hosted] = {}
         self._journaled_runs: set[str] = set()
         self._restored: list[str] = []  # sessions whose last window still needs predicting
+        self.restore_failed: dict[str, str] = {}  # journaled sessions not resumed, and why
+        self.closed: dict[str, Any] | None = None  # close()'s report, once closed
         self.latencies: deque[float] = deque(maxlen=LATENCIES)
         self.counters = {"ticks": 0, "predictions": 0, "loop_errors": 0}
         self.training = TrainingDriver(
@@ -111,29 +121,43 @@ class HostCore:
 
     # -- sessions --------------------------------------------------------------------------
     def restore(self) -> list[str]:
-        """Resume every session the journal holds that was not stopped, after its last candle."""
+        """Resume every session the journal holds that was not stopped, after its last candle.
+
+        One session that cannot be resumed (its series is gone, its exchange refuses, a state
+        this code cannot read) is logged and listed in ``restore_failed`` with the reason; the
+        others resume. Raising here would fail the actor's start, and Ray would restart it
+        into the same failure until no session was left running at all.
+        """
         got = []
         for sid in self.journal.session_ids():
             feed = self.journal.events(sid, "feed", limit=1)
-            if not feed or self.journal.events(sid, "stopped", limit=1):
+            if not feed or self.journal.stopped(sid):
                 continue
-            session, counts = self.journal.restore(sid, self.settings, self.cfg.live.trend_window)
-            self.queue.counts[sid] = counts
-            plan = FeedPlan.from_json(feed[0][1])
-            spec = parse_symbol(session.symbol, session.timeframe)
-            source, _ = open_source(
-                self.cfg, spec, plan, self.clock, session.last_time, self.exchange, self.wake
-            )
-            self.sessions[sid] = Hosted(session, plan, source)
-            runs = self.journal.events(sid, "mlflow", limit=1)
-            if runs and self.runs is not None:
-                self.runs.resume(sid, runs[0][1]["run_id"])
-                self._journaled_runs.add(sid)
-            if session.window_to_predict() is not None:  # died between candle and prediction
-                self._restored.append(sid)
+            try:
+                self._resume(sid, feed[0][1])
+            except Exception as exc:  # any cause: the other sessions must still resume
+                self.restore_failed[sid] = f"{type(exc).__name__}: {exc}"
+                log.exception("host %d could not resume %s; it stays journaled", self.index, sid)
+                continue
             got.append(sid)
-            log.info("host %d resumed %s after %s", self.index, sid, session.last_time)
         return got
+
+    def _resume(self, sid: str, feed: dict[str, Any]) -> None:
+        session, counts = self.journal.restore(sid, self.settings, self.cfg.live.trend_window)
+        plan = FeedPlan.from_json(feed)
+        spec = parse_symbol(session.symbol, session.timeframe)
+        # after the last candle the feed gave, a skipped bad one included: not fed twice
+        after = self.journal.fed_until(sid)
+        source, _ = open_source(self.cfg, spec, plan, self.clock, after, self.exchange, self.wake)
+        self.queue.counts[sid] = counts
+        self.sessions[sid] = Hosted(session, plan, source)
+        runs = self.journal.events(sid, "mlflow", limit=1)
+        if runs and self.runs is not None:
+            self.runs.resume(sid, runs[0][1]["run_id"])
+            self._journaled_runs.add(sid)
+        if session.window_to_predict() is not None:  # died between candle and prediction
+            self._restored.append(sid)
+        log.info("host %d resumed %s after %s", self.index, sid, session.last_time)
 
     def start_session(
         self,
@@ -167,7 +191,11 @@ class HostCore:
                 sid = self._new_id(spec.key)
                 session = Session(sid, spec.key, spec.timeframe, mode, self.settings)
                 session.prime(warm[-session.history.capacity :])
-                self.journal.write([(sid, [("feed", 0, plan.to_json()), *session.take_records()])])
+                # its state too when there was no warm-up: the sessions table is what restore
+                # reads, and a host that dies before the first candle must still resume it
+                self.journal.write_sessions(
+                    [session], [(sid, [("feed", 0, plan.to_json())])], state=True
+                )
                 self.sessions[sid] = Hosted(session, plan, src)
                 return self._status(sid)
         except BaseException:
@@ -219,11 +247,18 @@ class HostCore:
 
     def stop_session(self, sid: str) -> dict[str, Any]:
         with self.lock:
+            if sid in self.restore_failed:  # never resumed: stopped, so no later host tries
+                self.journal.write([(sid, [("stopped", 0, {"reason": "stop_session"})])])
+                del self.restore_failed[sid]
+                return {"stopped": sid}
             h = self._get(sid)  # an unknown id is refused before anything changes
+            # journaled first: if the write fails the session runs on, as its journal says
+            self.journal.write_sessions(
+                [h.session], [(sid, [("stopped", 0, {"reason": "stop_session"})])]
+            )
             del self.sessions[sid]
             h.source.close()
             self.queue.drop_session(sid)
-            self.journal.write([(sid, [("stopped", 0, {}), *h.session.take_records()])])
             self._end_run(h)
             return {"stopped": sid}
 
@@ -273,8 +308,9 @@ class HostCore:
             ts = pd.Timestamp(since)
             ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
             t = int(ts.as_unit("ns").value)
-        with self.lock:
-            frames = self.journal.chart(sid, t, self.settings.pivot_bars)
+        # no lock: the journal reads on a connection of its own (WAL: the committed ticks),
+        # so the loop goes on predicting however long a session's history takes to read
+        frames = self.journal.chart(sid, t, self.settings.pivot_bars)
         out = {}
         for name, df in frames.items():
             d = df.reset_index() if name == "candles" else df
@@ -306,6 +342,7 @@ class HostCore:
                     "p50": float(np.percentile(lat, 50)) if lat.size else None,
                     "p99": float(np.percentile(lat, 99)) if lat.size else None,
                 },
+                "restore_failed": dict(self.restore_failed),
                 "mlflow_errors": None if self.runs is None else self.runs.errors,
                 "mlflow": None if self.runs is None else self.runs.status(),
             }
@@ -322,6 +359,8 @@ class HostCore:
     def step(self, now: float | None = None) -> float:
         """One pass (module doc); returns seconds until the next candle is due (capped)."""
         with self.lock:
+            if self.closed is not None:  # shut down: the journal is closed, nothing runs
+                return 1.0
             now = self.clock() if now is None else now
             if getattr(self.predictor, "generation", "") is None:  # no weights loaded yet:
                 return 0.05  # candles wait in their feeds rather than meet a random model
@@ -362,7 +401,7 @@ class HostCore:
             self.sessions[s.session_id].last = s.apply_prediction(
                 pred.candle[i], pred.probs[i], pred.version
             )
-        self.journal.write([(s.session_id, s.take_records()) for s, _ in wins])
+        self.journal.write_sessions([s for s, _ in wins])
 
     def _tick(self, arrived: list[tuple[Hosted, Any, float]]) -> None:
         preds = tick(
@@ -406,12 +445,51 @@ class HostCore:
         self.runs.log(s.session_id, s.metrics.candles, final, only_changed=True)
         self.runs.end(s.session_id)
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 60.0) -> dict[str, Any]:
+        """A clean end (``SessionHost.shutdown``): every session, running or not resumed, is
+        journaled ``stopped`` so no later host resumes it; then each MLflow run ends on the
+        session's final figures, waited for at most ``timeout_s``. Returns what happened:
+        ``journaled`` (the stops committed), ``runs_ended`` (None without tracking; False if
+        the writer did not answer in time or a store write failed: then ``errors`` says why).
+        A second call returns the first one's report."""
         with self.lock:
-            for h in self.sessions.values():
+            if self.closed is not None:
+                return self.closed
+            hosted = list(self.sessions.values())
+            for h in hosted:
                 h.source.close()
+            stop = [*(h.session.session_id for h in hosted), *self.restore_failed]
+            report: dict[str, Any] = {"host": self.index, "stopped": stop, "errors": []}
+            try:
+                self.journal.write_sessions(
+                    [h.session for h in hosted],
+                    [(sid, [("stopped", 0, {"reason": "shutdown"})]) for sid in stop],
+                )
+                report["journaled"] = True
+            except CandlerayError as exc:  # say so: a later host would resume these sessions
+                report["journaled"] = False
+                report["errors"].append(str(exc))
+                log.error("host %d: the sessions' stops were not journaled: %s", self.index, exc)
             if self.runs is not None:
-                for h in self.sessions.values():
+                for h in hosted:
                     self._end_run(h)
-                self.runs.close(30.0)  # the writer may still be starting (a new process)
+            self.sessions = {}
+            self.closed = report
+        # outside the lock: the writer may still be starting (a new process) or be behind
+        report["runs_ended"] = None
+        if self.runs is not None:
+            flushed = self.runs.close(timeout_s)
+            errors = self.runs.errors
+            report["runs_ended"] = flushed and errors == 0
+            if not flushed:
+                report["errors"].append(
+                    f"MLflow: the runs' writer did not finish within {timeout_s:.0f}s; runs may "
+                    f"stay RUNNING ({self.runs.status()})"
+                )
+            elif errors:
+                report["errors"].append(
+                    f"MLflow: {errors} metric(s) or run end(s) not written ({self.runs.last_error})"
+                )
+        with self.lock:
             self.journal.close()
+        return report

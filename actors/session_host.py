@@ -5,7 +5,9 @@ process (the CLI, the Serve app) finds them; each restarts up to ``ray.max_resta
 and takes ``HOST_NUM_CPUS`` (a host mostly waits for candles; its forward passes need a
 fraction of a core). A restarted host resumes its sessions from its journal
 (``<run.home>/<live.journal_dir>/<run.name>-host-<i>.sqlite``, one writer per file) right after
-the last journaled candle.
+the last journaled candle. A clean end (``shutdown``, ``stop_hosts``: Ctrl-C of ``candleray
+live``, the end of ``candleray serve``) journals every session stopped, so the next host of the
+same run name starts with none of them: only a crash resumes.
 
 API (every method answers at once; errors are ``CandlerayError`` subclasses)::
 
@@ -15,7 +17,7 @@ API (every method answers at once; errors are ``CandlerayError`` subclasses)::
     chart(id, since=None) -> {"candles", "ghosts", "pivots", "signals", "trades": [records]}
     set_mode(id, mode) -> status         manual_train(id, action) -> {"queued": 1, ...}
     stop_session(id) -> {"stopped": id}  stats() -> queue counts, timeouts, ticks, latency
-    pid() -> int                         shutdown() -> None (stop the loop, end MLflow runs)
+    pid() -> int                         shutdown(timeout_s) -> report (``HostCore.close``)
 
 Session ids start with ``h<i>-``: ``host_of(id)`` names the host holding it; ``assign_host``
 picks the least loaded host for a new one.
@@ -29,6 +31,7 @@ and wakes the loop when its candles arrive. The refresher asks the ModelActor's 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -121,7 +124,10 @@ class SessionHost:
                 self.core.counters["loop_errors"] += 1
                 wait = 0.5
             # never straight back into the lock: a lock is not fair, and API calls waiting for
-            # it would starve behind an unpaced replay that always has a candle due
+            # it would starve behind an unpaced replay that always has a candle due. Cleared
+            # before the next step, never after it: a feed queues its candles before it sets
+            # the event, so a set() that this clear() swallows is one whose candles that step
+            # takes, and one during the step makes the next wait return at once.
             self._wake.wait(max(wait, 0.001))
             self._wake.clear()
 
@@ -184,10 +190,12 @@ class SessionHost:
     def pid(self) -> int:
         return os.getpid()
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Stop the loop, journal every session stopped, end their MLflow runs (waited for at
+        most ``timeout_s``); the report says whether each part was done (``HostCore.close``)."""
         self._stop.set()
         self._wake.set()
-        self.core.close()
+        return self.core.close(timeout_s)
 
 
 def host_name(cfg: Config, index: int) -> str:
@@ -213,15 +221,26 @@ def start_hosts(cfg: Config) -> list[Any]:
     return hosts
 
 
-def stop_hosts(hosts: list[Any], timeout_s: float = 30.0) -> None:
-    """Shut each host down (its sessions' MLflow runs end on their final figures; the journal
-    keeps the sessions) and kill it without a restart; a host already gone is skipped."""
+def stop_hosts(hosts: list[Any], timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    """End each host cleanly and kill it without a restart: its sessions are journaled stopped
+    (no later host resumes them) and their MLflow runs end on their final figures within
+    ``timeout_s``. Returns each host's report (``HostCore.close``; ``{"error": ...}`` for a
+    host that did not answer); what was not done is logged as a warning. A host already gone
+    is skipped."""
+    reports = []
     for h in hosts:
         try:
-            ray.get(h.shutdown.remote(), timeout=timeout_s)
-            ray.kill(h, no_restart=True)
-        except ray.exceptions.RayError:
-            pass
+            # the host waits timeout_s for its MLflow writer; this call waits a little longer
+            report = ray.get(h.shutdown.remote(timeout_s), timeout=timeout_s + 30.0)
+        except ray.exceptions.RayError as exc:
+            report = {"error": f"the host did not shut down: {exc}", "errors": [str(exc)]}
+        finally:
+            with contextlib.suppress(ray.exceptions.RayError, ValueError):
+                ray.kill(h, no_restart=True)  # killed even when its shutdown failed
+        if report.get("errors") or report.get("journaled") is False:
+            log.warning("session host shutdown incomplete: %s", report)
+        reports.append(report)
+    return reports
 
 
 def find_hosts(cfg: Config) -> list[Any]:

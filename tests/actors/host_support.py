@@ -1,8 +1,10 @@
-"""Helpers of the session-host tests: start a model's hosts, wait for replays, read the journal."""
+"""Helpers of the session-host tests: start a model's hosts, wait for replays, read the journal;
+a HostCore without Ray (a fake model, instant training)."""
 
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import ray
 
@@ -48,3 +50,49 @@ def journal_of(cfg, index: int = 0):
 
 def kill(actor) -> None:
     ray.kill(actor, no_restart=True)
+
+
+class FakePredictor:
+    """A Predictor stand-in for a HostCore without Ray: weights loaded (generation g0), and
+    every window predicted flat with a confident HOLD."""
+
+    version, generation = 1, "g0"
+
+    def predict(self, x, batch_size: int = 256):
+        import numpy as np
+
+        n = len(x)
+        probs = np.tile(np.array([0.8, 0.1, 0.1], dtype=np.float32), (n, 1))
+        return SimpleNamespace(candle=np.zeros((n, 5), np.float32), probs=probs, version=1)
+
+    def load(self, state, version, generation) -> None:
+        self.version, self.generation = version, generation
+
+
+class InstantTraining:
+    """TrainCalls whose every call answers done at once; ``samples`` counts what was sent."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+
+    def submit(self, x, y_candle, y_action):
+        self.samples += len(x)
+        return self.samples
+
+    def poll(self, handle):
+        return "done", {"total_loss": 1.0}
+
+
+def host_core(cfg, journal=None, runs=None, calls=None):
+    """A HostCore as SessionHost builds it, without Ray (fake model, instant training)."""
+    from actors.host_core import HostCore
+
+    return HostCore(
+        cfg,
+        0,
+        FakePredictor(),
+        calls or InstantTraining(),
+        journal or host_journal(cfg, 0),
+        clock=time.monotonic,
+        runs=runs,
+    )

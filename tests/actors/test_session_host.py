@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from host_support import call, finished, hosts_for, journal_of, kill, wait_until
 
-from actors import assign_host, host_of
+from actors import assign_host, find_hosts, host_of, stop_hosts
 from pipelines.errors import InvalidInputError, ModeError
 
 
@@ -33,8 +33,21 @@ def test_none_mode_over_500_candles_leaves_weights_alone(ray_cluster, make_cfg):
     assert len(chart["ghosts"]) == 500 and len(chart["candles"]) >= 500
     with pytest.raises(ModeError, match="manual"):
         call(host.manual_train.remote(sid, "BUY"))
-    call(host.shutdown.remote())
-    kill(host)
+    # a clean end (Ctrl-C of candleray live, the end of serve): the session is over for good
+    (report,) = stop_hosts([host])
+    assert report["stopped"] == [sid] and report["journaled"]
+    wait_until(lambda: not _named(cfg), what="the stopped host's name to be free")
+    _, (again,) = hosts_for(cfg)  # the next run of the same run name resumes nothing
+    assert call(again.list_sessions.remote()) == []
+    stop_hosts([again])
+
+
+def _named(cfg) -> bool:
+    try:
+        find_hosts(cfg)
+        return True
+    except ValueError:
+        return False
 
 
 def test_training_modes_train_through_the_actor_and_counts_add_up(ray_cluster, make_cfg):
