@@ -379,7 +379,10 @@ class HostCore:
                     break
                 self._tick(arrived)
             self.training.drive(self.clock())
-            dues = [h.source.next_due() for h in self.sessions.values() if not h.finished]
+            # a session that just finished has its feed stopped here (no polling, no buffer)
+            dues = [
+                h.source.next_due() for h in self.sessions.values() if not h.close_if_finished()
+            ]
             soonest = min((d for d in dues if d is not None), default=now + 1.0)
             wait = max(0.0, soonest - self.clock())
             return min(wait, 0.02) if self.training.busy else min(wait, 1.0)

@@ -13,7 +13,9 @@ monotonic clock) and ``next_due()`` with when the next one will.
   lock is never held for it, so a slow or failing exchange delays only its own sessions'
   candles, never another session's prediction. Finished rounds wait in a queue that ``due``
   drains; the arrival time is when the round answered. A failed round is logged and counted;
-  the next round starts from the last candle handled, so nothing is lost.
+  the next round starts from the last candle handled, so nothing is lost. ``close()`` (the
+  session stopped or finished) ends the thread after the round under way and drops what
+  waits undrained: a finished session neither spends the exchange's rate limit nor buffers.
 
 Both yield ``pipelines.live.Candle`` (open time in ns), what sessions take.
 """
@@ -30,10 +32,10 @@ from typing import Any
 import pandas as pd
 
 from conf import Config
-from pipelines.data.candles import normalize_columns, timeframe_seconds
+from pipelines.data.candles import normalize_columns
 from pipelines.data.feeds import CcxtPollFeed, ReplayFeed
 from pipelines.data.sources import SymbolSpec, load_candles
-from pipelines.data.sources.ccxt_source import CcxtSource, build_exchange
+from pipelines.data.sources.ccxt_source import build_exchange
 from pipelines.errors import CandlerayError, InvalidInputError
 from pipelines.live import Candle, LivePrediction, Session, iter_candles
 from pipelines.live.history import history_capacity
@@ -169,9 +171,11 @@ class PollSource:
                 self.errors += 1
                 log.exception("%s: a polling round failed, retried next round", self.feed.spec.key)
                 got = []
-            if got and not self._stop.is_set():
+            if got:
                 at = self.clock()
-                with self._mu:
+                with self._mu:  # checked under the lock ``close`` clears under: none kept after
+                    if self._stop.is_set():
+                        break
                     self._arrived.extend((c, at) for c in got)
                 if self._wake is not None:
                     self._wake()
@@ -186,9 +190,17 @@ class PollSource:
         with self._mu:
             return [self._arrived.popleft() for _ in range(min(limit, len(self._arrived)))]
 
+    @property
+    def polling(self) -> bool:
+        """True until the poller thread has ended (after ``close``, once its round is done)."""
+        return self._thread.is_alive()
+
     def close(self) -> None:
-        """Stop polling (a round under way finishes on its own; its candles are dropped)."""
-        self._stop.set()
+        """Stop polling and drop the waiting candles. Never waits: a round under way (it may
+        take seconds) finishes on its own thread, and its candles are dropped."""
+        with self._mu:
+            self._stop.set()
+            self._arrived.clear()
 
 
 @dataclass
@@ -206,6 +218,13 @@ class Hosted:
         """Its feed ended, or it took the candles it was started for (it takes no more)."""
         cap = self.plan.max_candles
         return self.source.exhausted or (cap is not None and self.session.metrics.candles >= cap)
+
+    def close_if_finished(self) -> bool:
+        """Stop the feed of a finished session (its poller, its buffer); True if finished.
+        The session itself stays, for its status, until it is stopped."""
+        if self.finished:
+            self.source.close()
+        return self.finished
 
 
 def open_source(
@@ -234,11 +253,6 @@ def open_source(
         history = [] if after is not None else list(iter_candles(feed.history()))
         return ReplaySource(play, plan.speed, clock()), history
     ex = exchange if exchange is not None else build_exchange(spec.source, cfg.data.ccxt)
-    warm: list[Candle] = []
-    if after is None:  # a new session: warm up on the closed bars before now, as a replay does
-        warm = ccxt_history(cfg, spec, ex)
-        after = warm[-1].time if warm else None
-    since = None if after is None else pd.Timestamp(after, tz="UTC")
     poll = CcxtPollFeed(
         spec.source,
         spec.symbol,
@@ -246,23 +260,12 @@ def open_source(
         cfg.data.ccxt,
         exchange=ex,
         cache_dir=cfg.data.cache_dir,
-        after=since,
+        after=None if after is None else pd.Timestamp(after, tz="UTC"),
     )
+    warm: list[Candle] = []
+    if after is None:  # a new session: warm up on the closed bars before now, as a replay does
+        cap = history_capacity(
+            cfg.features.window, cfg.labels.pivot_bars, spec.timeframe, cfg.data.extra_timeframes
+        )
+        warm = list(iter_candles(poll.history(cap)))  # polling starts after them
     return PollSource(poll, clock, wake), warm
-
-
-def ccxt_history(cfg: Config, spec: SymbolSpec, exchange: Any) -> list[Candle]:
-    """The newest closed bars a session keeps (``history_capacity``), closed by the
-    exchange's clock (``fetch_time``), never the local one."""
-    cap = history_capacity(
-        cfg.features.window, cfg.labels.pivot_bars, spec.timeframe, cfg.data.extra_timeframes
-    )
-    step = pd.Timedelta(seconds=timeframe_seconds(spec.timeframe))
-    src = CcxtSource(spec.source, cfg.data.ccxt, cfg.data.cache_dir, exchange=exchange)
-    server_ms = src.call(f"asking {spec.source} for its time", exchange.fetch_time, spec.symbol)
-    server = pd.Timestamp(int(server_ms), unit="ms", tz="UTC")
-    src = CcxtSource(
-        spec.source, cfg.data.ccxt, cfg.data.cache_dir, exchange=exchange, now=lambda: server
-    )
-    frame = src.fetch(spec.symbol, spec.timeframe, since=server - (cap + 1) * step)
-    return list(iter_candles(frame))[-cap:]

@@ -51,6 +51,9 @@ class CcxtConfig:
     backoff_s: float = 0.5  # first wait; doubles each retry
     backoff_max_s: float = 10.0
     timeout_ms: int = 10000
+    # exchanges without fetchTime: a candle row opening more than this after the local clock
+    # is garbled (skipped as rule future-timestamp); it bounds the laptop's clock skew too
+    clock_slack_s: float = 300.0
     options: dict = field(
         default_factory=dict
     )  # passed to the ccxt exchange constructor (keys from env)

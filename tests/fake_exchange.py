@@ -357,8 +357,15 @@ def _handler_for(server: FakeBinance) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def binance_client(server: FakeBinance, *, timeout_ms: int = 500) -> ccxt.binance:
-    """A real ``ccxt.binance`` whose every API URL points at ``server``; spot markets only."""
+def binance_client(
+    server: FakeBinance, *, timeout_ms: int = 500, fetch_time: bool = True
+) -> ccxt.binance:
+    """A real ``ccxt.binance`` whose every API URL points at ``server``; spot markets only.
+
+    ``fetch_time=False``: the client looks like one of ccxt's exchanges without fetchTime
+    (bitstamp, gemini, ...): ``has['fetchTime']`` is False and ``fetch_time`` raises
+    ``NotSupported``, as theirs do.
+    """
     ex = ccxt.binance(
         {
             "enableRateLimit": False,
@@ -373,6 +380,13 @@ def binance_client(server: FakeBinance, *, timeout_ms: int = 500) -> ccxt.binanc
         p = urlsplit(url)
         api[name] = urlunsplit((local.scheme, local.netloc, p.path, p.query, p.fragment))
     ex.urls["api"] = api
+    if not fetch_time:
+        ex.has = {**ex.has, "fetchTime": False}
+
+        def no_fetch_time(params: object = None) -> int:
+            raise ccxt.NotSupported(f"{ex.id} fetchTime() is not supported (a test's exchange)")
+
+        ex.fetch_time = no_fetch_time  # type: ignore[method-assign]
     return ex
 
 

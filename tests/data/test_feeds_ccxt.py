@@ -7,7 +7,7 @@ import random
 
 import pandas as pd
 import pytest
-from fake_exchange import FakeBinance, binance_client
+from fake_exchange import FakeBinance, _half_formed, binance_client
 
 from conf.schema import CcxtConfig
 from pipelines.data.feeds import CcxtPollFeed, candles_frame
@@ -30,6 +30,7 @@ def fake(server: FakeBinance) -> FakeBinance:
     server.reset()
     server.page_cap = 1000
     server.now_ms = None
+    server.partial_open_bar = False
     return server
 
 
@@ -38,10 +39,11 @@ def at(fake: FakeBinance, bar: int, minutes: int = 30) -> None:
     fake.now_ms = fake.open_ms(bar) + minutes * 60_000
 
 
-def make_feed(fake: FakeBinance, **kw) -> CcxtPollFeed:
+def make_feed(fake: FakeBinance, fetch_time: bool = True, **kw) -> CcxtPollFeed:
     sleeps: list[float] = []
     kw.setdefault("sleep", sleeps.append)
-    return CcxtPollFeed("binance", "BTC/USDT", "1h", CFG, exchange=binance_client(fake), **kw)
+    ex = binance_client(fake, fetch_time=fetch_time)
+    return CcxtPollFeed("binance", "BTC/USDT", "1h", CFG, exchange=ex, **kw)
 
 
 def bars(candles) -> list[int]:
@@ -182,3 +184,109 @@ def test_candles_polls_and_sleeps_between_rounds(fake):
     got = list(itertools.islice(feed.candles(), 4))
     assert bars(got) == [9, 10, 11, 12]
     assert waits == [7.0] * 5 and feed.stats.polls == 6  # rounds at :30, :00, :30, :00, :30, :00
+
+
+def real(fake: FakeBinance, candles) -> pd.DataFrame:
+    """The exchange's real (closed) bars at the times of ``candles``."""
+    got = bars(candles)
+    return pd.concat([fake.expected("BTCUSDT", b, b) for b in got]) if got else candles_frame([])
+
+
+def test_a_stale_answer_s_half_formed_bar_is_not_emitted_and_the_real_one_comes_later(fake):
+    at(fake, 10)
+    feed = make_feed(fake)
+    assert bars(feed.poll()) == [9]
+    # the exchange's clock is 2 s past bar 10's close, but its klines answer was computed
+    # just before it (a cache or replica lag): bar 11 is not in it, bar 10 is half-formed
+    fake.now_ms = fake.open_ms(11) + 2_000
+
+    def stale(rows):
+        rows = [r for r in rows if r[0] <= fake.open_ms(10)]
+        return [*rows[:-1], _half_formed(rows[-1])]
+
+    fake.edit_next(stale)
+    assert feed.poll() == []
+    fake.now_ms = fake.open_ms(12) + 60_000
+    later = feed.poll()
+    assert bars(later) == [10, 11]
+    pd.testing.assert_frame_equal(candles_frame(later), real(fake, later), check_freq=False)
+
+
+def test_a_row_from_the_future_is_skipped_and_never_closes_the_open_bar(fake, caplog):
+    fake.partial_open_bar = True  # the open bar is served half-formed, as a real exchange does
+    at(fake, 10)
+    feed = make_feed(fake)
+    out = feed.poll()  # bar 9
+
+    def garbled(rows):  # one row stamped ten years ahead (a time in the wrong unit)
+        bad = list(rows[-1])
+        bad[0] = fake.open_ms(10 * 8766)
+        return [*rows, bad]
+
+    fake.edit_next(garbled)
+    with caplog.at_level("WARNING"):
+        assert feed.poll() == []  # bar 10 is still open: the future row does not close it
+    assert feed.stats.skipped == {"future-timestamp": 1}
+    assert "rule 'future-timestamp'" in caplog.text and "2033-12-31" in caplog.text
+    assert feed.exchange_now == pd.Timestamp(fake.now_ms, unit="ms", tz="UTC")
+    for bar in range(11, 14):  # 10 minutes into each next bar: only the one before it closed
+        at(fake, bar, minutes=10)
+        got = feed.poll()
+        assert bars(got) == [bar - 1]
+        out += got
+    pd.testing.assert_frame_equal(candles_frame(out), real(fake, out), check_freq=False)
+    assert feed.stats.skipped == {"future-timestamp": 1}
+
+
+def test_an_exchange_without_fetch_time_is_polled_by_the_newest_row_rule(fake):
+    at(fake, 10)
+    feed = make_feed(fake, fetch_time=False)  # as bitstamp, gemini, ...: no fetchTime
+    assert feed.server_time is False
+    assert bars(feed.poll()) == [9]
+    at(fake, 11, minutes=0)
+    assert bars(feed.poll()) == [10]
+    assert fake.calls("time") == []
+
+
+def test_without_fetch_time_a_row_past_the_local_clock_is_skipped(fake):
+    at(fake, 10)
+    local = fake.now_ms / 1000  # the laptop's clock, here the exchange's
+    feed = make_feed(fake, fetch_time=False, wall_clock=lambda: local)
+    feed.poll()  # bar 9
+
+    def ahead(rows):  # a row an hour past the local clock + data.ccxt.clock_slack_s (300 s)
+        bad = list(rows[-1])
+        bad[0] = fake.open_ms(12)
+        return [*rows, bad]
+
+    fake.edit_next(ahead)
+    assert feed.poll() == [] and feed.stats.skipped == {"future-timestamp": 1}
+
+
+def test_history_is_the_closed_bars_before_the_newest_and_polling_goes_on_after_it(fake, tmp_path):
+    at(fake, 20)
+    feed = make_feed(fake, cache_dir=str(tmp_path))
+    warm = feed.history(6)
+    pd.testing.assert_frame_equal(warm, fake.expected("BTCUSDT", 14, 19), check_freq=False)
+    at(fake, 22)
+    assert bars(feed.poll()) == [20, 21]  # nothing repeated, nothing skipped
+
+
+def test_history_leaves_out_a_stale_answer_s_half_formed_bar_and_needs_no_fetch_time(
+    fake, tmp_path
+):
+    fake.now_ms = fake.open_ms(21) + 2_000  # bar 20 closed 2 s ago; the answer does not show it
+
+    def stale(rows):
+        rows = [r for r in rows if r[0] <= fake.open_ms(20)]
+        return [*rows[:-1], _half_formed(rows[-1])]
+
+    fake.edit_next(stale)
+    feed = make_feed(fake, fetch_time=False, cache_dir=str(tmp_path))
+    warm = feed.history(5)
+    pd.testing.assert_frame_equal(warm, fake.expected("BTCUSDT", 15, 19), check_freq=False)
+    at(fake, 22)
+    got = feed.poll()
+    assert bars(got) == [20, 21]
+    pd.testing.assert_frame_equal(candles_frame(got), real(fake, got), check_freq=False)
+    assert fake.calls("time") == []

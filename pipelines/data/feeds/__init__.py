@@ -19,7 +19,9 @@ it from the exchange first.
 - :class:`ReplayFeed` (``replay.py``): a stored series at ``speed`` candles per second
   (0: as fast as possible), with an injectable clock and sleep, from a start row or time.
 - :class:`CcxtPollFeed` (``ccxt_poll.py``): polls an exchange; a candle is emitted only
-  once closed by the exchange's clock; ``poll()`` runs one round without sleeping, for a
+  once the exchange's answer holds a newer bar (so a stale answer's half-formed bar never
+  is); a row opening after the exchange's clock is garbled and skipped (``future-timestamp``);
+  ``history(n)`` gives the warm-up bars; ``poll()`` runs one round without sleeping, for a
   host that multiplexes many feeds.
 
 ``candles_frame(list_of_candles)`` turns candles back into the candle schema.

@@ -69,7 +69,8 @@ class CandleGate:
         """Treat ``time`` as already emitted (the end of the history a session starts from)."""
         self.last = self.seen = time
 
-    def _skip(self, time: pd.Timestamp, rule: str, what: str) -> None:
+    def skip(self, time: pd.Timestamp, rule: str, what: str) -> None:
+        """Report a bad candle: logged, counted under ``rule``; it is not emitted."""
         self.stats.skipped[rule] = self.stats.skipped.get(rule, 0) + 1
         logger.warning("%s: candle %s skipped, rule '%s': %s", self.label, time, rule, what)
 
@@ -77,14 +78,14 @@ class CandleGate:
         """The candle if it may be emitted (and it is then counted as emitted), else None."""
         if self.last is not None and time <= self.last:
             rule = "unique-timestamps" if time == self.last else "sorted-timestamps"
-            self._skip(time, rule, f"the last emitted candle opened at {self.last}")
+            self.skip(time, rule, f"the last emitted candle opened at {self.last}")
             return None
         row = np.asarray(values, dtype="float64")  # an exchange's null becomes NaN: rule 'finite'
         candle = Candle.at(time, *row)
         try:
             check_values(np.array([candle.time]), row[None, :], self.label)
         except CandleValidationError as exc:
-            self._skip(time, exc.rule, str(exc))
+            self.skip(time, exc.rule, str(exc))
             self.seen = time if self.seen is None else max(self.seen, time)
             return None
         if self.seen is not None and time - self.seen > self.step:

@@ -1,20 +1,24 @@
-"""Polling a ccxt exchange: each closed candle once, in order, judged by the exchange's time.
+"""Polling a ccxt exchange: each closed candle once, in order, judged by the answer itself.
 
 One polling round (:meth:`CcxtPollFeed.poll`):
 
-1. The exchange's "now": ``fetch_time()`` (with ``server_time=True``), raised to the open
-   time of the newest candle answered (the exchange has opened that bar, so its clock is
-   past it) and never moved back, so a late answer cannot undo what an earlier one showed.
-   The local clock is never used: a skewed laptop neither emits an open bar nor holds back
-   a closed one.
-2. The newest ``poll_limit`` candles (``fetch_ohlcv`` without ``since``). A candle is
-   closed when its open time + timeframe <= the exchange's now; only closed candles newer
-   than the last one handled are kept. Rows are sorted and de-duplicated first, so
-   repeated and out-of-order answers yield each candle once, in order.
-3. Bars missing between the last candle handled and the newest new one (the feed was
+1. The newest ``poll_limit`` candles (``fetch_ohlcv`` without ``since``). Rows are sorted
+   and de-duplicated, so repeated and out-of-order answers yield each candle once, in order.
+2. Rows opening after the exchange's "now" are garbled (ms read as us, a bad proxy or cache):
+   each is logged, counted under rule ``future-timestamp`` and dropped. "Now" is a
+   ``fetch_time()`` taken *after* the answer, when the exchange has fetchTime (``server_time``;
+   by default ``exchange.has['fetchTime']``); without it, the local clock plus
+   ``data.ccxt.clock_slack_s``.
+3. A candle is closed when the same answer holds a newer bar: the exchange had moved past it
+   when it computed that answer. The newest row is the bar still open and is never emitted,
+   even when a clock says its close has passed: a late (stale) answer's newest row may be the
+   half-formed bar, and a clock taken beside the answer cannot tell. Nothing carries over from
+   one answer to the next, so one bad answer cannot move the feed's idea of "closed".
+   Only closed candles newer than the last one handled are kept.
+4. Bars missing between the last candle handled and the newest new one (the feed was
    paused, or the answer skipped bars) are backfilled with ``fetch_ohlcv(since=...)``, page by page.
    Bars the exchange still does not have are reported as a gap and left out.
-4. Each candle goes through the ``CandleGate``: a bad one (NaN, non-positive price,
+5. Each candle goes through the ``CandleGate``: a bad one (NaN, non-positive price,
    high below open/close, ...) is logged, counted under its rule and skipped.
 
 Network errors, rate limits and garbled answers are retried with backoff by
@@ -23,7 +27,9 @@ retries run out the round raises ``DataSourceError`` and nothing is lost: the ne
 starts from the last candle handled.
 
 With ``after=None`` the first round emits only the newest closed candle; pass the open time
-of the last candle a session already has (its history) to get everything after it.
+of the last candle a session already has to get everything after it, or call
+:meth:`CcxtPollFeed.history` first (the warm-up bars, closed by the same rule; polling then
+starts after them).
 """
 
 from __future__ import annotations
@@ -40,17 +46,27 @@ import pandas as pd
 
 from conf.schema import CcxtConfig
 from pipelines.data.candles import timeframe_seconds
-from pipelines.data.feeds.base import Candle, CandleGate, FeedStats
+from pipelines.data.feeds.base import Candle, CandleGate, FeedStats, candles_frame
 from pipelines.data.sources import SymbolSpec
 from pipelines.data.sources.ccxt_source import CcxtSource, build_exchange
+from pipelines.errors import ConfigError
 
 logger = logging.getLogger(__name__)
+
+# fetch_time and the klines may be answered by different machines of the exchange, whose
+# clocks differ by milliseconds: a bar that opened "just after" the time answer is real
+SERVER_SKEW_MS = 1_000
 
 Rows = dict[int, list[float]]  # open time (ms) -> [o, h, l, c, v]
 
 
 def _ts(ms: int) -> pd.Timestamp:
     return pd.Timestamp(ms, unit="ms", tz="UTC")
+
+
+def _utc(ts: pd.Timestamp | str) -> pd.Timestamp:
+    t = pd.Timestamp(ts)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
 
 
 def default_poll_interval(timeframe: str) -> float:
@@ -63,7 +79,10 @@ class CcxtPollFeed:
 
     ``exchange`` is an already-built ccxt exchange (tests pass one pointed at a local
     fake); ``sleep`` waits between rounds and between retries; ``cache_dir`` is where the
-    underlying ``CcxtSource`` keeps its cache (the feed itself writes nothing).
+    underlying ``CcxtSource`` keeps its cache (the feed itself writes nothing, its
+    ``history`` does). ``server_time``: bound rows by the exchange's ``fetch_time()`` (None:
+    when ``exchange.has['fetchTime']``), else by ``wall_clock`` (epoch seconds) plus
+    ``cfg.clock_slack_s``.
     """
 
     def __init__(
@@ -78,8 +97,9 @@ class CcxtPollFeed:
         after: pd.Timestamp | str | None = None,
         poll_limit: int = 5,
         poll_interval_s: float | None = None,
-        server_time: bool = True,
+        server_time: bool | None = None,
         sleep: Callable[[float], None] = _time.sleep,
+        wall_clock: Callable[[], float] = _time.time,
     ) -> None:
         self.spec = SymbolSpec(exchange_id, symbol, timeframe)
         self.step_ms = timeframe_seconds(timeframe) * 1000
@@ -87,50 +107,44 @@ class CcxtPollFeed:
             raise ValueError(
                 f"poll_limit must be >= 2 (the open bar and one closed), got {poll_limit}"
             )
+        if not (math.isfinite(cfg.clock_slack_s) and cfg.clock_slack_s >= 0):
+            raise ConfigError(
+                f"data.ccxt.clock_slack_s={cfg.clock_slack_s!r} is not allowed; use seconds "
+                ">= 0 (default 300): how far a row may open past the local clock"
+            )
         self.poll_limit = poll_limit
         self.poll_interval_s = (
             default_poll_interval(timeframe) if poll_interval_s is None else poll_interval_s
         )
-        self.server_time = server_time
         self.stats = FeedStats()
         self._cfg = cfg
         self._ex = exchange if exchange is not None else build_exchange(exchange_id, cfg)
+        # 42 of ccxt's exchanges (bitstamp, gemini, ...) have no fetchTime: the local clock
+        # then bounds the rows, and closedness never needed a clock
+        has = getattr(self._ex, "has", None) or {}
+        self.server_time = bool(has.get("fetchTime")) if server_time is None else server_time
         self._source = CcxtSource(exchange_id, cfg, cache_dir, exchange=self._ex, sleep=sleep)
+        self._cache_dir = cache_dir
         self._sleep = sleep
-        self._now_ms = 0  # the exchange's clock as last seen; never moves back
+        self._wall_clock = wall_clock
+        self._now_ms = 0  # the newest exchange time seen (reported only; decides nothing)
         self._gate = CandleGate(self.spec.key, timeframe, self.stats)
         if after is not None:
-            ts = pd.Timestamp(after)
-            self._gate.start_after(
-                ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-            )
+            self._gate.start_after(_utc(after))
 
     @property
     def exchange_now(self) -> pd.Timestamp | None:
-        """The exchange's time as last seen (None before the first round)."""
+        """The newest exchange time seen, its clock or its newest row (None before a round)."""
         return _ts(self._now_ms) if self._now_ms else None
 
     # -- one round --------------------------------------------------------------------------
     def poll(self) -> list[Candle]:
         """One round: the candles that closed since the last one handled, in order."""
         self.stats.polls += 1
-        sym, tf = self.spec.symbol, self.spec.timeframe
-        if self.server_time:
-            server = self._source.call(
-                f"asking {self.spec.source} for its time", self._ex.fetch_time, sym
-            )
-            if server:
-                self._now_ms = max(self._now_ms, int(server))
-        rows = self._rows(
-            self._source.call(
-                f"polling {sym} {tf} candles from {self.spec.source}",
-                functools.partial(self._ex.fetch_ohlcv, sym, tf, limit=self.poll_limit),
-                sym,
-            )
-        )
-        if rows:
-            self._now_ms = max(self._now_ms, max(rows))
-        closed = sorted(t for t in rows if t + self.step_ms <= self._now_ms)
+        rows = self._answer()
+        newest = max(rows, default=None)
+        # closed = a newer bar in the same answer (module doc, step 3)
+        closed = [] if newest is None else sorted(t for t in rows if t + self.step_ms <= newest)
         seen = self._seen_ms()
         if seen is None:  # first round without a starting point: the newest closed bar only
             new = closed[-1:]
@@ -162,7 +176,72 @@ class CcxtPollFeed:
             yield from self.poll()
             self._sleep(self.poll_interval_s)
 
+    def history(self, bars: int) -> pd.DataFrame:
+        """The newest ``bars`` closed candles (candle schema), for a session to warm up on.
+
+        Closed by the rule of :meth:`poll`: everything before the newest row of a fresh
+        answer. Paged through the cache (``CcxtSource.fetch``); the feed then starts after
+        the last of them, so polling neither repeats nor skips a bar.
+        """
+        rows = self._answer()
+        if not rows:
+            return candles_frame([])
+        opened = _ts(max(rows))  # the bar still open: every bar before it is closed
+        src = CcxtSource(
+            self.spec.source,
+            self._cfg,
+            self._cache_dir,
+            exchange=self._ex,
+            now=lambda: opened,
+            sleep=self._sleep,
+        )
+        step = pd.Timedelta(milliseconds=self.step_ms)
+        frame = src.fetch(self.spec.symbol, self.spec.timeframe, since=opened - (bars + 1) * step)
+        frame = frame.iloc[-bars:] if bars > 0 else frame.iloc[:0]
+        if len(frame) and (self._gate.last is None or frame.index[-1] > self._gate.last):
+            self._gate.start_after(frame.index[-1])
+        return frame
+
     # -- helpers ----------------------------------------------------------------------------
+    def _answer(self) -> Rows:
+        """The newest ``poll_limit`` rows, those opening after the exchange's now dropped."""
+        sym, tf = self.spec.symbol, self.spec.timeframe
+        rows = self._rows(
+            self._source.call(
+                f"polling {sym} {tf} candles from {self.spec.source}",
+                functools.partial(self._ex.fetch_ohlcv, sym, tf, limit=self.poll_limit),
+                sym,
+            )
+        )
+        latest, clock = self._latest_open_ms()
+        for t in sorted(t for t in rows if t > latest):
+            del rows[t]  # never a "newer bar" that would close the open one
+            self._gate.skip(
+                _ts(t),
+                "future-timestamp",
+                f"it opens after {clock}: a garbled row (e.g. a time in the wrong unit)",
+            )
+        if rows:
+            self._now_ms = max(self._now_ms, max(rows))
+        return rows
+
+    def _latest_open_ms(self) -> tuple[int, str]:
+        """The latest open time (ms) a real row can have now, and the clock that says so."""
+        if self.server_time:
+            # asked after the answer: every bar in it had opened by then
+            server = self._source.call(
+                f"asking {self.spec.source} for its time", self._ex.fetch_time, self.spec.symbol
+            )
+            if server:
+                self._now_ms = max(self._now_ms, int(server))
+                return int(server) + SERVER_SKEW_MS, f"the exchange's clock {_ts(int(server))}"
+        local = int(self._wall_clock() * 1000)
+        slack = self._cfg.clock_slack_s
+        return local + int(slack * 1000), (
+            f"the local clock {_ts(local)} + data.ccxt.clock_slack_s ({slack:g} s); if the "
+            "local clock is behind, sync it (NTP) or raise data.ccxt.clock_slack_s"
+        )
+
     def _seen_ms(self) -> int | None:
         seen = self._gate.seen
         return None if seen is None else int(seen.value // 1_000_000)
