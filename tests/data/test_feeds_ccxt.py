@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -11,7 +12,7 @@ from fake_exchange import FakeBinance, _half_formed, binance_client
 
 from conf.schema import CcxtConfig
 from pipelines.data.feeds import CcxtPollFeed, candles_frame
-from pipelines.errors import DataSourceError
+from pipelines.errors import ConfigError, DataSourceError
 
 START = pd.Timestamp("2024-01-01", tz="UTC")
 H = pd.Timedelta(hours=1)
@@ -290,3 +291,14 @@ def test_history_leaves_out_a_stale_answer_s_half_formed_bar_and_needs_no_fetch_
     assert bars(got) == [20, 21]
     pd.testing.assert_frame_equal(candles_frame(got), real(fake, got), check_freq=False)
     assert fake.calls("time") == []
+
+
+def test_a_negative_clock_slack_is_refused_naming_the_key(fake):
+    with pytest.raises(ConfigError, match=r"data\.ccxt\.clock_slack_s=-1\.0 .* seconds >= 0"):
+        CcxtPollFeed(
+            "binance",
+            "BTC/USDT",
+            "1h",
+            replace(CFG, clock_slack_s=-1.0),
+            exchange=binance_client(fake),
+        )
