@@ -87,7 +87,7 @@ def backtest_job(
     weights = resolve_weights(cfg, checkpoint)
     report(0, len(jobs))
     run = run_backtests(jobs, weights, cfg, on_done=lambda _o, done, total: report(done, total))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for o in run.outcomes:
         if o.backtest is None:
             rows.append({"name": o.name, "error": f"{o.error_type}: {o.error}"})
@@ -103,6 +103,11 @@ def backtest_job(
                 "sharpe": s["sharpe"],
                 "max_drawdown": s["max_drawdown"],
                 "direction_acc": o.backtest.model["direction_acc"],
+                # the dashboard sets these beside a live session's signals and paper trades:
+                # bars in the range, windows predicted (the bars before the first full
+                # window give no signal) and the signals traded
+                "bars": len(o.backtest.actions),
+                **{k: o.backtest.model[k] for k in ("windows", "signals_buy", "signals_sell")},
             }
         )
     portfolio = None

@@ -101,6 +101,7 @@ class SessionMetrics:
             "gaps": self.gaps,
             "missed": self.missed,
             "direction_acc": self.hits / self.directions if self.directions else nan,
+            "directions": self.directions,  # its count: pooling sessions weighs by it
             "direction_acc_rolling": float(np.mean(self.rolling)) if self.rolling else nan,
             "rolling_n": len(self.rolling),
             **{f"mae_pct_{f}": self.abs_err_pct[i] / n if n else nan for i, f in enumerate(FIELDS)},

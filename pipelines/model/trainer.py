@@ -309,6 +309,8 @@ class Trainer:
             "steps": self.step,
             "current": dict(self.history[-1]) if self.history else {},
             "recent": self.rolling(),
+            # how many steps ``recent`` (and ``best``, a past ``recent``) averages
+            "recent_steps": min(len(self.history), self.cfg.trend_window),
             "best": dict(self.best),
             "best_step": self.best_step,
             "trend": self.trend(),

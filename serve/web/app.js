@@ -15,13 +15,17 @@ const state = {
   annotations: [],
   marking: null,       // {entry: {time, price}} while the user marks a trade
   userMoved: false,    // the user scrolled or zoomed the chart: stop fitting it to the data
+  modePicked: false,   // the user chose a mode in the list and has not clicked Switch yet
+  training: null,      // the last GET /training-metrics answer
+  sessions: [],        // the last GET /sessions answer
 };
 
 // ---- API ------------------------------------------------------------------------------------
 
 function token() { return $("#token").value.trim(); }
 
-async function api(method, path, body) {
+// quiet: the caller reports the error itself (the refresh loops do, once per new error)
+async function api(method, path, body, { quiet = false } = {}) {
   const headers = { "Accept": "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (method !== "GET" && token()) headers["Authorization"] = `Bearer ${token()}`;
@@ -31,8 +35,8 @@ async function api(method, path, body) {
   try { data = text ? JSON.parse(text) : null; } catch (e) { data = { detail: text }; }
   if (!reply.ok) {
     const msg = explain(data) || `${reply.status} ${reply.statusText}`;
-    toast(`${method} ${path}: ${msg}`);
-    const err = new Error(msg);
+    if (!quiet) toast(`${method} ${path}: ${msg}`);
+    const err = new Error(`${method} ${path}: ${msg}`);
     err.status = reply.status;
     throw err;
   }
@@ -114,7 +118,9 @@ function redrawMarkers() {
     if (t.exit_time) m.push({ time: t.exit_time, position: "aboveBar", color: win ? "#26a69a" : "#ef5350", shape: "square", size: 0.6 });
   }
   for (const a of state.annotations) {
-    m.push({ time: a.entry, position: "belowBar", color: "#ff80ab", shape: a.side === "long" ? "arrowUp" : "arrowDown", text: `A ${a.side}` });
+    // the note, cut short on the chart (whole in the annotations table)
+    const note = a.note ? `: ${a.note.length > 24 ? `${a.note.slice(0, 23)}…` : a.note}` : "";
+    m.push({ time: a.entry, position: "belowBar", color: "#ff80ab", shape: a.side === "long" ? "arrowUp" : "arrowDown", text: `A ${a.side}${note}` });
     m.push({ time: a.exit, position: "aboveBar", color: "#ff80ab", shape: "circle", text: "A exit" });
   }
   // markers on times the series does not have would be dropped by the library: keep drawn candles only
@@ -138,29 +144,48 @@ async function startSession(mode) {
 }
 
 async function refreshSessions() {
-  const list = await api("GET", "sessions");
+  const list = await api("GET", "sessions", undefined, { quiet: true });
+  state.sessions = list;
   const tbody = $("#sessions tbody");
   tbody.replaceChildren(...list.map((s) => {
     const tr = document.createElement("tr");
     tr.dataset.id = s.id;
     if (state.session && state.session.id === s.id) tr.classList.add("selected");
     const m = s.metrics || {};
-    for (const v of [s.id, s.mode, m.candles ?? 0, fmt(m.direction_acc), fmt(m.paper_pnl, 2), s.state || ""]) {
-      const td = document.createElement("td"); td.textContent = v; td.title = v; tr.append(td);
+    const cells = [[s.id, "id"], [s.mode, ""], [m.candles ?? 0, "num"], [fmt(m.direction_acc), "num"],
+      [fmt(m.paper_pnl, 2), "num"], [s.state || "", ""]];
+    for (const [v, cls] of cells) {
+      const td = document.createElement("td"); td.textContent = v; if (cls) td.className = cls; tr.append(td);
     }
     tr.addEventListener("click", () => select(s));
     return tr;
   }));
+  showHeldOut();
   if (state.session) {
     const cur = list.find((s) => s.id === state.session.id);
     if (cur) showSession(cur);
+    else sessionGone(state.session.id, "GET /sessions no longer lists it (stopped in another tab or the CLI, or its host restarted without it)");
   }
+}
+
+// The selected session went away elsewhere: close its panel and stop polling its chart, with
+// one message (a 404 toast every second would hide everything else on the page).
+function sessionGone(id, why) {
+  if (!state.session || state.session.id !== id) return;
+  state.session = null;
+  state.modePicked = false;
+  $("#session-panel").hidden = true;
+  $("#annotations-panel").hidden = true;
+  $("#chart-title").textContent = "No session selected";
+  for (const tr of document.querySelectorAll("#sessions tbody tr")) tr.classList.remove("selected");
+  toast(`session ${id} is no longer running: ${why}. Its panel was closed; pick or start another session.`);
 }
 
 function select(s) {
   const changed = !state.session || state.session.id !== s.id;
   state.session = s;
   if (changed) {
+    state.modePicked = false;
     state.lastTime = null;
     for (const k of ["candles", "ghosts", "pivots", "signals"]) state[k] = new Map();
     state.trades = [];
@@ -179,7 +204,13 @@ function select(s) {
 
 function showSession(s) {
   state.session = s;
-  $("#mode-select").value = s.mode;
+  // the refresh shows the running mode, but never overrides a choice not yet switched to
+  const sel = $("#mode-select");
+  if (!state.modePicked) sel.value = s.mode;
+  $("#mode-note").textContent = sel.value === s.mode ? "" : `running ${s.mode}: Switch to apply ${sel.value}`;
+  const manual = s.mode === "manual";
+  $("#manual-row").hidden = !manual;
+  $("#manual-off").hidden = manual;
   $("#chart-title").textContent = `${s.symbol} — ${s.mode}`;
   const m = s.metrics || {};
   fillMetrics($("#session-metrics"), [
@@ -187,8 +218,8 @@ function showSession(s) {
     ["candles", m.candles ?? 0],
     ["predictions", m.predictions ?? 0],
     ["settled", m.settled ?? 0],
-    ["direction accuracy", fmt(m.direction_acc)],
-    [`rolling accuracy (${m.rolling_n ?? 0})`, fmt(m.direction_acc_rolling)],
+    ["direction accuracy (held out, all settled)", fmt(m.direction_acc)],
+    [`direction accuracy (last ${m.rolling_n ?? 0} settled)`, fmt(m.direction_acc_rolling)],
     ["close error %", fmt(m.mae_pct_close, 4)],
     ["paper PnL", fmt(m.paper_pnl, 2)],
     ["trades / win rate", `${m.trades ?? 0} / ${fmt(m.win_rate, 2)}`],
@@ -204,7 +235,13 @@ async function refreshChart() {
   const s = state.session;
   if (!s) return;
   const q = state.lastTime === null ? "" : `?since=${encodeURIComponent(iso(state.lastTime))}`;
-  const c = await api("GET", `sessions/${encodeURIComponent(s.id)}/chart${q}`);
+  let c;
+  try {
+    c = await api("GET", `sessions/${encodeURIComponent(s.id)}/chart${q}`, undefined, { quiet: true });
+  } catch (e) {
+    if (e.status === 404) return sessionGone(s.id, "its chart answered 404 (no running session by that id)");
+    throw e;
+  }
   if (!state.session || state.session.id !== s.id) return;
   const first = state.lastTime === null;
   for (const k of c.candles) state.candles.set(k.time, k);
@@ -233,6 +270,7 @@ function mergeTrades(old, fresh) {
 async function switchMode() {
   if (!state.session) return;
   const s = await api("POST", `sessions/${encodeURIComponent(state.session.id)}/mode`, { mode: $("#mode-select").value });
+  state.modePicked = false;
   showSession(s);
   refreshSessions();
 }
@@ -241,7 +279,9 @@ async function stopSession() {
   if (!state.session) return;
   await api("DELETE", `sessions/${encodeURIComponent(state.session.id)}`);
   state.session = null;
+  state.modePicked = false;
   $("#session-panel").hidden = true;
+  $("#annotations-panel").hidden = true;
   refreshSessions();
 }
 
@@ -302,10 +342,21 @@ async function loadAnnotations() {
   const s = state.session;
   if (!s) return;
   const list = await api("GET", `annotations?symbol=${encodeURIComponent(baseSymbol(s))}&timeframe=${encodeURIComponent(s.timeframe)}`);
+  if (!state.session || state.session.id !== s.id) return;
   state.annotations = list.map((a) => ({
     entry: Date.parse(a.entry_time) / 1000, exit: Date.parse(a.exit_time) / 1000, side: a.side, id: a.id,
+    note: a.note || "", entryPrice: a.entry_price, exitPrice: a.exit_price,
   }));
   redrawMarkers();
+  $("#annotations-panel").hidden = state.annotations.length === 0;
+  $("#annotations-table tbody").replaceChildren(...state.annotations.map((a) => {
+    const tr = document.createElement("tr");
+    for (const v of [a.side, `${iso(a.entry)} @ ${fmt(a.entryPrice, 5)}`, `${iso(a.exit)} @ ${fmt(a.exitPrice, 5)}`, a.note || "–"]) {
+      const td = document.createElement("td"); td.textContent = v; tr.append(td);
+    }
+    tr.lastChild.className = "note-cell";
+    return tr;
+  }));
 }
 
 // ---- jobs: training on annotations, backtests -----------------------------------------------
@@ -336,42 +387,132 @@ async function backtestVisible() {
   const r = await api("POST", "backtests", {
     symbols: [`${baseSymbol(s)}@${s.timeframe}`], since: iso(range.from), until: iso(range.to),
   });
-  followJob(r.job_id, "backtest", showBacktest);
+  const from = Number(range.from), to = Number(range.to);
+  followJob(r.job_id, "backtest", (res) => showBacktest(res, liveInRange(from, to)));
 }
 
-function showBacktest(res) {
+// What the live session did on the backtest's candles: its paper trades are its own signals,
+// each made when its candle closed by the weights of that moment.
+function liveInRange(from, to) {
+  const inRange = (t) => t >= from && t <= to;
+  const signals = [...state.signals.values()].filter((x) => inRange(x.time));
+  const versions = [...state.ghosts.values()].filter((g) => inRange(g.time) && g.version !== null && g.version !== undefined).map((g) => g.version);
+  const traded = signals.map((x) => x.time).sort((a, b) => a - b);
+  return {
+    trades: state.trades.filter((t) => inRange(t.entry_time) && t.exit_time && inRange(t.exit_time)).length,
+    buy: signals.filter((x) => x.action === "BUY").length,
+    sell: signals.filter((x) => x.action === "SELL").length,
+    bars: [...state.candles.keys()].filter(inRange).length,
+    firstSignal: traded.length ? traded[0] : null,
+    vmin: versions.length ? Math.min(...versions) : null,
+    vmax: versions.length ? Math.max(...versions) : null,
+  };
+}
+
+function showBacktest(res, live) {
   $("#backtest-panel").hidden = false;
   const rows = [...(res.symbols || [])];
   if (res.portfolio) rows.push({ name: "portfolio", ...res.portfolio });
   $("#backtest-table tbody").replaceChildren(...rows.map((r) => {
     const tr = document.createElement("tr");
     const cells = r.error
-      ? [r.name, `error: ${r.error}`, "", "", "", "", ""]
-      : [r.name, fmt(r.return_pct, 2), fmt(r.pnl, 2), r.trades ?? "–", fmt(r.win_rate, 2), fmt(r.sharpe, 2), fmt(r.max_drawdown, 3)];
+      ? [r.name, `error: ${r.error}`, "", "", "", "", "", ""]
+      : [r.name, fmt(r.return_pct, 2), fmt(r.pnl, 2), r.trades ?? "–", fmt(r.win_rate, 2), fmt(r.sharpe, 2), fmt(r.max_drawdown, 3), fmt(r.direction_acc)];
     for (const v of cells) { const td = document.createElement("td"); td.textContent = v; tr.append(td); }
     return tr;
   }));
+  const row = (res.symbols || []).find((r) => !r.error);
+  $("#backtest-vs-live").replaceChildren(...(row ? explainBacktest(row, res.weights || {}, live) : []));
   $("#job").textContent = "backtest: done";
+}
+
+// Why a backtest of the visible range and the live session's paper trades on the same candles
+// differ. Both trade with the simulator's rules (pipelines/live/paper.py follows them trade for
+// trade); what differs is the signals: the weights that made them, and the bars that have one.
+function explainBacktest(row, w, live) {
+  const versions = live.vmin === null ? "no prediction in the range"
+    : live.vmin === live.vmax ? `weights v${live.vmin}` : `weights v${live.vmin}…v${live.vmax}, as the model trained`;
+  const warm = Math.max(0, (row.bars ?? 0) - (row.windows ?? 0));
+  const sameWeights = live.vmin !== null && live.vmin === live.vmax && live.vmin === w.step;
+  const p = (text) => { const el = document.createElement("p"); el.textContent = text; return el; };
+  return [
+    p(`Live on these candles: ${live.trades} paper trade(s) from the session's own ${live.buy} BUY / ${live.sell} SELL signals, ` +
+      `each made when its candle closed by the weights of that moment (${versions}); ` +
+      `its first signal came at ${live.firstSignal === null ? "–" : iso(live.firstSignal)} (earlier candles only filled its window).`),
+    p(`Backtest: ${row.trades ?? "–"} trade(s) from ${row.signals_buy ?? "–"} BUY / ${row.signals_sell ?? "–"} SELL signals, every bar predicted again ` +
+      `by one version, the weights as they are now (${w.source ?? "?"} ${w.version ?? "?"}, step ${w.step ?? "?"}); ` +
+      `its first ${warm} bar(s) give no signal (the model's window needs them).`),
+    p(sameWeights
+      ? "Same weights: the remaining difference is the bars each could trade (the warm-up above, and a position the session already held when the range began)."
+      : "Why they differ: both follow the same trading rules, but the signals come from different weights (and start on different bars). " +
+        "The backtest shows what the current model would have done; the paper trades show what the session did."),
+  ];
 }
 
 // ---- training stats and health --------------------------------------------------------------
 
+// Per-sample mean of steps h[i-n+1..i] for every i: the rolling mean the ModelActor reports
+// as "recent" (pipelines.model.trainer.mean_metrics), so the curve's last point is that figure.
+// A step weighs by its samples (direction accuracy: by the samples whose next close moved), so a
+// 1-sample step of live training counts as one sample, not as much as a batch of 64.
+function rollingMean(hist, key, wkey, n) {
+  const out = [];
+  for (let i = 0; i < hist.length; i++) {
+    let sum = 0, wsum = 0;
+    for (const h of hist.slice(Math.max(0, i - n + 1), i + 1)) {
+      const v = h[key], w = h[wkey] ?? h.samples ?? 1;
+      if (Number.isFinite(v) && w > 0) { sum += v * w; wsum += w; }
+    }
+    if (wsum > 0 && i + 1 >= Math.min(n, 10)) out.push({ time: hist[i].step, value: sum / wsum });
+  }
+  return out;
+}
+
 async function refreshTraining() {
-  const m = await api("GET", "training-metrics");
-  const cur = m.current || {}, best = m.best || {};
+  const m = await api("GET", "training-metrics", undefined, { quiet: true });
+  state.training = m;
+  const recent = m.recent || {}, best = m.best || {}, cur = m.current || {};
+  const n = m.recent_steps ?? 0;
+  for (const el of document.querySelectorAll(".recent-n")) el.textContent = String(n);
+  const rows = [
+    ["loss", "total_loss"], ["direction accuracy", "candle_accuracy"], ["action accuracy", "action_accuracy"],
+  ];
+  $("#train-table tbody").replaceChildren(...rows.map(([label, key]) => {
+    const tr = document.createElement("tr");
+    tr.dataset.key = key;
+    const th = document.createElement("th"); th.textContent = label; tr.append(th);
+    for (const [v, col] of [[recent[key], "recent"], [best[key], "best"], [cur[key], "last"]]) {
+      const td = document.createElement("td"); td.className = "num"; td.dataset.col = col; td.textContent = fmt(v); tr.append(td);
+    }
+    return tr;
+  }));
   fillMetrics($("#train-metrics"), [
-    ["loss (current / best)", `${fmt(cur.total_loss)} / ${fmt(best.total_loss)}`],
-    ["direction acc (current / best)", `${fmt(cur.candle_accuracy)} / ${fmt(best.candle_accuracy)}`],
-    ["action acc (current / best)", `${fmt(cur.action_accuracy)} / ${fmt(best.action_accuracy)}`],
     ["steps", m.steps ?? 0],
-    ["trend", m.trend ?? "–"],
+    ["samples in the last step", cur.samples ?? "–"],
+    ["best mean reached at step", m.best_step || "–"],
+    ["loss trend", m.trend ?? "–"],
     ["last train", m.last_train_time ? new Date(m.last_train_time * 1000).toLocaleTimeString() : "–"],
     ["weights version served", m.served_version ?? m.version ?? "–"],
   ]);
-  const hist = (m.history || []).filter((h) => Number.isFinite(h.total_loss));
+  const hist = m.history || [];
   // the line series needs strictly increasing "times": use the step number
-  lossSeries.setData(hist.map((h) => ({ time: h.step, value: h.total_loss })));
-  accSeries.setData(hist.filter((h) => Number.isFinite(h.candle_accuracy)).map((h) => ({ time: h.step, value: h.candle_accuracy })));
+  lossSeries.setData(rollingMean(hist, "total_loss", "samples", n));
+  accSeries.setData(rollingMean(hist, "candle_accuracy", "direction_samples", n));
+}
+
+// Live predictions settled against the candle that came: the honest, out-of-sample figures.
+function showHeldOut() {
+  let hits = 0, dirs = 0, settled = 0;
+  for (const s of state.sessions) {
+    const m = s.metrics || {};
+    settled += m.settled ?? 0;
+    if (Number.isFinite(m.direction_acc) && m.directions) { hits += m.direction_acc * m.directions; dirs += m.directions; }
+  }
+  fillMetrics($("#heldout-metrics"), [
+    ["live direction accuracy, all sessions", dirs ? fmt(hits / dirs) : "–"],
+    ["settled predictions, scored for direction", `${settled}, ${dirs} (a flat next close has none)`],
+    ["a coin toss would score", "0.500"],
+  ]);
 }
 
 async function refreshHealth() {
@@ -397,12 +538,29 @@ $("#token").addEventListener("change", () => localStorage.setItem("candleray-tok
 for (const b of document.querySelectorAll("button.start")) b.addEventListener("click", guard(() => startSession(b.dataset.mode)));
 for (const b of document.querySelectorAll("button.train")) b.addEventListener("click", guard(() => trainManual(b.dataset.action)));
 $("#switch-mode").addEventListener("click", guard(switchMode));
+$("#mode-select").addEventListener("change", () => {
+  state.modePicked = !!state.session && $("#mode-select").value !== state.session.mode;
+  if (state.session) showSession(state.session);
+});
 $("#stop-session").addEventListener("click", guard(stopSession));
 $("#mark-trade").addEventListener("click", startMarking);
 $("#train-annotations").addEventListener("click", guard(trainAnnotations));
 $("#backtest-visible").addEventListener("click", guard(backtestVisible));
 
-function every(ms, fn) { const run = () => guard(fn)().finally(() => setTimeout(run, ms)); run(); }
+// A refresh loop reports an error once, when it starts or its message changes, and says so
+// takes its message down when it recovers: a failing poll must not raise a toast every second.
+function every(ms, fn) {
+  let failing = null;
+  const run = () => fn()
+    .then(() => {
+      if (failing === null) return;
+      if ($("#toast").textContent === failing) $("#toast").hidden = true;  // only its own message
+      failing = null;
+    })
+    .catch((e) => { const msg = String(e.message || e); if (msg !== failing) { failing = msg; toast(msg); } })
+    .finally(() => setTimeout(run, ms));
+  run();
+}
 every(2000, refreshSessions);
 every(1000, refreshChart);
 every(2000, refreshTraining);
