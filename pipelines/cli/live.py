@@ -8,8 +8,10 @@ symbol (each on the least loaded host), and redraws a view of the last candles, 
 candle, the signal, the session metrics and the training queue in place until Ctrl-C, which
 stops the sessions and the hosts cleanly. ``--candles N``: every session takes exactly N
 candles (the host's ``max_candles``; a poll that brings more leaves the rest untaken), then the
-command stops and prints the final metrics (as JSON with ``--json``). Arguments are checked
-before anything starts (exit 2).
+command waits for the training those candles asked for (each sample trained or counted
+dropped), stops and prints the final metrics (as JSON with ``--json``), pending samples
+included: requested = done + dropped + pending. Arguments are checked before anything starts
+(exit 2).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from conf import Config
 from pipelines.errors import InvalidInputError
 
 SOURCES = ("replay", "ccxt")
+# a host settles each training call within ray.call_timeout_s (done, failed or timed out):
+# no sample settled for that long, plus this, means training is stuck, and --candles stops
+DRAIN_STALL_MARGIN_S = 10.0
 
 
 def register(sub: Any) -> None:
@@ -127,6 +132,7 @@ def _watch(ids: list[tuple[Any, str]], hosts: list[Any], args: argparse.Namespac
     import ray
 
     tty = sys.stdout.isatty() and not args.json
+    settled, settled_at = -1, time.monotonic()
     while True:
         sts = ray.get([h.status.remote(sid) for h, sid in ids], timeout=cfg.ray.call_timeout_s)
         stats = ray.get([h.stats.remote() for h in hosts], timeout=cfg.ray.call_timeout_s)
@@ -135,7 +141,22 @@ def _watch(ids: list[tuple[Any, str]], hosts: list[Any], args: argparse.Namespac
         if args.candles is not None and all(
             s["metrics"]["candles"] >= args.candles or s["state"] == "finished" for s in sts
         ):
-            return sts
+            # every candle taken; the hosts are shut down after this, which would discard the
+            # samples still queued or in flight: wait until each is trained or counted dropped
+            m = [s["metrics"] for s in sts]
+            pending = sum(x["train_pending"] for x in m)
+            if pending == 0:
+                return sts
+            now_settled = sum(x["train_done"] + x["train_dropped"] for x in m)
+            if now_settled != settled:
+                settled, settled_at = now_settled, time.monotonic()
+            elif time.monotonic() - settled_at > cfg.ray.call_timeout_s + DRAIN_STALL_MARGIN_S:
+                print(
+                    f"training made no progress for {cfg.ray.call_timeout_s:.0f}s "
+                    f"(ray.call_timeout_s): stopping with {pending} sample(s) pending, not trained",
+                    file=sys.stderr,
+                )
+                return sts
         time.sleep(0.5)
 
 
@@ -180,6 +201,7 @@ def _line(s: dict) -> str:
         f"dir acc {_f(m['direction_acc'])} (rolling {_f(m['direction_acc_rolling'])}) "
         f"paper PnL {m['paper_pnl']:+.2f} trades {m['trades']} win {_f(m['win_rate'])} "
         f"train {m['train_done']}/{m['train_requested']} dropped {m['train_dropped']} "
+        f"pending {m['train_pending']} "
         f"trend {m['loss_trend']}"
     )
 

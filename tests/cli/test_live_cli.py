@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from support import tiny_overrides
@@ -71,6 +72,8 @@ def test_replay_for_n_candles_prints_final_metrics_as_json(ray_cluster, tiny, ca
         m = s["metrics"]
         assert m["candles"] == 40 and m["predictions"] == 40 and s["mode"] == "every_candle"
         assert m["train_requested"] == 40 and s["prediction"]["action"] in ("HOLD", "BUY", "SELL")
+        # it returned once the training drained: nothing left for the shutdown to discard
+        assert m["train_pending"] == 0 and m["train_done"] + m["train_dropped"] == 40
 
 
 def test_ccxt_source_predicts_each_candle_once_after_the_exchange_closed_it(
@@ -165,3 +168,51 @@ def test_ccxt_candles_n_stops_at_exactly_n_when_one_poll_brings_more(ray_cluster
     preds = [t for t, _ in j.events(sid, "prediction")]
     assert preds == [start_ns + k * step for k in range(n)]  # the first n, none past them
     assert max(c.time for c in j.candles(sid, limit=1000)) == preds[-1]
+
+
+class DrainingHost:
+    """A session host handle whose one session has taken its candles and whose training
+    settles one sample per look (``stuck``: never), answered through Ray's object store."""
+
+    def __init__(self, pending: int, stuck: bool = False) -> None:
+        import ray
+
+        self.ray, self.pending, self.stuck, self.looks = ray, pending, stuck, 0
+        self.status = SimpleNamespace(remote=self._status)
+        self.stats = SimpleNamespace(remote=lambda: self.ray.put({}))
+
+    def _status(self, sid: str):
+        self.looks += 1
+        m = {"candles": 5, "train_requested": 5, "train_dropped": 0, "train_timeouts": 0}
+        m |= {"train_pending": self.pending, "train_done": 5 - self.pending}
+        m |= {"predictions": 5, "direction_acc": None, "direction_acc_rolling": None}
+        m |= {"paper_pnl": 0.0, "trades": 0, "win_rate": None, "loss_trend": "flat"}
+        if not self.stuck and self.pending:
+            self.pending -= 1
+        return self.ray.put({"id": sid, "mode": "every_candle", "state": "finished", "metrics": m})
+
+
+def test_candles_n_waits_for_the_training_its_candles_asked_for(ray_cluster, make_cfg):
+    """--candles N returns only once no sample is pending (the hosts' shutdown after it would
+    discard them), and its final line shows the pending count."""
+    import argparse
+
+    from pipelines.cli.live import _line, _watch
+
+    args = argparse.Namespace(candles=5, json=True)
+    host = DrainingHost(pending=3)
+    (st,) = _watch([(host, "h0-x")], [host], args, make_cfg())
+    assert st["metrics"]["train_pending"] == 0 and host.looks == 4
+    assert "pending 0" in _line(st)
+
+
+def test_candles_n_stops_with_pending_shown_when_training_is_stuck(ray_cluster, make_cfg, capsys):
+    import argparse
+
+    from pipelines.cli.live import _line, _watch
+
+    args = argparse.Namespace(candles=5, json=True)
+    host = DrainingHost(pending=2, stuck=True)
+    (st,) = _watch([(host, "h0-x")], [host], args, make_cfg("ray.call_timeout_s=1"))
+    assert st["metrics"]["train_pending"] == 2 and "pending 2" in _line(st)
+    assert "2 sample(s) pending, not trained" in capsys.readouterr().err
