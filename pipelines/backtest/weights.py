@@ -77,8 +77,9 @@ def weights_from_checkpoint(path: str, cfg: Config) -> BacktestWeights:
             got = None if best is None else store.load(best.path)
         if got is None:
             raise CheckpointError(
-                f"no {path} checkpoint of model {cfg.run.name!r} under {store_uri}; "
-                "train first (candleray train) or pass --checkpoint PATH"
+                f"no {path} checkpoint of model {cfg.run.name!r} under {store_uri}; train "
+                "first (POST /training/jobs or `candleray train`) or name a checkpoint the "
+                "store lists (GET /checkpoints or `candleray checkpoints`)"
             )
         state, meta = got
         path = f"{store_uri}/{meta['file']}" if "file" in meta else path
@@ -86,8 +87,8 @@ def weights_from_checkpoint(path: str, cfg: Config) -> BacktestWeights:
         fs, local = fsspec.core.url_to_fs(path)
         if not fs.exists(local):
             raise CheckpointError(
-                f"checkpoint {path} does not exist; pass a .pt file listed by "
-                "`candleray checkpoints`, or best / latest"
+                f"checkpoint {path} does not exist; name one the store lists (GET "
+                "/checkpoints or `candleray checkpoints`), or best / latest"
             )
         state, meta = CheckpointStore(path.rsplit("/", 1)[0] if "/" in path else ".").load(path)
     if "model" not in state or "spec" not in state:

@@ -46,8 +46,9 @@ def annotation_split(cfg: Config, *, loader: CandleLoader | None = None) -> Anno
     items = AnnotationStore(path, loader=load, tolerance=cfg.annotations.price_tolerance).find()
     if not items:
         raise AnnotationError(
-            f"no annotations in {path}; mark trades first with `candleray annotate add ...` "
-            "or `candleray annotate import --file FILE`"
+            # the API and the CLI both land here: name both ways to mark a trade
+            f"no annotations in {path}; mark trades first (POST /annotations or the "
+            "dashboard; on the command line `candleray annotate add` or `annotate import`)"
         )
     samples = to_samples(items, load, cfg)
     ds = samples.data
