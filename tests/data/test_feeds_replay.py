@@ -94,6 +94,8 @@ def test_start_outside_the_series_is_refused(series):
         ReplayFeed(series, SPEC, start=301)
     with pytest.raises(InvalidInputError, match="neither a row number nor a time"):
         ReplayFeed(series, SPEC, start="yesterday-ish")
+    with pytest.raises(InvalidInputError, match="numeric text; give a row as an integer"):
+        ReplayFeed(series, SPEC, start="-300")  # not the year -300
     after = (series.index[-1] + pd.Timedelta(hours=1)).isoformat()
     with pytest.raises(InvalidInputError, match=r"is after the data .* spans 2024-01-01"):
         ReplayFeed(series, SPEC, start=after)
