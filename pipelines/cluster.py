@@ -1,8 +1,24 @@
-"""Connect to Ray once, at the entry point: a local cluster by default, or ``ray.address``."""
+"""Connect to Ray once, at the entry point: a local cluster by default, or ``ray.address``.
+
+Only the commands (``pipelines.cli``) call this, so it may print the one line that says where
+Ray's logs went.
+
+What reaches the terminal: the workers (actors, tasks, Serve's controller, proxy and replicas)
+log at the command's level, WARNING unless ``-v``, so their INFO lines stay in the Ray
+session's log folder while warnings a user must act on still show. Ray's colour codes are
+left out when stderr is no terminal.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 import ray
 
@@ -15,15 +31,93 @@ def init_ray(cfg: Config) -> bool:
     """Connect; True if this call started/joined Ray (and so should shut it down)."""
     if ray.is_initialized():
         return False
-    kwargs: dict = {
+    verbose = logging.getLogger().isEnabledFor(logging.INFO)  # the command's -v
+    level = "INFO" if verbose else "WARNING"
+    kwargs: dict[str, Any] = {
         "namespace": cfg.ray.namespace,
         "include_dashboard": False,
         "logging_level": logging.WARNING,
-        "log_to_driver": True,
+        "log_to_driver": True,  # the workers' warnings and errors must still be seen
+        "logging_config": ray.LoggingConfig(encoding="TEXT", log_level=level),
     }
+    for key, value in ray_env(verbose=verbose, tty=_tty()).items():
+        os.environ.setdefault(key, value)  # a variable the user set wins
+    quiet_serve_driver_logs(verbose)
     if cfg.ray.address:
         kwargs["address"] = cfg.ray.address
     else:
         kwargs["num_cpus"] = cfg.ray.num_cpus
-    ray.init(**kwargs)
+    with _kept_signal_handlers():
+        context = ray.init(**kwargs)
+    session = context.address_info.get("session_dir") if context is not None else None
+    if session:
+        extra = "" if verbose else "  (-v shows their INFO lines here too)"
+        print(f"Ray logs (actors, tasks, Serve): {session}/logs{extra}", file=sys.stderr)
     return True
+
+
+def ray_env(*, verbose: bool, tty: bool) -> dict[str, str]:
+    """The RAY_* variables that keep Ray's routine output off the terminal.
+
+    Set in this process before ``ray.init``: a local cluster's workers inherit them (a remote
+    cluster's workers keep their own environment).
+    """
+    env: dict[str, str] = {}
+    if not tty:
+        env["RAY_COLOR_PREFIX"] = "0"  # no ANSI codes in a log file or a pipe
+    if not verbose:
+        # Serve's components log to their own files in the session folder; stderr would bring
+        # every "(ServeController pid=…) INFO" line to the terminal
+        env["RAY_SERVE_LOG_TO_STDERR"] = "0"
+    return env
+
+
+AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class _TokenAuthOnNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Token authentication is enabled for this")
+
+
+class _BelowWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
+def quiet_serve_driver_logs(verbose: bool) -> None:
+    """Serve's logger in this process ("Started Serve", "Deploying …") keeps only warnings,
+    and Ray's notice that a new local cluster has token auth on (its default; nothing to do)
+    is dropped, unlike its warning that auth is off.
+
+    Filters, not levels: importing ``ray.serve`` resets that logger's level and handlers, not
+    its filters.
+    """
+    for name, kind in (("ray.serve", _BelowWarning), (AUTH_LOGGER, _TokenAuthOnNotice)):
+        logger = logging.getLogger(name)
+        ours = [f for f in logger.filters if isinstance(f, kind)]
+        if verbose:
+            for f in ours:
+                logger.removeFilter(f)
+        elif not ours:
+            logger.addFilter(kind())
+
+
+def _tty() -> bool:
+    return sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def _kept_signal_handlers() -> Iterator[None]:
+    """Around ``ray.init``, which sets SIGTERM to ``sys.exit`` and lets its core worker add a
+    fatal-signal handler that aborts the process: both cut short a command's cleanup, so the
+    Python handlers that were installed (``pipelines.cli.signals``) come back afterwards.
+    Default and ignored dispositions are left as Ray set them (a library caller keeps Ray's).
+    """
+    main = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    kept = {s: h for s in (signal.SIGINT, signal.SIGTERM) if callable(h := signal.getsignal(s))}
+    try:
+        yield
+    finally:
+        for s, h in kept.items() if main else ():
+            signal.signal(s, h)

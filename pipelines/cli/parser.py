@@ -1,6 +1,8 @@
 """The ``candleray`` parser and entry point. Config is loaded once here and passed down explicitly.
 
 Each command is a module with ``register(subparsers)`` and ``run(cfg, args) -> exit code``.
+Ctrl-C and SIGTERM stop every command alike (``pipelines.cli.signals``): a command cleans up in
+its ``finally`` blocks; one that does not catch the stop exits 130 (SIGINT) or 143 (SIGTERM).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import sys
 from types import ModuleType
 
 from pipelines.cli import annotate, backtest, checkpoints, config, demo, live, serve, train
+from pipelines.cli.signals import exit_code, stop_on_signals
 from pipelines.config import load_config
 from pipelines.errors import CandlerayError
 
@@ -59,12 +62,16 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
-        cfg = load_config(args.profile or DEFAULT_PROFILE.get(args.command), args.overrides)
-        return int(COMMANDS[args.command].run(cfg, args))
-    except CandlerayError as exc:
-        print(f"candleray: error: {exc}", file=sys.stderr)
-        return 2
+    with stop_on_signals():
+        try:
+            cfg = load_config(args.profile or DEFAULT_PROFILE.get(args.command), args.overrides)
+            return int(COMMANDS[args.command].run(cfg, args))
+        except CandlerayError as exc:
+            print(f"candleray: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM; the command cleaned up
+            print(f"candleray: {args.command} stopped ({exc or 'SIGINT'})", file=sys.stderr)
+            return exit_code(exc)
 
 
 if __name__ == "__main__":
