@@ -176,7 +176,8 @@ function sessionGone(id, why) {
   state.modePicked = false;
   $("#session-panel").hidden = true;
   $("#annotations-panel").hidden = true;
-  $("#chart-title").textContent = "No session selected";
+  $("#chart-title").textContent = `No session selected (${id} was stopped)`;
+  clearChart();
   for (const tr of document.querySelectorAll("#sessions tbody tr")) tr.classList.remove("selected");
   toast(`session ${id} is no longer running: ${why}. Its panel was closed; pick or start another session.`);
 }
@@ -186,12 +187,7 @@ function select(s) {
   state.session = s;
   if (changed) {
     state.modePicked = false;
-    state.lastTime = null;
-    for (const k of ["candles", "ghosts", "pivots", "signals"]) state[k] = new Map();
-    state.trades = [];
-    state.userMoved = false;
-    candleSeries.setData([]);
-    ghostSeries.setData([]);
+    clearChart();
     loadAnnotations();
   }
   $("#session-panel").hidden = false;
@@ -200,6 +196,17 @@ function select(s) {
   for (const tr of document.querySelectorAll("#sessions tbody tr")) tr.classList.toggle("selected", tr.dataset.id === s.id);
   showSession(s);
   refreshChart();
+}
+
+function clearChart() {
+  state.lastTime = null;
+  for (const k of ["candles", "ghosts", "pivots", "signals"]) state[k] = new Map();
+  state.trades = [];
+  state.annotations = [];
+  state.userMoved = false;
+  candleSeries.setData([]);
+  ghostSeries.setData([]);
+  markers.setMarkers([]);
 }
 
 function showSession(s) {
@@ -282,6 +289,8 @@ async function stopSession() {
   state.modePicked = false;
   $("#session-panel").hidden = true;
   $("#annotations-panel").hidden = true;
+  $("#chart-title").textContent = "No session selected";
+  clearChart();
   refreshSessions();
 }
 
@@ -445,7 +454,7 @@ function explainBacktest(row, w, live) {
     p(sameWeights
       ? "Same weights: the remaining difference is the bars each could trade (the warm-up above, and a position the session already held when the range began)."
       : "Why they differ: both follow the same trading rules, but the signals come from different weights (and start on different bars). " +
-        "The backtest shows what the current model would have done; the paper trades show what the session did."),
+        "With the same weights and candles they make the same trades; the backtest shows what the current model would have done, the paper trades what the session did."),
   ];
 }
 
@@ -474,6 +483,8 @@ async function refreshTraining() {
   const recent = m.recent || {}, best = m.best || {}, cur = m.current || {};
   const n = m.recent_steps ?? 0;
   for (const el of document.querySelectorAll(".recent-n")) el.textContent = String(n);
+  $("#train-none").hidden = n > 0;
+  $("#train-table").hidden = n === 0;
   const rows = [
     ["loss", "total_loss"], ["direction accuracy", "candle_accuracy"], ["action accuracy", "action_accuracy"],
   ];
@@ -510,7 +521,7 @@ function showHeldOut() {
   }
   fillMetrics($("#heldout-metrics"), [
     ["live direction accuracy, all sessions", dirs ? fmt(hits / dirs) : "–"],
-    ["settled predictions, scored for direction", `${settled}, ${dirs} (a flat next close has none)`],
+    ["settled / scored for direction (next close moved)", `${settled} / ${dirs}`],
     ["a coin toss would score", "0.500"],
   ]);
 }

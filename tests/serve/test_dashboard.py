@@ -276,5 +276,6 @@ def test_a_session_stopped_elsewhere_leaves_the_page_once(app, browser_page):
     assert len(charts) == asked, charts[asked:]
     toasts = page.evaluate("window.shownToasts")
     assert len(toasts) == 1 and sid in toasts[0] and "no longer running" in toasts[0], toasts
-    assert page.locator("#chart-title").inner_text() == "No session selected"
+    assert page.locator("#chart-title").inner_text() == f"No session selected ({sid} was stopped)"
+    assert page.evaluate("candleSeries.data().length") == 0  # its candles went with it
     assert not errors, errors
