@@ -173,10 +173,11 @@ def _progress_bar(total_batches: int, epochs: int) -> tuple[Any, Any]:
     )
 
     def update(epoch: int, done: int, m: dict[str, float]) -> None:
+        """``m``: the epoch's per-sample means so far (``train_split``), whole at its end."""
         if not tty and done == total_batches:  # no terminal: one line per epoch
             print(
-                f"epoch {epoch + 1}/{epochs}: loss {m['total_loss']:.3f} dir_acc {m['candle_accuracy']:.2f} "
-                f"action_acc {m['action_accuracy']:.2f}",
+                f"epoch {epoch + 1}/{epochs} means: loss {m['total_loss']:.3f} "
+                f"dir_acc {m['candle_accuracy']:.2f} action_acc {m['action_accuracy']:.2f}",
                 file=sys.stderr,
             )
         bar.n = epoch * total_batches + done

@@ -65,8 +65,10 @@ def train_split(
 
     The training set goes into the object store once; each call trains
     ``train.batches_per_call`` batches by index. Two calls stay in flight, so the actor
-    never idles between calls. ``progress(epoch, batches_done, last_metrics)`` is called
-    as each call returns. Epoch metrics are per-sample means.
+    never idles between calls. ``progress(epoch, batches_done, epoch_metrics)`` is called
+    as each call returns, with the per-sample means of the epoch so far (at its last call, the
+    epoch's means: what a user reads, not the last batch's noisy figures). Epoch metrics are
+    per-sample means.
 
     If a call fails, the call still in flight is waited for, and the error says how many
     steps this run applied (PartialTrainingError when any were), so no one retries blindly.
@@ -90,12 +92,18 @@ def train_split(
         chunks = [perm[s : s + bs * per_call] for s in range(0, len(perm), bs * per_call)]
         pending: deque[ray.ObjectRef] = deque()
         done: list[dict[str, float]] = []
+        # one per-sample mean per call, its counts summed: their mean is the epoch's so far,
+        # at a cost per call that grows with the calls, not the steps
+        calls: list[dict[str, float]] = []
 
-        def collect(ref: ray.ObjectRef, epoch: int = epoch, done: list = done) -> None:
+        def collect(
+            ref: ray.ObjectRef, epoch: int = epoch, done: list = done, calls: list = calls
+        ) -> None:
             ms = client.wait(ref, "train_samples")
             done.extend(ms)
+            calls.append(mean_metrics(ms))
             if progress:
-                progress(epoch, len(done), ms[-1])
+                progress(epoch, len(done), mean_metrics(calls))
 
         try:
             for chunk in chunks:
