@@ -253,9 +253,16 @@ class HostCore:
                 return {"stopped": sid}
             h = self._get(sid)  # an unknown id is refused before anything changes
             # journaled first: if the write fails the session runs on, as its journal says
-            self.journal.write_sessions(
-                [h.session], [(sid, [("stopped", 0, {"reason": "stop_session"})])]
-            )
+            # (its pending prediction, counted expired by end(), is pending again)
+            ended_now = h.session.end()
+            try:
+                self.journal.write_sessions(
+                    [h.session], [(sid, [("stopped", 0, {"reason": "stop_session"})])]
+                )
+            except BaseException:
+                if ended_now:
+                    h.session.reopen()
+                raise
             del self.sessions[sid]
             h.source.close()
             self.queue.drop_session(sid)
@@ -379,10 +386,16 @@ class HostCore:
                     break
                 self._tick(arrived)
             self.training.drive(self.clock())
-            # a session that just finished has its feed stopped here (no polling, no buffer)
-            dues = [
-                h.source.next_due() for h in self.sessions.values() if not h.close_if_finished()
-            ]
+            # a session that just finished has its feed stopped here (no polling, no buffer),
+            # and its last prediction, which no candle will settle, is counted expired
+            dues, ended = [], []
+            for h in self.sessions.values():
+                if not h.close_if_finished():
+                    dues.append(h.source.next_due())
+                elif h.session.end():
+                    ended.append(h.session)
+            if ended:  # a write that fails leaves the records with them: stop/close carry them
+                self.journal.write_sessions(ended)
             soonest = min((d for d in dues if d is not None), default=now + 1.0)
             wait = max(0.0, soonest - self.clock())
             return min(wait, 0.02) if self.training.busy else min(wait, 1.0)
@@ -463,10 +476,16 @@ class HostCore:
                 h.source.close()
             stop = [*(h.session.session_id for h in hosted), *self.restore_failed]
             report: dict[str, Any] = {"host": self.index, "stopped": stop, "errors": []}
+            for h in hosted:  # a pending prediction can no longer settle: counted expired
+                h.session.end()
             try:
                 self.journal.write_sessions(
                     [h.session for h in hosted],
-                    [(sid, [("stopped", 0, {"reason": "shutdown"})]) for sid in stop],
+                    [
+                        # training results an earlier write did not take: this one is the last
+                        *self.training.take_unwritten(),
+                        *((sid, [("stopped", 0, {"reason": "shutdown"})]) for sid in stop),
+                    ],
                 )
                 report["journaled"] = True
             except CandlerayError as exc:  # say so: a later host would resume these sessions

@@ -16,6 +16,11 @@ fails its pending calls (Ray), which frees the slot. A batch that cannot even be
 dropped, and the next batch is tried on the next step. While the actor is busy (a batch run
 holds it) samples wait in the queue; past ``live.queue_capacity`` they are dropped, counted.
 
+Every outcome is journaled (``train_result``), and a write that does not commit (disk full,
+the file locked) loses none: the driver keeps the records and writes them first on the next
+``drive`` (and the host's clean end carries them, ``take_unwritten``). A result lost would make
+a restarted host count its samples as dropped although the model trained on them.
+
 Not thread-safe: the host calls it under its own lock.
 """
 
@@ -24,7 +29,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
+from pipelines.errors import JournalError
 from pipelines.live import Batch, Journal, TrainingQueue
+from pipelines.live.journal import training_records
+from pipelines.live.session import Record
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +69,8 @@ class TrainingDriver:
         self.timeout_s, self.counters, self.host = timeout_s, counters, host
         # the outstanding call, on time or timed out (queue.overdue): (batch, handle, deadline)
         self.inflight: tuple[Batch, Any, float] | None = None
+        # training results a journal write did not take, oldest first (module doc)
+        self.unwritten: list[tuple[str, list[Record]]] = []
         for k in ("calls", "timeouts", "late_answers", "failed_calls"):
             counters.setdefault(k, 0)
 
@@ -71,6 +81,7 @@ class TrainingDriver:
         return self.inflight is not None and not self.queue.overdue
 
     def drive(self, now: float) -> None:
+        self.flush()
         if self.inflight is not None:
             batch, handle, deadline = self.inflight
             answer = self.calls.poll(handle)
@@ -90,7 +101,7 @@ class TrainingDriver:
             handle = self.calls.submit(*taken.arrays())
         except Exception as exc:  # whatever the cause, the batch was not sent: drop, go on
             self.queue.failed(taken.id)
-            self.journal.record_training(taken, "failed")
+            self._journal(taken, "failed")
             self.counters["failed_calls"] += 1
             log.warning(
                 "host %d: could not send train_batch of %d samples (%s: %s); counted as "
@@ -106,7 +117,7 @@ class TrainingDriver:
 
     def _timed_out(self, batch: Batch) -> None:
         self.queue.timed_out(batch.id)
-        self.journal.record_training(batch, "timeout")
+        self._journal(batch, "timeout")
         self.counters["timeouts"] += 1
         log.warning(
             "host %d: train_batch of %d samples passed its %.1fs deadline "
@@ -125,13 +136,43 @@ class TrainingDriver:
                 self.counters["late_answers"] += 1
             else:
                 self.queue.done(batch.id, value)
-            self.journal.record_training(batch, "late_done" if late else "done", value)
+            self._journal(batch, "late_done" if late else "done", value)
             return
         if late:  # counted as dropped at its timeout already; only the slot is freed
             self.queue.late_failed(batch.id)
             log.warning("host %d: a timed-out train_batch failed after all: %s", self.host, value)
             return
         self.queue.failed(batch.id)
-        self.journal.record_training(batch, "failed")
+        self._journal(batch, "failed")
         self.counters["failed_calls"] += 1
         log.warning("host %d: train_batch failed, samples dropped: %s", self.host, value)
+
+    # -- journaling ------------------------------------------------------------------------
+    def _journal(self, batch: Batch, outcome: str, result: Any = None) -> None:
+        self.unwritten.extend(training_records(batch, outcome, result))
+        self.flush()
+
+    def flush(self) -> bool:
+        """Write the results not journaled yet, in one transaction; True once none is left.
+        A write that fails keeps them all for the next call (module doc): it is logged, not
+        raised, so training goes on and the sessions' own writes say the journal is failing."""
+        if not self.unwritten:
+            return True
+        try:
+            self.journal.write(self.unwritten)
+        except JournalError as exc:
+            log.warning(
+                "host %d: %d training result(s) not journaled yet, kept for the next write: %s",
+                self.host,
+                len(self.unwritten),
+                exc,
+            )
+            return False
+        self.unwritten = []
+        return True
+
+    def take_unwritten(self) -> list[tuple[str, list[Record]]]:
+        """The results not journaled yet, handed to a caller whose write carries them (the
+        host's clean end); they are no longer kept here."""
+        out, self.unwritten = self.unwritten, []
+        return out

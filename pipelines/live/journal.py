@@ -163,30 +163,8 @@ class Journal:
     def record_training(
         self, batch: Batch, outcome: str, result: dict[str, Any] | None = None
     ) -> None:
-        """One ``train_result`` event per session in ``batch``: outcome done, failed, timeout or late_done."""
-        if outcome not in _OUTCOMES:
-            raise CandlerayError(f"training outcome {outcome!r} is not one of {list(_OUTCOMES)}")
-        loss = None if result is None else result.get("total_loss")
-        recs = [
-            (
-                sid,
-                [
-                    (
-                        "train_result",
-                        0,
-                        {
-                            "batch": batch.id,
-                            "n": n,
-                            "outcome": outcome,
-                            "loss": loss,
-                            "at": time.time(),
-                        },
-                    )
-                ],
-            )
-            for sid, n in batch.per_session().items()
-        ]
-        self.write(recs)
+        """Write ``training_records(batch, outcome, result)`` (a JournalError if it does not commit)."""
+        self.write(training_records(batch, outcome, result))
 
     # -- reading ------------------------------------------------------------------------------
     def session_ids(self) -> list[str]:
@@ -313,6 +291,31 @@ class Journal:
             yield db
         finally:
             db.close()
+
+
+def training_records(
+    batch: Batch, outcome: str, result: dict[str, Any] | None = None
+) -> list[tuple[str, list[Record]]]:
+    """One ``train_result`` event per session in ``batch``: outcome done, failed, timeout or
+    late_done. Built apart from the write, so a caller whose write fails keeps them and writes
+    them again (``actors.host_training``): a result lost would count its samples dropped."""
+    if outcome not in _OUTCOMES:
+        raise CandlerayError(f"training outcome {outcome!r} is not one of {list(_OUTCOMES)}")
+    loss = None if result is None else result.get("total_loss")
+    at = time.time()
+    return [
+        (
+            sid,
+            [
+                (
+                    "train_result",
+                    0,
+                    {"batch": batch.id, "n": n, "outcome": outcome, "loss": loss, "at": at},
+                )
+            ],
+        )
+        for sid, n in batch.per_session().items()
+    ]
 
 
 def _candles(

@@ -67,6 +67,9 @@ class SessionMetrics:
     settled: int = 0
     gaps: int = 0  # jumps of more than one bar: market closures or feed holes (not bad data)
     missed: int = 0  # candles that got no prediction from the host in time (traded as HOLD)
+    # predictions that can never settle: their session ended (stopped, or its feed finished)
+    # before their next candle arrived; 0 while it runs (``Session.end``)
+    expired: int = 0
     hits: int = 0
     directions: int = 0  # settled predictions whose next close moved (direction counted)
     rolling: deque[int] = field(default_factory=lambda: deque(maxlen=100))
@@ -100,6 +103,7 @@ class SessionMetrics:
             "settled": n,
             "gaps": self.gaps,
             "missed": self.missed,
+            "expired": self.expired,
             "direction_acc": self.hits / self.directions if self.directions else nan,
             "directions": self.directions,  # its count: pooling sessions weighs by it
             "direction_acc_rolling": float(np.mean(self.rolling)) if self.rolling else nan,
@@ -120,10 +124,11 @@ class SessionMetrics:
     def from_json(cls, d: dict[str, Any]) -> SessionMetrics:
         d = dict(d)
         rolling = deque(d.pop("rolling"), maxlen=d.pop("rolling_maxlen"))
-        # states journaled before predictions settled against the next candle: they counted
-        # time jumps as bad data and left predictions "expired"; now both are gaps
-        if "expired" in d:
-            del d["expired"]
+        # states journaled before predictions settled against the next candle (no "gaps"):
+        # they counted time jumps as bad data and predictions a jump skipped as "expired";
+        # now both are gaps, and expired counts only what a session's end left unsettled
+        if "gaps" not in d:
+            d["expired"] = 0
             d["bad"] = bad = dict(d["bad"])
             d["gaps"] = bad.pop("gap", 0)
         return cls(**d, rolling=rolling)

@@ -17,7 +17,8 @@ the candle the model is trained to predict (``candle_targets``) and that backtes
 against (``model_stats``). Bars that never come (a market closure: weekends, holidays; or a
 hole in the feed, which the feed reports) are a jump in time, not bad data: counted in
 ``gaps`` and journaled as a ``gap`` event, and nothing is lost. Paper trades count bars as
-``simulate`` does, row by row, so a closure changes neither.
+``simulate`` does, row by row, so a closure changes neither. Only a session's end (``end``:
+stopped, or its feed finished) leaves a prediction unsettled for good: counted ``expired``.
 
 Which samples each mode trains, and when: ``pipelines.live.policy``.
 
@@ -98,12 +99,18 @@ class Session:
         self.awaiting: dict[str, Any] | None = None  # the newest bar waiting for its prediction
         self.manual: tuple[int, int] | None = None  # (bar time, action) asked, queued next bar
         self.trades: deque[Trade] = deque(maxlen=1000)  # recent closed trades (all in the journal)
+        self.ended = False  # stopped or finished: takes no more candles (``end``)
         self._samples: list[Sample] = []
         self._records: list[Record] = []
 
     # -- the step -----------------------------------------------------------------------------
     def on_candle(self, c: Candle) -> LiveWindow | None:
         """Take one closed candle; returns the window to predict, or None (see module doc)."""
+        if self.ended:
+            raise InvalidInputError(
+                f"{self.session_id} has ended (stopped or finished) and takes no more candles; "
+                "start a new session to go on"
+            )
         bad = check_candle(c, self.last_time, self.symbol)
         if bad is not None:
             kind, why = bad
@@ -231,6 +238,30 @@ class Session:
             self.manual = None
         self._record("mode", self.last_time or 0, {"from": old, "to": self.mode})
 
+    def end(self) -> bool:
+        """The session takes no more candles (stopped, or its feed finished): the prediction
+        still waiting for its next candle can never settle, so it is counted ``expired`` and
+        journaled (an ``expired`` event; the state with the next write). True if it ended now,
+        False if it had ended before (counted once, a restored session included)."""
+        if self.ended:
+            return False
+        self.ended = True
+        p = self.pending
+        if p is not None:
+            self.metrics.expired += 1
+            self._record("expired", p["time"], {"target": p["target"]})
+        return True
+
+    def reopen(self) -> None:
+        """Undo ``end`` whose write did not commit (a stop that failed): the session runs on,
+        its prediction pending again, as the journal still has it."""
+        if not self.ended:
+            return
+        self.ended = False
+        if self.pending is not None:
+            self.metrics.expired -= 1
+            self._records = [r for r in self._records if r[0] != "expired"]
+
     def take_samples(self) -> list[Sample]:
         out, self._samples = self._samples, []
         return out
@@ -340,6 +371,7 @@ class Session:
             "pending": self.pending,
             "awaiting": self.awaiting,
             "manual": list(self.manual) if self.manual else None,
+            "ended": self.ended,
             "metrics": self.metrics.to_json(),
             "paper": dataclasses.asdict(self.book.st),
         }
@@ -359,6 +391,7 @@ class Session:
         s.history.seen = int(state["seen"])
         s.last_time, s.pending, s.awaiting = state["last_time"], state["pending"], state["awaiting"]
         s.manual = tuple(state["manual"]) if state["manual"] else None
+        s.ended = bool(state.get("ended", False))  # states journaled before end() have none
         s.metrics = SessionMetrics.from_json(state["metrics"])
         s.book = PaperBook(settings.spec, PaperState(**state["paper"]))
         s.trades.extend(trades)

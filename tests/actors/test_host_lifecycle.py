@@ -153,3 +153,27 @@ def test_close_ends_each_sessions_run_or_says_it_did_not(make_cfg):
     report = stuck.close(timeout_s=0.5)  # the writer never answers, whatever the wait
     assert report["runs_ended"] is False and report["journaled"]
     assert "did not finish within" in report["errors"][0]
+
+
+def test_a_prediction_whose_session_ended_before_its_candle_is_counted_expired(make_cfg):
+    """A session that finished (it took its max_candles) or was stopped leaves its last
+    prediction unsettled for good: expired 1, journaled, and not counted again by a host that
+    resumes it; a running session has none expired."""
+    cfg = make_cfg("live.hosts=1")
+    core = host_core(cfg)
+    done = core.start_session("synthetic:SYN0", "1h", "none", "replay", 0, -100, 20)["id"]
+    running = core.start_session("synthetic:SYN1", "1h", "none", "replay", 0, -100)["id"]
+    steps(core, 30)
+    st = core.status(done)
+    assert st["state"] == "finished" and st["metrics"]["predictions"] == 20
+    assert (st["metrics"]["settled"], st["metrics"]["expired"]) == (19, 1)
+    assert core.status(running)["metrics"]["expired"] == 0
+    core.stop_session(running)
+    assert journal_of(cfg).restore(running, core.settings)[0].summary()["expired"] == 1
+    core.journal.close()  # the host dies: the finished session resumes with its count
+    again = host_core(cfg)
+    assert again.restore() == [done]
+    steps(again, 3)
+    assert again.status(done)["metrics"]["expired"] == 1
+    again.close()
+    assert journal_of(cfg).restore(done, core.settings)[0].summary()["expired"] == 1

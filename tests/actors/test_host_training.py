@@ -96,3 +96,28 @@ def test_a_timed_out_call_that_fails_frees_the_slot_with_its_samples_dropped(rig
     assert calls.sent == [4, 4] and (c.dropped, c.timeouts, c.pending) == (4, 1, 4)
     assert outcomes(journal) == ["timeout"]  # the drop was journaled at the timeout
     assert c.requested == c.done + c.dropped + c.pending
+
+
+def test_a_result_whose_journal_write_fails_is_kept_and_written_by_the_next_drive(tmp_path, rig):
+    """Another process holds the journal's write lock (a full disk fails the same way) when
+    the actor's answer comes: the result is not lost, the next drive journals it, so a
+    restarted host counts the samples done, not dropped."""
+    import sqlite3
+
+    q, calls, d, counters, journal = rig
+    put(q, 4)
+    d.drive(now=0.0)
+    calls.answer_all()
+    other = sqlite3.connect(tmp_path / "j.sqlite", timeout=0)
+    other.execute("BEGIN IMMEDIATE")  # the write lock, held by someone else
+    try:
+        d.drive(now=1.0)  # the answer arrives; its write does not commit
+        assert outcomes(journal) == [] and len(d.unwritten) == 1
+        assert q.counts["s"].done == 4 and d.inflight is None  # training went on
+    finally:
+        other.rollback()
+        other.close()
+    d.drive(now=2.0)
+    assert outcomes(journal) == ["done"] and d.unwritten == []
+    counts = Journal(tmp_path / "j.sqlite").train_counts("s")
+    assert (counts.done, counts.dropped) == (4, 0)

@@ -7,7 +7,7 @@ from live_support import FakePredictor, replay, settings, synthetic
 from pipelines.backtest.inference import Inference, all_windows
 from pipelines.backtest.model_driven import model_stats
 from pipelines.data.labels import action_labels
-from pipelines.live import Session
+from pipelines.live import Session, iter_candles
 from pipelines.live.metrics import SessionMetrics, settle
 
 
@@ -60,4 +60,52 @@ def test_a_state_journaled_before_gaps_were_not_bad_data_restores():
     old = {**SessionMetrics().to_json(), "expired": 3, "bad": {"gap": 2, "nan": 1}}
     del old["gaps"]
     m = SessionMetrics.from_json(old)
-    assert (m.gaps, m.bad) == (2, {"nan": 1}) and "expired" not in m.summary()
+    # its "expired" were predictions a time jump skipped: they settle now, none is left
+    assert (m.gaps, m.bad, m.expired) == (2, {"nan": 1}, 0)
+
+
+def test_a_prediction_left_pending_when_the_session_ends_is_expired_journaled_and_restored(
+    tmp_path,
+):
+    from pipelines.errors import InvalidInputError
+    from pipelines.live import Journal
+
+    frame = synthetic(60)
+    session = Session("e", "SYN", "1h", "none", settings())
+    replay(session, frame)
+    running = session.summary()
+    assert running["expired"] == 0 and session.pending is not None  # the last one waits
+    journal = Journal(tmp_path / "j.sqlite")
+    assert session.end() and not session.end()  # counted once
+    journal.write_session(session)
+    assert session.summary()["expired"] == 1
+    assert session.summary()["settled"] == running["settled"] == running["predictions"] - 1
+    assert [d["target"] for _, d in journal.events("e", "expired")] == [session.pending["target"]]
+    restored, _ = journal.restore("e", settings())
+    assert restored.summary()["expired"] == 1 and restored.ended
+    assert not restored.end() and restored.summary()["expired"] == 1  # not counted twice
+    with pytest.raises(InvalidInputError, match="ended"):
+        restored.on_candle(next(iter(iter_candles(synthetic(61).iloc[-1:]))))
+
+
+def test_a_session_that_ends_with_no_prediction_waiting_has_none_expired():
+    session = Session("e", "SYN", "1h", "none", settings())
+    replay(session, synthetic(10))  # fewer candles than a window: nothing predicted
+    session.end()
+    assert session.summary()["expired"] == 0
+
+
+def test_reopen_undoes_an_end_whose_write_failed():
+    session = Session("e", "SYN", "1h", "none", settings())
+    frame = synthetic(40)
+    replay(session, frame.iloc[:39])
+    session.take_records()
+    session.end()
+    records = session.take_records()  # what a failed write gives back
+    session.return_records(records)
+    session.reopen()
+    assert session.summary()["expired"] == 0 and not session.ended
+    assert "expired" not in [k for k, _, _ in session.take_records()]
+    settled = session.summary()["settled"]
+    replay(session, frame.iloc[39:])  # the pending prediction settles after all
+    assert session.summary()["settled"] == settled + 1
