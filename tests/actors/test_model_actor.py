@@ -133,6 +133,28 @@ def test_deadline_names_the_call_and_reads_still_answer(ray_cluster, make_cfg):
     kill(client)
 
 
+def test_the_tracking_status_answers_while_a_training_call_runs(ray_cluster, make_cfg, tmp_path):
+    """GET /health reads it: it must never queue behind training (nor flush or register)."""
+    cfg = make_cfg(
+        "tracking.enabled=true",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "tracking.log_checkpoints=false",
+    )
+    client = ModelClient.connect(cfg)
+    spec = spec_from_config(cfg)
+    client.call("metrics")  # actor is up
+    ref = client.submit("train_epochs", dataset(spec, 256), 500, 8)  # minutes of training
+    deadline = time.monotonic() + 120
+    while client.call("metrics", timeout_s=30)["steps"] == 0:
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.2)
+    status = client.call("tracking_status", timeout_s=60)
+    assert status["enabled"] and "pending" in status and "errors" in status, status
+    ready, _ = ray.wait([ref], timeout=0)
+    assert not ready, "the status came only after the training call"
+    kill(client)
+
+
 def test_sigkill_restarts_and_resumes_from_the_last_checkpoint(ray_cluster, make_cfg):
     cfg = make_cfg("checkpoint.every_steps=5", "ray.max_restarts=2")
     client = ModelClient.connect(cfg)
