@@ -52,8 +52,12 @@ bench: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/candleray serve
 
+# first the links that open each experiment's runs in the model-training view: MLflow 3's UI
+# shows a new user GenAI views whatever an experiment's kind tag says
 mlflow-ui: $(STAMP)
 	mkdir -p $(HOME_DIR)
+	@$(BIN)/python -c 'import sys; from pipelines.tracking.experiments import link_lines; print(*link_lines(sys.argv[1]), sep="\n")' \
+		sqlite:///$(abspath $(HOME_DIR))/mlflow.db
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(abspath $(HOME_DIR))/mlflow.db
 
 clean:

@@ -136,6 +136,9 @@ class TrackingConfig:
     log_every_steps: int = 50
     register_best: bool = True
     log_checkpoints: bool = True
+    # base of the MLflow UI links commands print; None: tracking.uri when it is a server, else
+    # http://127.0.0.1:5000 (`make mlflow-ui`)
+    ui_url: str | None = None
 
 
 @dataclass(frozen=True)

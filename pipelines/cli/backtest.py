@@ -62,6 +62,7 @@ def cmd_backtest(
     from pipelines.backtest.report import Progress, format_table, log_mlflow, write_json
     from pipelines.backtest.runner import jobs_for, run_backtests
     from pipelines.backtest.weights import resolve_weights
+    from pipelines.cli.train import ui_link
     from pipelines.cluster import init_ray
     from pipelines.errors import ConfigError
 
@@ -108,7 +109,9 @@ def cmd_backtest(
     )
     if cfg.tracking.enabled:
         run_id = log_mlflow(run, cfg)
-        print(
-            f"MLflow run {run_id} in experiment {cfg.run.name + '-backtest'!r} at {cfg.tracking.uri}"
-        )
+        experiment = cfg.run.name + "-backtest"
+        print(f"MLflow run {run_id} in experiment {experiment!r} at {cfg.tracking.uri}")
+        link = ui_link(cfg, experiment)
+        if link:
+            print(f"  MLflow UI: {link}")
     return 0 if len(run.failed) < len(run.outcomes) else 1

@@ -17,7 +17,7 @@ import pandas as pd
 
 from conf import Config
 from pipelines.cli.backtest import cmd_backtest
-from pipelines.cli.train import cmd_train
+from pipelines.cli.train import cmd_train, ui_link
 
 DEMO_UNSEEN_SYMBOL = "synthetic:SYN9"  # backtested by the demo, never trained on
 DEMO_REPLAY_CANDLES = 300  # per symbol: the last held-out bars replayed to live sessions
@@ -85,10 +85,12 @@ def cmd_demo(cfg: Config, keep: bool) -> int:
     jobs.append(BacktestJob(DEMO_UNSEEN_SYMBOL))
     bt_rc = cmd_backtest(cfg, checkpoint=out["checkpoint"]["path"], jobs=jobs)
     replay_ok = replay_phase(cfg, out["ranges"])
-    print(
-        f"\nOpen the MLflow UI: make mlflow-ui   (then http://127.0.0.1:5000, experiments {cfg.run.name!r} "
-        f", {cfg.run.name + '-backtest'!r} and {cfg.run.name + '-live'!r})"
-    )
+    if cfg.tracking.enabled:
+        print("\nThe runs of each experiment in the MLflow UI (`make mlflow-ui` serves it):")
+        for experiment in (cfg.run.name, cfg.run.name + "-backtest", cfg.run.name + "-live"):
+            link = ui_link(cfg, experiment)
+            if link:
+                print(f"  {experiment}: {link}")
     return 0 if ok and bt_rc == 0 and replay_ok else 1
 
 

@@ -125,6 +125,11 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         else:
             for s in final:
                 print(_line(s))
+    from pipelines.cli.train import ui_link
+
+    link = ui_link(cfg, cfg.run.name + "-live") if cfg.tracking.enabled else None
+    if link:  # the sessions' runs; on stderr, so --json's stdout stays JSON
+        print(f"MLflow UI: {link}", file=sys.stderr)
     return 0
 
 

@@ -114,7 +114,24 @@ def _tracking_lines(cfg: Config, t: dict[str, Any], note: str = "") -> list[str]
     if t.get("last_error") and (t.get("errors") or t.get("open_failures") or pending is None):
         lines.append(f"  last error: {t['last_error']}")
     lines += [f"  failed upload: {f}" for f in t.get("failed_uploads", [])]
+    link = ui_link(cfg, cfg.run.name) if t.get("run_id") else None  # open: its experiment exists
+    if link:
+        lines.append(f"  MLflow UI: {link}")
     return lines
+
+
+def ui_link(cfg: Config, experiment: str) -> str | None:
+    """The MLflow UI link of ``experiment``'s runs (the model-training view), with how to start
+    that UI when nothing serves it yet; None when the store cannot say (the status lines
+    already tell why)."""
+    from pipelines.tracking.experiments import experiment_link, ui_hint
+
+    assert cfg.tracking.uri is not None  # resolved when the config was loaded
+    try:
+        link = experiment_link(cfg.tracking.uri, cfg.tracking.ui_url, experiment)
+    except CandlerayError:
+        return None
+    return None if link is None else link + ui_hint(cfg.tracking.uri, cfg.tracking.ui_url)
 
 
 def cmd_train_annotations(cfg: Config) -> dict[str, Any]:
