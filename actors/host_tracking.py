@@ -103,6 +103,9 @@ class SessionRuns:
         self._rows: collections.deque[Row] = collections.deque()
         self._ends: list[tuple[str, str]] = []
         self._inflight: tuple[Any, Batch, float] | None = None  # (handle, batch, sent at)
+        # a batch taken from the buffer whose submit has not returned: not in flight yet, but
+        # not written either (flush must not see it drained)
+        self._sending = False
         self._flushing = 0  # flush() calls waiting: send now, not at the interval
         self._logged: dict[str, dict[str, float]] = {}  # last values queued, by the host's thread
         self.run_ids: dict[str, str] = {}  # session -> run id (resumed or reported by the writer)
@@ -185,7 +188,7 @@ class SessionRuns:
         return (self._flushing > 0 and has) or len(self._rows) >= self.batch_rows
 
     def _drained(self) -> bool:
-        return not self._rows and not self._ends and self._inflight is None
+        return not self._rows and not self._ends and self._inflight is None and not self._sending
 
     def _run(self) -> None:
         next_send = time.monotonic() + self.interval_s
@@ -206,10 +209,12 @@ class SessionRuns:
                             next_send = now + self.interval_s
                         continue
                     batch = self._take()
+                    self._sending = True
                 next_send = time.monotonic() + self.interval_s
                 handle = self.sink.submit(batch)  # outside the lock: the host never waits on it
                 with self._cv:
                     self._inflight = (handle, batch, time.monotonic())
+                    self._sending = False
                     self._cv.notify_all()
             except Exception as exc:  # a bug or a carrier error must not end the sender
                 with self._cv:
@@ -217,6 +222,7 @@ class SessionRuns:
                     if batch is not None and self._inflight is None:
                         self._requeue(batch)
                     self._inflight = None
+                    self._sending = False
                     self._cv.notify_all()
                 log.exception("live MLflow hand-off failed")
                 time.sleep(self.interval_s)

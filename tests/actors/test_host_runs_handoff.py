@@ -154,3 +154,36 @@ def test_a_batch_whose_writer_died_is_sent_again():
     assert [s for s, _ in store["a"][0].rows] == [1, 2, 3, 4, 5]  # nothing lost, in order
     assert runs.status()["writer_failures"] == 1
     runs.close(5.0)
+
+
+class HandOffHeld(LocalRunsSink):
+    """``submit`` does not return until the test sets ``release`` (Ray placing the call, a
+    writer process still starting); ``entered`` says a batch is being handed off."""
+
+    def __init__(self, writer: RunsWriter) -> None:
+        super().__init__(writer)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def submit(self, batch: Batch) -> object:
+        self.entered.set()
+        assert self.release.wait(120), "the test never released the hand-off"
+        return super().submit(batch)
+
+
+def test_flush_does_not_report_written_while_a_batch_is_still_being_handed_off():
+    """The rows have left the buffer but the call is not placed: flush (what a host's close
+    reports as ``runs_ended``) must not say they are written."""
+    store: dict = {}
+
+    def factory(name: str, run_id: str | None) -> FakeTracker:
+        return FakeTracker(store, name, run_id)
+
+    sink = HandOffHeld(RunsWriter("u", "e", factory))
+    runs = SessionRuns(sink, interval_s=0.01)
+    runs.log("a", 1, {"x": 1.0})
+    runs.end("a")
+    assert sink.entered.wait(120), "the batch was never handed off"
+    assert runs.flush(0.0) is False and store == {}
+    sink.release.set()
+    assert runs.flush(120.0) and store["a"][0].ended == "FINISHED"
+    runs.close(5.0)
