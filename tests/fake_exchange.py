@@ -12,6 +12,8 @@ route takes the next entry (``"ok"`` once the plan is used up):
 - ``"429"`` / ``"418"``: rate limited, with ``Retry-After`` and Binance's JSON body
 - ``"500"``, ``"502"``, ``"503"``, ``"504"``: a gateway error page (HTML, not JSON)
 - ``"timeout"``: sleep ``slow_s`` (longer than the client timeout), then answer
+- ``"hold"``: answer only once the test calls :meth:`FakeBinance.release` (``holding``
+  counts the requests held now): an exchange as slow as the test wants, with no timing
 - ``"badjson"``: status 200, ``application/json``, a truncated JSON body
 - ``"html200"``: status 200, an HTML page instead of JSON
 - ``"reset"``: close the connection without an answer
@@ -66,6 +68,7 @@ _FAULTS = {
     "503",
     "504",
     "timeout",
+    "hold",
     "badjson",
     "html200",
     "reset",
@@ -138,6 +141,8 @@ class FakeBinance:
         self._edits: deque[Callable[[list[list]], list[list]]] = deque()
         self._plans: dict[str, deque[str]] = {r: deque() for r in _ROUTES}
         self._lock = threading.Lock()
+        self._released = threading.Event()  # "hold" answers wait for it (release())
+        self.holding = 0  # requests held by "hold" now
         self._httpd: ThreadingHTTPServer | None = None  # bound on __enter__
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -155,6 +160,7 @@ class FakeBinance:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._released.set()  # no handler thread stays held
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -172,6 +178,20 @@ class FakeBinance:
             )
         with self._lock:
             self._plans[route].extend(faults)
+
+    def release(self) -> None:
+        """Let every held request (and any later "hold") answer."""
+        self._released.set()
+
+    def _hold(self) -> None:
+        with self._lock:
+            self.holding += 1
+        try:
+            if not self._released.wait(300):  # a hang guard: a test that forgot to release
+                raise RuntimeError("FakeBinance: a held request was never released")
+        finally:
+            with self._lock:
+                self.holding -= 1
 
     def reset(self) -> None:
         with self._lock:
@@ -341,6 +361,8 @@ def _handler_for(server: FakeBinance) -> type[BaseHTTPRequestHandler]:
                 return
             if fault == "timeout":
                 time.sleep(server.slow_s)
+            if fault == "hold":
+                server._hold()
             if fault == "badjson":
                 self._send(200, b'[[1700000000000,"100.0","101.0",', "application/json")
                 return
