@@ -72,8 +72,9 @@ def test_sigkill_of_a_host_resumes_its_sessions_from_the_journal(ray_cluster, ma
     wait_until(lambda: call(host.status.remote(sid))["metrics"]["candles"] >= 40)
     pid = call(host.pid.remote())
     os.kill(pid, signal.SIGKILL)
-    time.sleep(1.0)
-    wait_until(lambda: _alive_with_new_pid(host, pid), what="Ray to restart the host")
+    wait_until(
+        lambda: _alive_with_new_pid(host, pid), timeout_s=120, what="Ray to restart the host"
+    )
     wait_until(lambda: finished(host, [sid]), what="the resumed replay to finish")
     m = call(host.status.remote(sid))["metrics"]
     assert m["candles"] == 200 and m["predictions"] == 200 and m["missed"] == 0

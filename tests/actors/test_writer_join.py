@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import time
+import threading
 
 from actors.run_plan import RunPlan
 from actors.tracking_writer import ThreadWriter
 
 
-class SlowTracker:
-    """A run whose metric writes take a second."""
+class HeldTracker:
+    """A run whose metric writes wait until the test sets ``release`` (a store as slow as the
+    test wants)."""
 
     run_id = "r1"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
 
     def log_params(self, params: dict) -> None:
         pass
@@ -20,19 +24,21 @@ class SlowTracker:
         pass
 
     def log_metrics(self, metrics: dict, step: int) -> None:
-        time.sleep(1.0)
+        assert self.release.wait(120), "the test never released the store"
 
     def flush(self) -> None:
         pass
 
 
 def test_a_join_that_gives_up_reports_the_pending_work(make_cfg):
-    writer = ThreadWriter(RunPlan(make_cfg(), "g1", factory=lambda *a, **k: SlowTracker()))
-    writer.wait_opened(5)
+    tracker = HeldTracker()
+    writer = ThreadWriter(RunPlan(make_cfg(), "g1", factory=lambda *a, **k: tracker))
+    writer.wait_opened(60)
     writer.submit("log_steps", [(1, {"total_loss": 1.0})])
     writer.submit("flush")
-    t0 = time.monotonic()
+    # the store holds the first write: a join that waited for it would never return
     status = writer.join(timeout_s=0.3)
-    assert time.monotonic() - t0 < 0.8
+    assert not tracker.release.is_set()
     assert status["pending"] == 2 and status["errors"] == 0 and status["state"] == "open"
-    assert writer.join(timeout_s=5)["pending"] == 0
+    tracker.release.set()
+    assert writer.join(timeout_s=120)["pending"] == 0

@@ -210,11 +210,9 @@ def test_closed_port_raises_tracking_error_naming_the_uri(
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
     uri = f"http://127.0.0.1:{free_port()}"
-    start = time.monotonic()
     with pytest.raises(TrackingError, match=re.escape(uri)) as info:
         Tracker(uri, "unreachable")
     assert "tracking.uri" in str(info.value)
-    assert time.monotonic() - start < 10
 
 
 def test_password_in_uri_is_not_shown(monkeypatch: pytest.MonkeyPatch) -> None:
