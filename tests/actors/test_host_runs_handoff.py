@@ -53,7 +53,7 @@ def test_one_log_batch_per_run_per_handoff_and_runs_resumed_by_id():
     assert store == {}  # logging only buffered
     runs.log("a", 50, {"predictions": 50.0, "train_done": 3.0}, only_changed=True)
     runs.end("a")
-    assert runs.flush(5.0)
+    assert runs.flush(120.0)
     for sid in ("a", "b", "c"):
         (t,) = store[sid]
         assert [s for s, _ in t.rows[:50]] == list(range(1, 51))
@@ -62,15 +62,15 @@ def test_one_log_batch_per_run_per_handoff_and_runs_resumed_by_id():
     assert store["a"][0].ended == "FINISHED" and store["b"][0].ended is None
     assert runs.status()["errors"] == 0 and runs.status()["rows"] == 151
     ids = dict(runs.run_ids)
-    runs.close(5.0)
+    runs.close(120.0)
 
     # a restarted host: a new writer resumes the journaled runs instead of opening new ones
     again = runs_with(store, interval_s=60.0)
     again.resume("b", ids["b"])
     again.log("b", 51, {"predictions": 51.0})
-    assert again.flush(5.0)
+    assert again.flush(120.0)
     assert store["b"][1].run_id == ids["b"] and again.run_ids["b"] == ids["b"]
-    again.close(5.0)
+    again.close(120.0)
 
 
 def test_a_failing_store_is_counted_and_reported_never_raised():
@@ -79,11 +79,11 @@ def test_a_failing_store_is_counted_and_reported_never_raised():
     for step in range(1, 11):
         runs.log("a", step, {"predictions": float(step)})  # never raises
     runs.end("a")
-    assert runs.flush(5.0)
+    assert runs.flush(120.0)
     st = runs.status()
     assert st["store_errors"] == 2 and runs.errors == 2  # the log and the end
     assert "database is locked" in st["last_error"]
-    runs.close(5.0)
+    runs.close(120.0)
 
 
 class StuckSink:
@@ -150,10 +150,10 @@ def test_a_batch_whose_writer_died_is_sent_again():
     runs = SessionRuns(DiesOnceSink(RunsWriter("u", "e", factory)), interval_s=0.01)
     for step in range(1, 6):
         runs.log("a", step, {"x": float(step)})
-    assert runs.flush(5.0)
+    assert runs.flush(120.0)
     assert [s for s, _ in store["a"][0].rows] == [1, 2, 3, 4, 5]  # nothing lost, in order
     assert runs.status()["writer_failures"] == 1
-    runs.close(5.0)
+    runs.close(120.0)
 
 
 class HandOffHeld(LocalRunsSink):
@@ -186,4 +186,4 @@ def test_flush_does_not_report_written_while_a_batch_is_still_being_handed_off()
     assert runs.flush(0.0) is False and store == {}
     sink.release.set()
     assert runs.flush(120.0) and store["a"][0].ended == "FINISHED"
-    runs.close(5.0)
+    runs.close(120.0)
