@@ -194,42 +194,6 @@ def test_jobs_answer_at_once_and_a_failing_job_reports_its_error(app):
     assert s.get(app.url + "/jobs/nope", timeout=30).status_code == 404
 
 
-def test_one_training_job_at_a_time_and_a_cancel_stops_it(app):
-    """A second training job while one runs is a 409 naming it (the two would interleave their
-    steps on the one ModelActor); POST /jobs/{id}/cancel stops the job part-way: it ends
-    ``cancelled`` short of its total, and the model then trains only the next job's steps."""
-    s = app.http()
-    started = s.post(app.url + "/training/jobs", json={"kind": "history", "epochs": 1000})
-    assert started.status_code == 202, started.text
-    job_id = started.json()["job_id"]
-    deadline = time.monotonic() + 120
-    while s.get(f"{app.url}/jobs/{job_id}", timeout=30).json()["progress"]["done"] == 0:
-        assert time.monotonic() < deadline, "the training job never reported a step"
-        time.sleep(0.3)
-    second = s.post(app.url + "/training/jobs", json={"kind": "history", "epochs": 1})
-    assert second.status_code == 409 and job_id in second.json()["detail"], second.text
-    asked = s.post(f"{app.url}/jobs/{job_id}/cancel", timeout=30)
-    assert asked.status_code == 202 and asked.json()["cancel_requested"], asked.text
-    job = wait_job(app, job_id, timeout_s=120)
-    assert job["state"] == "cancelled", job
-    assert 0 < job["progress"]["done"] < job["progress"]["total"]
-    assert "cancelled on request" in job["error"]
-    assert s.post(f"{app.url}/jobs/{job_id}/cancel", timeout=30).status_code == 409
-    assert s.post(app.url + "/jobs/training-nope/cancel", timeout=30).status_code == 404
-    steps = s.get(app.url + "/training-metrics", timeout=30).json()["steps"]
-    sessions_training = any(
-        x["mode"] != "none" and x["state"] == "running"
-        for x in s.get(app.url + "/sessions", timeout=30).json()
-    )
-    nxt = s.post(app.url + "/training/jobs", json={"kind": "history", "epochs": 1})
-    assert nxt.status_code == 202, nxt.text  # the cancelled job no longer holds the model
-    done = wait_job(app, nxt.json()["job_id"], timeout_s=120)
-    assert done["state"] == "done", done
-    if not sessions_training:  # nothing else trains: the cancelled job added no step since
-        after = s.get(app.url + "/training-metrics", timeout=30).json()["steps"]
-        assert after == steps + done["result"]["steps"]
-
-
 def test_a_backtest_job_reports_progress_and_results(app):
     s = app.http()
     c = candles(app)
@@ -331,6 +295,43 @@ def test_training_metrics_and_health(app):
     h = s.get(app.url + "/health").json()
     assert h["status"] == "ok", h
     assert h["model_actor"]["ok"] and h["predictor"]["ok"] and h["session_hosts"][0]["ok"]
+
+
+# after the checkpoint test: the steps trained here would prune the checkpoint it loads
+def test_one_training_job_at_a_time_and_a_cancel_stops_it(app):
+    """A second training job while one runs is a 409 naming it (the two would interleave their
+    steps on the one ModelActor); POST /jobs/{id}/cancel stops the job part-way: it ends
+    ``cancelled`` short of its total, and the model then trains only the next job's steps."""
+    s = app.http()
+    started = s.post(app.url + "/training/jobs", json={"kind": "history", "epochs": 1000})
+    assert started.status_code == 202, started.text
+    job_id = started.json()["job_id"]
+    deadline = time.monotonic() + 120
+    while s.get(f"{app.url}/jobs/{job_id}", timeout=30).json()["progress"]["done"] == 0:
+        assert time.monotonic() < deadline, "the training job never reported a step"
+        time.sleep(0.3)
+    second = s.post(app.url + "/training/jobs", json={"kind": "history", "epochs": 1})
+    assert second.status_code == 409 and job_id in second.json()["detail"], second.text
+    asked = s.post(f"{app.url}/jobs/{job_id}/cancel", timeout=30)
+    assert asked.status_code == 202 and asked.json()["cancel_requested"], asked.text
+    job = wait_job(app, job_id, timeout_s=120)
+    assert job["state"] == "cancelled", job
+    assert 0 < job["progress"]["done"] < job["progress"]["total"]
+    assert "cancelled on request" in job["error"]
+    assert s.post(f"{app.url}/jobs/{job_id}/cancel", timeout=30).status_code == 409
+    assert s.post(app.url + "/jobs/training-nope/cancel", timeout=30).status_code == 404
+    steps = s.get(app.url + "/training-metrics", timeout=30).json()["steps"]
+    sessions_training = any(
+        x["mode"] != "none" and x["state"] == "running"
+        for x in s.get(app.url + "/sessions", timeout=30).json()
+    )
+    nxt = s.post(app.url + "/training/jobs", json={"kind": "history", "epochs": 1})
+    assert nxt.status_code == 202, nxt.text  # the cancelled job no longer holds the model
+    done = wait_job(app, nxt.json()["job_id"], timeout_s=120)
+    assert done["state"] == "done", done
+    if not sessions_training:  # nothing else trains: the cancelled job added no step since
+        after = s.get(app.url + "/training-metrics", timeout=30).json()["steps"]
+        assert after == steps + done["result"]["steps"]
 
 
 def test_a_body_past_the_size_limit_is_refused_with_413_and_changes_nothing(app):
