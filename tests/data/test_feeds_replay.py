@@ -94,11 +94,18 @@ def test_start_outside_the_series_is_refused(series):
         ReplayFeed(series, SPEC, start=301)
     with pytest.raises(InvalidInputError, match="neither a row number nor a time"):
         ReplayFeed(series, SPEC, start="yesterday-ish")
-    with pytest.raises(InvalidInputError, match="numeric text; give a row as an integer"):
-        ReplayFeed(series, SPEC, start="-300")  # not the year -300
+    with pytest.raises(InvalidInputError, match="outside the 300 stored bars"):
+        ReplayFeed(series, SPEC, start="-301")  # numeric text is a row, never the year -301
     after = (series.index[-1] + pd.Timedelta(hours=1)).isoformat()
     with pytest.raises(InvalidInputError, match=r"is after the data .* spans 2024-01-01"):
         ReplayFeed(series, SPEC, start=after)
+
+
+def test_numeric_text_is_a_row_not_a_year(series):
+    # pandas reads "-100" as the year -100, which would replay the whole series with no warm-up
+    as_text, as_int = ReplayFeed(series, SPEC, start="-100"), ReplayFeed(series, SPEC, start=-100)
+    assert len(as_text.history()) == len(as_int.history()) == 200
+    assert [c.time for c in as_text.candles()] == [c.time for c in as_int.candles()]
 
 
 def test_bad_rows_are_skipped_and_counted_by_rule_and_gaps_reported(series, caplog):

@@ -76,11 +76,9 @@ class ReplayFeed:
                 )
             return row
         if isinstance(start, str) and start.strip().lstrip("+-").isdigit():
-            # pandas reads "-300" as the year -300: a row must come as an int (the CLI converts)
-            raise InvalidInputError(
-                f"replay start {start!r} is numeric text; give a row as an integer "
-                "(e.g. -300: the last 300 bars) or a time such as 2024-03-01T00:00Z"
-            )
+            # a row as text, as the CLI's --start -300 arrives: pandas would read "-300" as
+            # the year -300, so numeric text is a row, never a time
+            return self._start_row(int(start))
         try:
             ts = pd.Timestamp(start)
         except (ValueError, TypeError) as exc:
