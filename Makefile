@@ -34,7 +34,7 @@ demo: $(STAMP)
 	$(BIN)/candleray demo
 
 test: $(STAMP) browser lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
