@@ -110,3 +110,9 @@ class CapacityError(CandlerayError):
 class UnavailableError(CandlerayError):
     """A component a request needs is not running (session hosts, ModelActor, predictor);
     the message names it and how to start it. Retrying once it is up may succeed."""
+
+
+class StorageError(CandlerayError):
+    """A storage URI (checkpoints, candle cache, staged uploads, reports) cannot be used:
+    missing bucket, refused credentials, unreachable endpoint. The message names the setting,
+    the URI, what failed and the fix."""

@@ -10,6 +10,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import pytest
 from support import free_port, tiny_overrides
@@ -18,8 +19,74 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 
 
+@dataclass(frozen=True)
+class S3Bucket:
+    """The test session's S3 store: ``url`` (``s3://<name>``) at ``endpoint``, with the key of a
+    user allowed everything. ``env`` is what a process (a Ray node, ``mlflow server``) needs to
+    reach it; the fixture also sets it in this process."""
+
+    name: str
+    url: str
+    endpoint: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[None]:
+def s3_bucket() -> Iterator[S3Bucket]:
+    """A real S3 server (moto, on 127.0.0.1, a free port) with one bucket, for the session.
+
+    Credentials are checked, as on a real store: only the key in ``env`` works, so a test of
+    wrong credentials sees the store refuse them. The AWS_* variables are set here, before the
+    Ray clusters that depend on this fixture start, so their workers inherit them.
+    """
+    import json
+
+    import boto3
+    from moto import settings as moto_settings
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    setup = boto3.Session(
+        aws_access_key_id="setup", aws_secret_access_key="setup", region_name="us-east-1"
+    )
+    iam = setup.client("iam", endpoint_url=endpoint)
+    iam.create_user(UserName="candleray-ci")
+    allow_all = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+    }
+    iam.put_user_policy(
+        UserName="candleray-ci", PolicyName="all", PolicyDocument=json.dumps(allow_all)
+    )
+    key = iam.create_access_key(UserName="candleray-ci")["AccessKey"]
+    name = "candleray-tests"
+    setup.client("s3", endpoint_url=endpoint).create_bucket(Bucket=name)
+    moto_settings.INITIAL_NO_AUTH_ACTION_COUNT = 0  # from now on every request is authenticated
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "MLFLOW_S3_ENDPOINT_URL": endpoint,
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield S3Bucket(name=name, url=f"s3://{name}", endpoint=endpoint, env=env)
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_bucket: S3Bucket) -> Iterator[None]:
     import ray
 
     # num_cpus is logical: the ModelActors take 0.5 each, so several fit beside test tasks
