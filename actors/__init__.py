@@ -1,8 +1,7 @@
-"""Ray actors: the ModelActor (weights, optimizer, checkpoints, metrics) and the session hosts."""
+"""Ray actors, a folder per kind: the ModelActor (``actors.model``: weights, optimizer,
+checkpoints, metrics) and the session hosts (``actors.hosts``); ``actors.jobs`` is the JobBoard."""
 
-from actors.core import ModelCore, Snapshot, spec_from_config
-from actors.model_actor import ModelActor, ModelClient, model_actor
-from actors.session_host import (
+from actors.hosts import (
     SessionHost,
     assign_host,
     find_hosts,
@@ -12,6 +11,7 @@ from actors.session_host import (
     start_hosts,
     stop_hosts,
 )
+from actors.model import ModelActor, ModelClient, ModelCore, Snapshot, model_actor, spec_from_config
 
 __all__ = [
     "ModelActor",

@@ -18,7 +18,7 @@ import pandas as pd
 import ray
 
 from actors.jobs import job_board, start_job
-from actors.model_actor import ModelClient
+from actors.model.actor import ModelClient
 from conf import Config
 from pipelines.backtest.report import plain
 from pipelines.data.sources import load_candles, parse_symbol
@@ -142,7 +142,7 @@ class RayBackend:
     def _hosts(self) -> list[Any]:
         """The model's session hosts, found by name once (a handle outlives host restarts)."""
         if self._host_handles is None:
-            from actors.session_host import find_hosts
+            from actors.hosts.host import find_hosts
 
             try:
                 self._host_handles = find_hosts(self.cfg)
@@ -158,7 +158,7 @@ class RayBackend:
         return list(await asyncio.gather(*(self._get(r, what) for r in refs)))
 
     async def start_session(self, spec: dict[str, Any]) -> dict[str, Any]:
-        from actors.session_host import assign_host
+        from actors.hosts.host import assign_host
 
         hosts = self._hosts()
         stats = await self._gather([h.stats.remote() for h in hosts], "session host stats")
@@ -180,7 +180,7 @@ class RayBackend:
 
     async def _host_of(self, session_id: str) -> tuple[Any, dict[str, Any]]:
         """The host running ``session_id`` and the session's status; NotFoundError if none."""
-        from actors.session_host import host_of
+        from actors.hosts.host import host_of
 
         missing = NotFoundError(
             f"no running session {session_id!r}; GET /sessions lists the running ones"

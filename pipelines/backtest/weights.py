@@ -116,7 +116,7 @@ def weights_from_actor(cfg: Config) -> BacktestWeights | None:
     """
     import ray
 
-    from actors.model_actor import ModelClient
+    from actors.model.actor import ModelClient
 
     try:
         handle = ray.get_actor(cfg.run.name, namespace=cfg.ray.namespace)

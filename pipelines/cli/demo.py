@@ -1,7 +1,7 @@
 """``candleray demo``: offline end to end: train, evaluate on held-out ranges, backtest, replay.
 
 The replay phase plays the last held-out bars of each symbol (after the one hold-out cut) to
-live sessions in ``every_candle`` mode on the real session hosts (``actors.session_host``) at
+live sessions in ``every_candle`` mode on the real session hosts (``actors.hosts.host``) at
 speed 0: each candle is predicted, settled, paper-traded and trained on as it closes.
 """
 

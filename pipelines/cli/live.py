@@ -3,7 +3,7 @@
     candleray live --symbols synthetic:SYN0,synthetic:SYN1 --timeframe 1h --mode every_candle \
         --source replay --speed 20 [--start -300] [--candles 200 [--json]]
 
-Starts Ray, the ModelActor and the session hosts (``actors.session_host``), one session per
+Starts Ray, the ModelActor and the session hosts (``actors.hosts.host``), one session per
 symbol (each on the least loaded host), and redraws a view of the last candles, the ghost
 candle, the signal, the session metrics and the training queue in place until Ctrl-C, which
 stops the sessions and the hosts cleanly. ``--candles N``: every session takes exactly N

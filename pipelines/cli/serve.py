@@ -27,8 +27,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from ray import serve
 
     from actors import ModelClient
+    from actors.hosts.host import start_hosts, stop_hosts
     from actors.jobs import job_board
-    from actors.session_host import start_hosts, stop_hosts
     from pipelines.cluster import init_ray
     from serve.app import start
 

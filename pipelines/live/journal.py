@@ -298,7 +298,7 @@ def training_records(
 ) -> list[tuple[str, list[Record]]]:
     """One ``train_result`` event per session in ``batch``: outcome done, failed, timeout or
     late_done. Built apart from the write, so a caller whose write fails keeps them and writes
-    them again (``actors.host_training``): a result lost would count its samples dropped."""
+    them again (``actors.hosts.training``): a result lost would count its samples dropped."""
     if outcome not in _OUTCOMES:
         raise CandlerayError(f"training outcome {outcome!r} is not one of {list(_OUTCOMES)}")
     loss = None if result is None else result.get("total_loss")

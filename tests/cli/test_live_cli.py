@@ -88,7 +88,7 @@ def test_ccxt_source_predicts_each_candle_once_after_the_exchange_closed_it(
     import pandas as pd
     from fake_exchange import FakeBinance
 
-    from actors.session_host import host_journal
+    from actors.hosts.host import host_journal
     from pipelines.config import load_config
 
     n, first = 4, 100  # bars 0..99 closed when the session starts: its warm-up
@@ -143,7 +143,7 @@ def test_ccxt_candles_n_stops_at_exactly_n_when_one_poll_brings_more(ray_cluster
     import pandas as pd
     from fake_exchange import FakeBinance
 
-    from actors.session_host import host_journal
+    from actors.hosts.host import host_journal
     from pipelines.config import load_config
 
     n, jump, first = 3, 5, 100

@@ -5,7 +5,7 @@ import dataclasses
 import torch
 from live_support import synthetic
 
-from actors.core import ModelCore
+from actors.model.core import ModelCore
 from pipelines.data.sources.synthetic import generate
 from pipelines.live import Session, SessionSettings, TrainingQueue, iter_candles, tick
 from serve.predictor import Predictor

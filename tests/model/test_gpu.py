@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from actors.core import ModelCore
+from actors.model.core import ModelCore
 from pipelines.model.checkpoints import CheckpointStore
 from pipelines.model.trainer import Trainer
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import ray
 
-from actors.core import ModelCore
+from actors.model.core import ModelCore
 from conf import Config
 from pipelines.errors import ActorCallTimeout, CandlerayError
 

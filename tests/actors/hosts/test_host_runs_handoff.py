@@ -6,8 +6,8 @@ import itertools
 import threading
 import time
 
-from actors.host_runs_writer import LocalRunsSink, RunsWriter
-from actors.host_tracking import Batch, SessionRuns
+from actors.hosts.runs_writer import LocalRunsSink, RunsWriter
+from actors.hosts.tracking import Batch, SessionRuns
 from pipelines.errors import TrackingError
 
 

@@ -1,8 +1,8 @@
 """ModelCore: the logic of the ModelActor, as a plain class that tests can drive without Ray.
 
 It owns the trainer (model, optimizer, step, history), the checkpoint store and the MLflow
-writer of its run (``actors.tracking_writer``). Its training calls are in
-``actors.core_training``, its checkpoint calls in ``actors.core_checkpoints``. It is not
+writer of its run (``actors.model.tracking_writer``). Its training calls are in
+``actors.model.training``, its checkpoint calls in ``actors.model.checkpoints``. It is not
 thread-safe for training and does not need to be: the Ray actor runs its training methods one
 at a time. Readers (metrics, snapshots) only see values published at
 the end of a step or call — references swapped whole, never the live training tensors.
@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from actors.core_checkpoints import CheckpointCalls
-from actors.core_training import TrainingCalls
-from actors.run_plan import RunPlan
-from actors.tracking_writer import ProcessWriter, ThreadWriter, start_writer
+from actors.model.checkpoints import CheckpointCalls
+from actors.model.run_plan import RunPlan
+from actors.model.tracking_writer import ProcessWriter, ThreadWriter, start_writer
+from actors.model.training import TrainingCalls
 from conf import Config
 from pipelines.data.features import n_features
 from pipelines.errors import CheckpointError
@@ -97,7 +97,7 @@ class ModelCore(TrainingCalls, CheckpointCalls):
             log.info("restored %s from checkpoint step %d", cfg.run.name, self.trainer.step)
         self._tracking = None
         if cfg.tracking.enabled:
-            # a new run, linked to the restored checkpoint's (actors.tracking_writer says why),
+            # a new run, linked to the restored checkpoint's (actors.model.tracking_writer says why),
             # opened by the writer in the background: a store that is down or slow never
             # stops a start; the short wait lets a healthy store's run into the first checkpoint
             plan = RunPlan(

@@ -2,17 +2,17 @@
 
 A host holds many sessions (``pipelines.live.Session``) of one model. Each ``step(now)``:
 
-1. pulls the candles that arrived from every session's feed (``actors.host_feeds``; an
+1. pulls the candles that arrived from every session's feed (``actors.hosts.feeds``; an
    exchange is polled on a thread of the feed's own, never under the lock), until a session
    has taken its ``max_candles``,
 2. runs ``pipelines.live.tick`` over them: every session with a new window is predicted in
    ONE batched forward pass from the newest weights the host has loaded, settled, journaled
    (one transaction per tick) and its due samples go into the host's ``TrainingQueue``,
-3. drives training: one ``train_batch`` call in flight per host (``actors.host_training``).
+3. drives training: one ``train_batch`` call in flight per host (``actors.hosts.training``).
 
 It returns how long the loop may sleep before the next candle is due.
 
-Training calls: ``actors.host_training`` (one ``train_batch`` in flight per host, never
+Training calls: ``actors.hosts.training`` (one ``train_batch`` in flight per host, never
 waited on; timeouts counted and late answers credited). Inference never waits for any of it.
 
 Weights are loaded by the caller (``load_weights``), from the ModelActor's read-only
@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from actors.host_feeds import FeedPlan, Hosted, open_source
-from actors.host_tracking import SessionRuns, loggable
-from actors.host_training import TrainCalls, TrainingDriver
+from actors.hosts.feeds import FeedPlan, Hosted, open_source
+from actors.hosts.tracking import SessionRuns, loggable
+from actors.hosts.training import TrainCalls, TrainingDriver
 from conf import Config
 from pipelines.data.sources import parse_symbol
 from pipelines.errors import CandlerayError, CapacityError, InvalidInputError

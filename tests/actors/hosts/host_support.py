@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import ray
 
 from actors import ModelClient, host_call, start_hosts
-from actors.session_host import host_journal
+from actors.hosts.host import host_journal
 
 
 def hosts_for(cfg):
@@ -85,7 +85,7 @@ class InstantTraining:
 
 def host_core(cfg, journal=None, runs=None, calls=None):
     """A HostCore as SessionHost builds it, without Ray (fake model, instant training)."""
-    from actors.host_core import HostCore
+    from actors.hosts.core import HostCore
 
     return HostCore(
         cfg,

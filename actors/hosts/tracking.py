@@ -9,7 +9,7 @@ milliseconds per call. A writer thread inside the host took that GIL from the ho
 (candle -> prediction p50 3.5 ms -> 34 ms, bench/RESULTS.md). So the host's side
 (``SessionRuns``) only appends rows to a list under a lock; its sender thread hands them off
 in batches, one non-blocking call per ``interval_s`` (or sooner past ``batch_rows``), with at
-most one call in flight. The writer (``actors.host_runs_writer``: a Ray actor of 0 CPUs
+most one call in flight. The writer (``actors.hosts.runs_writer``: a Ray actor of 0 CPUs
 named ``<host name>-mlflow``, owned by the host) does one ``log_batch`` per run per batch. A slow store only makes batches bigger; a failing store, a dead writer or rows
 dropped from a full buffer are counted in ``status()`` (the host's stats), never raised.
 
@@ -75,7 +75,7 @@ class Batch:
     runs: dict[str, str]
 
 
-# -- how a batch reaches the writer (actors.host_runs_writer) ---------------------------------------------------
+# -- how a batch reaches the writer (actors.hosts.runs_writer) ---------------------------------------------------
 class RunsSink(Protocol):
     def submit(self, batch: Batch) -> Any:
         """Start writing ``batch`` and return a handle at once."""

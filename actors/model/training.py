@@ -2,7 +2,7 @@
 
 Each step's metrics go to the run's writer and may write a checkpoint; a call that fails
 part-way publishes the steps it applied and says how many (``PartialTrainingError``), so a
-caller never retries blindly. A mixin of ``actors.core.ModelCore``, which owns the state.
+caller never retries blindly. A mixin of ``actors.model.core.ModelCore``, which owns the state.
 """
 
 from __future__ import annotations

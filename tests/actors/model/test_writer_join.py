@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from actors.run_plan import RunPlan
-from actors.tracking_writer import ThreadWriter
+from actors.model.run_plan import RunPlan
+from actors.model.tracking_writer import ThreadWriter
 
 
 class HeldTracker:

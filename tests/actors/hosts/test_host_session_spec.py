@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from actors.host_core import HostCore
-from actors.session_host import host_journal
+from actors.hosts.core import HostCore
+from actors.hosts.host import host_journal
 from pipelines.errors import CapacityError, DataSourceError, InvalidInputError
 
 

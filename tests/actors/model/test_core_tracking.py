@@ -19,7 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from support import free_port
 
-from actors.core import ModelCore
+from actors.model.core import ModelCore
 from pipelines.errors import TrackingError
 from pipelines.tracking.tracker import Tracker
 

@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from support import random_batch
 
-from actors.core import ModelCore
+from actors.model.core import ModelCore
 from pipelines.errors import CheckpointError
 
 

@@ -17,7 +17,7 @@ the run's Tracker. A failing store is counted and reported, never allowed to sto
 * ``join(timeout_s)`` waits at most ``timeout_s`` and returns the status: ``state`` (opening,
   open), ``pending`` writes, ``errors``, ``open_failures``, ``last_error`` and the
   ``failed_uploads`` with their paths. A status with ``pending > 0`` means "not yet", not lost.
-* Checkpoint uploads are queued as a copy taken at queue time (``actors.upload_staging``), so
+* Checkpoint uploads are queued as a copy taken at queue time (``actors.model.upload_staging``), so
   retention may prune the checkpoint before the writer gets to it.
 
 Restarts open a new run. A ModelCore that restores a checkpoint does not resume the run the
@@ -46,9 +46,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from actors import upload_staging
-from actors.run_plan import RunPlan
-from actors.upload_staging import StagedFile
+from actors.model import upload_staging
+from actors.model.run_plan import RunPlan
+from actors.model.upload_staging import StagedFile
 
 log = logging.getLogger(__name__)
 

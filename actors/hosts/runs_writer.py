@@ -1,4 +1,4 @@
-"""The writer of a session host's MLflow runs (``actors.host_tracking``), and its carriers.
+"""The writer of a session host's MLflow runs (``actors.hosts.tracking``), and its carriers.
 
 ``RunsWriter`` applies the host's batches to one ``Tracker`` per session. In a host it runs
 in a Ray actor of its own (``RayRunsSink``: 0 CPUs, low OS priority, named
@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from actors.host_tracking import SESSION_TAG, Batch, Row
+from actors.hosts.tracking import SESSION_TAG, Batch, Row
 from pipelines.tracking.store import fail_fast_over_http
 
 log = logging.getLogger(__name__)

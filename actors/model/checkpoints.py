@@ -2,7 +2,7 @@
 
 A save of weights already saved is a no-op; a load of an older checkpoint makes a copy of it
 the newest (what a restart restores) and, when the MLflow run already has later steps, opens
-a new run linked to it. A mixin of ``actors.core.ModelCore``, which owns the state.
+a new run linked to it. A mixin of ``actors.model.core.ModelCore``, which owns the state.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pipelines.model.checkpoints import CheckpointInfo
 from pipelines.version import code_version
 
 if TYPE_CHECKING:
-    from actors.tracking_writer import ProcessWriter, ThreadWriter
+    from actors.model.tracking_writer import ProcessWriter, ThreadWriter
     from conf import Config
     from pipelines.model.checkpoints import CheckpointStore
     from pipelines.model.trainer import Trainer
@@ -86,7 +86,7 @@ class CheckpointCalls:
         Loading any other than the newest checkpoint is a rewind: a copy of it is written as
         the newest checkpoint, so a restart resumes from it, not from the abandoned future.
         Loading a step older than the MLflow run's newest opens a new run linked to it (as a
-        restart does; ``actors.tracking_writer``): the run's step axis never repeats a step.
+        restart does; ``actors.model.tracking_writer``): the run's step axis never repeats a step.
         """
         if path is None:
             got = self.store.load_latest_good()

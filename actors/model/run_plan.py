@@ -1,6 +1,6 @@
 """The MLflow run a writer opens: always a new one (resolved config as params,
 ``config/resolved.yaml``, code version and generation tags), linked to the previous run after
-a restore or a rewind (see ``actors.tracking_writer`` for the lineage rule).
+a restore or a rewind (see ``actors.model.tracking_writer`` for the lineage rule).
 """
 
 from __future__ import annotations

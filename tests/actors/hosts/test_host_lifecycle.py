@@ -8,8 +8,8 @@ import threading
 
 from host_support import InstantTraining, host_core, journal_of
 
-from actors.host_runs_writer import LocalRunsSink, RunsWriter
-from actors.host_tracking import SessionRuns
+from actors.hosts.runs_writer import LocalRunsSink, RunsWriter
+from actors.hosts.tracking import SessionRuns
 from pipelines.errors import DataSourceError
 from pipelines.live import Journal
 

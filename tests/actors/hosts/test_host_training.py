@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actors.host_training import TrainingDriver
+from actors.hosts.training import TrainingDriver
 from pipelines.live import Journal, Sample, TrainingQueue
 
 

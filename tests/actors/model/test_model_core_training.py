@@ -7,7 +7,7 @@ import pytest
 import torch
 from support import random_batch
 
-from actors.core import ModelCore
+from actors.model.core import ModelCore
 from pipelines.data.dataset import Dataset
 from pipelines.errors import CandlerayError, CheckpointError, InvalidInputError
 

@@ -12,10 +12,10 @@ from host_support import call, finished, hosts_for, kill, wait_until
 from mlflow.tracking import MlflowClient
 
 from actors import assign_host, spec_from_config
-from actors.host_core import HostCore
-from actors.host_runs_writer import RayRunsSink
-from actors.host_tracking import SESSION_TAG, SessionRuns
-from actors.session_host import host_journal, host_name
+from actors.hosts.core import HostCore
+from actors.hosts.host import host_journal, host_name
+from actors.hosts.runs_writer import RayRunsSink
+from actors.hosts.tracking import SESSION_TAG, SessionRuns
 from serve.predictor import Predictor
 
 CANDLES = 60

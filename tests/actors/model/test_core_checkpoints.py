@@ -8,7 +8,7 @@ import pytest
 import torch
 from support import random_batch
 
-from actors.core import ModelCore
+from actors.model.core import ModelCore
 
 
 def train(core, n, seed=0):

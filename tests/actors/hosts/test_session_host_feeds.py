@@ -14,9 +14,9 @@ import pandas as pd
 from fake_exchange import FakeBinance, binance_client, binance_options
 from host_support import call, hosts_for, kill, wait_until
 
-from actors.host_core import HostCore
-from actors.host_feeds import PollSource
-from actors.session_host import host_journal
+from actors.hosts.core import HostCore
+from actors.hosts.feeds import PollSource
+from actors.hosts.host import host_journal
 from pipelines.live import Candle
 
 START = pd.Timestamp("2024-01-01", tz="UTC")

@@ -1,4 +1,4 @@
-"""SessionHost: a named Ray actor holding many live sessions of one model (``actors.host_core``).
+"""SessionHost: a named Ray actor holding many live sessions of one model (``actors.hosts.core``).
 
 ``live.hosts`` hosts per model, named ``<run.name>-host-<i>`` in ``ray.namespace`` so any
 process (the CLI, the Serve app) finds them; each restarts up to ``ray.max_restarts`` times
@@ -40,11 +40,11 @@ from typing import Any
 
 import ray
 
-from actors.core import spec_from_config
-from actors.host_core import HostCore, assign_host, host_of
-from actors.host_runs_writer import RayRunsSink
-from actors.host_tracking import SessionRuns
-from actors.model_actor import ModelClient
+from actors.hosts.core import HostCore, assign_host, host_of
+from actors.hosts.runs_writer import RayRunsSink
+from actors.hosts.tracking import SessionRuns
+from actors.model.actor import ModelClient
+from actors.model.core import spec_from_config
 from conf import Config
 from pipelines.errors import CandlerayError
 from pipelines.live import Journal, journal_path
