@@ -205,7 +205,9 @@ class BacktestIn(_Body):
 
 class AnnotationIn(_Body):
     symbol: str = Field(min_length=1, max_length=200)
-    timeframe: str = Field(min_length=1, max_length=10)
+    timeframe: Annotated[str, AfterValidator(timeframe_in_range)] = Field(
+        min_length=1, max_length=10
+    )
     side: Literal["long", "short"]
     entry_time: Time
     entry_price: float = Field(gt=0)

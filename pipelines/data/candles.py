@@ -20,17 +20,28 @@ PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
 
 _TF_RE = re.compile(r"^(\d+)(m|h|d|w)$")
 _TF_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
+# the longest bar: a year of weeks. Longer ones overflow the nanosecond clock once a few
+# hundred are laid end to end (99999w is ~1900 years), so they are refused wherever they come from
+MAX_TIMEFRAME = "52w"
+_MAX_TF_SECONDS = 52 * _TF_SECONDS["w"]
 
 
 def timeframe_seconds(timeframe: str) -> int:
     """Seconds in a ccxt-style timeframe such as ``1m``, ``15m``, ``4h``, ``1d``, ``1w``."""
-    m = _TF_RE.match(timeframe)
+    m = _TF_RE.match(timeframe) if len(timeframe) <= 12 else None
     if not m or int(m.group(1)) <= 0:
+        shown = timeframe if len(timeframe) <= 40 else timeframe[:40] + "..."
         raise ConfigError(
-            f"timeframe {timeframe!r} is not understood; use <n><unit> with unit m, h, d or w "
+            f"timeframe {shown!r} is not understood; use <n><unit> with unit m, h, d or w "
             "(e.g. 1m, 15m, 1h, 4h, 1d)"
         )
-    return int(m.group(1)) * _TF_SECONDS[m.group(2)]
+    seconds = int(m.group(1)) * _TF_SECONDS[m.group(2)]
+    if seconds > _MAX_TF_SECONDS:
+        raise ConfigError(
+            f"timeframe {timeframe!r} is longer than the longest bar, {MAX_TIMEFRAME}; "
+            "use e.g. 1h, 4h, 1d or 1w"
+        )
+    return seconds
 
 
 def timeframe_offset(timeframe: str) -> pd.Timedelta:

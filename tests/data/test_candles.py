@@ -8,6 +8,7 @@ from pipelines.data.candles import (
     infer_timeframe,
     normalize_columns,
     resample,
+    timeframe_seconds,
     validate_candles,
 )
 from pipelines.errors import CandleValidationError
@@ -146,3 +147,16 @@ def test_resample_bins_sit_on_the_epoch_grid_and_weeks_start_on_monday():
         .index[:2]
         .equals(pd.DatetimeIndex(["2023-12-25", "2024-01-08"], tz="UTC", name="time"))
     )
+
+
+@pytest.mark.parametrize(
+    "spec", ["sample:EURUSD@99999w", "synthetic:SYN0@53w", "binance:X@9999999d"]
+)
+def test_a_timeframe_past_a_year_is_refused_wherever_it_comes_from(spec):
+    # 99999w used to pass the grammar and overflow the nanosecond clock later (a 500 on the API)
+    from pipelines.data.sources import parse_symbol
+    from pipelines.errors import CandlerayError
+
+    with pytest.raises(CandlerayError, match="longer than the longest bar, 52w"):
+        parse_symbol(spec, "1h")
+    assert timeframe_seconds("52w") == 52 * 7 * 86400

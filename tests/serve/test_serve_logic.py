@@ -393,6 +393,15 @@ def _window(year: int, n: int = 40) -> bytes:
             "timeframe",
         ),
         ("POST", "/backtests", b'{"symbols": ["s"], "until": "2262-06-01"}', "", "until"),
+        (
+            "POST",
+            "/annotations",
+            b'{"symbol": "s", "timeframe": "99999w", "side": "long", '
+            b'"entry_time": "2024-01-01T00:00:00Z", "entry_price": 1.0, '
+            b'"exit_time": "2024-01-02T00:00:00Z", "exit_price": 1.1}',
+            "",
+            "timeframe",
+        ),
     ],
 )
 def test_times_and_timeframes_past_the_candle_clock_are_a_422_with_the_range(
