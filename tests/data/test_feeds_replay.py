@@ -106,6 +106,9 @@ def test_numeric_text_is_a_row_not_a_year(series):
     as_text, as_int = ReplayFeed(series, SPEC, start="-100"), ReplayFeed(series, SPEC, start=-100)
     assert len(as_text.history()) == len(as_int.history()) == 200
     assert [c.time for c in as_text.candles()] == [c.time for c in as_int.candles()]
+    for odd in ("-+5", "\u00b2", "1e3"):  # not a plain row: refused as neither row nor time
+        with pytest.raises(InvalidInputError, match="neither a row number nor a time"):
+            ReplayFeed(series, SPEC, start=odd)
 
 
 def test_bad_rows_are_skipped_and_counted_by_rule_and_gaps_reported(series, caplog):

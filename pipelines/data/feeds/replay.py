@@ -16,6 +16,7 @@ stored series has nothing to fill it from.
 from __future__ import annotations
 
 import math
+import re
 import time as _time
 from collections.abc import Callable, Iterator
 from typing import TypeAlias
@@ -29,6 +30,11 @@ from pipelines.data.sources import SymbolSpec, load_candles
 from pipelines.errors import InvalidInputError
 
 Start: TypeAlias = int | str | pd.Timestamp | None
+
+
+# a row as text: an optional sign and ASCII digits, at most 9 of them ("20240301" is a row, as
+# the CLI reads --start 20240301; a compact date must be written 2024-03-01)
+_ROW_TEXT = re.compile(r"[+-]?[0-9]{1,9}")
 
 
 class ReplayFeed:
@@ -75,7 +81,7 @@ class ReplayFeed:
                     f"use a row in [-{n}, {n}] or a time"
                 )
             return row
-        if isinstance(start, str) and start.strip().lstrip("+-").isdigit():
+        if isinstance(start, str) and _ROW_TEXT.fullmatch(start.strip()):
             # a row as text, as the CLI's --start -300 arrives: pandas would read "-300" as
             # the year -300, so numeric text is a row, never a time
             return self._start_row(int(start))
