@@ -139,6 +139,10 @@ class JobBoard:
         self._refs: dict[str, list[ray.ObjectRef]] = {}  # in a list: the ref itself, not its value
 
     def create(self, kind: str, params: dict[str, Any]) -> str:
+        # a job whose worker died never calls finish: settle those first, or their slots
+        # (one training job, serve.max_running_jobs) would refuse every new job until a GET
+        for job in self.table.running():
+            self._check(job["id"])
         return self.table.create(kind, params)
 
     def watch(self, job_id: str, refs: list[ray.ObjectRef]) -> None:

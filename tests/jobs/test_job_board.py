@@ -61,3 +61,30 @@ def test_only_the_newest_finished_jobs_are_kept():
     assert kept == [running, *ids[-2:]]  # running jobs are never dropped
     assert t.get(ids[0]) is None and t.get(ids[-1])["result"] == {"big": "x" * 1000}
     assert all("result" not in j for j in t.list())
+
+
+@pytest.mark.ray
+def test_a_job_whose_worker_died_frees_its_slot_for_the_next_job(ray_cluster):
+    # run_job writes every outcome to the board, but a worker killed mid-job writes nothing:
+    # without a check at create, its "running" training job made every new one a 409
+    import os
+
+    import ray
+
+    from actors.jobs import JobBoard
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def dies() -> None:
+        os._exit(1)
+
+    board = JobBoard.remote(max_running=1, keep_finished=10)
+    first = ray.get(board.create.remote("training", {"kind": "history"}))
+    ref = dies.remote()
+    ray.get(board.watch.remote(first, [ref]))
+    ray.wait([ref], timeout=120)  # the task has ended (its worker exited)
+    second = ray.get(board.create.remote("training", {"kind": "history"}), timeout=60)
+    assert second != first
+    jobs = {j["id"]: j for j in ray.get(board.list.remote())}
+    assert jobs[first]["state"] == "failed" and "Ray task ended" in jobs[first]["error"]
+    assert jobs[second]["state"] == "running"
+    ray.kill(board)
