@@ -112,6 +112,7 @@ class HostCore:
         self._journaled_runs: set[str] = set()
         self._restored: list[str] = []  # sessions whose last window still needs predicting
         self.restore_failed: dict[str, str] = {}  # journaled sessions not resumed, and why
+        self.not_resumed: list[str] = []  # left running by a dead run's host: stopped at start
         self.closed: dict[str, Any] | None = None  # close()'s report, once closed
         self.latencies: deque[float] = deque(maxlen=LATENCIES)
         self.counters = {"ticks": 0, "predictions": 0, "loop_errors": 0}
@@ -120,18 +121,31 @@ class HostCore:
         )
 
     # -- sessions --------------------------------------------------------------------------
-    def restore(self) -> list[str]:
+    def restore(self, *, resume: bool = True) -> list[str]:
         """Resume every session the journal holds that was not stopped, after its last candle.
 
-        One session that cannot be resumed (its series is gone, its exchange refuses, a state
-        this code cannot read) is logged and listed in ``restore_failed`` with the reason; the
-        others resume. Raising here would fail the actor's start, and Ray would restart it
-        into the same failure until no session was left running at all.
+        ``resume=False`` is a new host of the run name, not Ray restarting a crashed one (the
+        run that left these sessions running died without its clean stop): they are journaled
+        stopped and listed in ``not_resumed``, never replayed and trained on unseen by the new
+        run. One session that cannot be resumed (its series is gone, its exchange refuses, a
+        state this code cannot read) is logged and listed in ``restore_failed`` with the
+        reason; the others resume. Raising here would fail the actor's start, and Ray would
+        restart it into the same failure until no session was left running at all.
         """
         got = []
         for sid in self.journal.session_ids():
             feed = self.journal.events(sid, "feed", limit=1)
             if not feed or self.journal.stopped(sid):
+                continue
+            if not resume:
+                self.journal.write([(sid, [("stopped", 0, {"reason": "not_resumed"})])])
+                self.not_resumed.append(sid)
+                log.warning(
+                    "host %d: session %s was left running by a host that died with its run; "
+                    "stopped, not resumed (only a host Ray restarts resumes its sessions)",
+                    self.index,
+                    sid,
+                )
                 continue
             try:
                 self._resume(sid, feed[0][1])
@@ -350,6 +364,7 @@ class HostCore:
                     "p99": float(np.percentile(lat, 99)) if lat.size else None,
                 },
                 "restore_failed": dict(self.restore_failed),
+                "not_resumed": list(self.not_resumed),
                 "mlflow_errors": None if self.runs is None else self.runs.errors,
                 "mlflow": None if self.runs is None else self.runs.status(),
             }

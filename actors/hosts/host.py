@@ -110,7 +110,9 @@ class SessionHost:
             runs=runs,
             wake=self._wake.set,  # an exchange's candles are taken as soon as a poll brings them
         )
-        self.core.restore()
+        # only a host Ray restarts (a crash, a lost node) resumes its sessions; a new host of
+        # the run name stops what a dead run left running instead of replaying it unseen
+        self.core.restore(resume=ray.get_runtime_context().was_current_actor_reconstructed)
         threading.Thread(target=self._loop, name="host-loop", daemon=True).start()
         threading.Thread(target=self._weights, name="host-weights", daemon=True).start()
 
@@ -248,6 +250,23 @@ def find_hosts(cfg: Config) -> list[Any]:
     return [
         ray.get_actor(host_name(cfg, i), namespace=cfg.ray.namespace) for i in range(cfg.live.hosts)
     ]
+
+
+def not_resumed(hosts: list[Any], timeout_s: float) -> list[str]:
+    """Sessions that new hosts found left running by a run that died, and stopped at start."""
+    refs = [h.stats.remote() for h in hosts]  # all asked at once, gathered once
+    return [sid for st in ray.get(refs, timeout=timeout_s) for sid in st["not_resumed"]]
+
+
+def not_resumed_note(hosts: list[Any], timeout_s: float) -> str | None:
+    """The line a command prints when its new hosts stopped an earlier run's sessions."""
+    ids = not_resumed(hosts, timeout_s)
+    if not ids:
+        return None
+    return (
+        f"{len(ids)} session(s) left running by an earlier run whose host died were stopped, "
+        f"not resumed: {', '.join(ids)} (only a host Ray restarts resumes its sessions)"
+    )
 
 
 def host_call(ref: Any, what: str, timeout_s: float) -> Any:

@@ -86,6 +86,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     import ray
 
     from actors import ModelClient, assign_host, host_call, start_hosts, stop_hosts
+    from actors.hosts.host import not_resumed_note
     from pipelines.cluster import init_ray
 
     owns = init_ray(cfg)
@@ -96,6 +97,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     try:
         client.call("weights_version")
         hosts = start_hosts(cfg)
+        note = not_resumed_note(hosts, cfg.ray.call_timeout_s)
+        if note:
+            print(note, file=sys.stderr)
         loads = [0] * len(hosts)
         ids: list[tuple[Any, str]] = []
         for n in names:

@@ -27,7 +27,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from ray import serve
 
     from actors import ModelClient
-    from actors.hosts.host import start_hosts, stop_hosts
+    from actors.hosts.host import not_resumed_note, start_hosts, stop_hosts
     from actors.jobs import job_board
     from pipelines.cluster import init_ray
     from serve.app import start
@@ -39,6 +39,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         client = ModelClient.connect(cfg)
         metrics = client.call("metrics")
         hosts = start_hosts(cfg)
+        note = not_resumed_note(hosts, cfg.ray.call_timeout_s)
+        if note:
+            print(note, flush=True)
         # held for the app's lifetime: a board that is not detached ends with its last handle
         _board = job_board(cfg)
         start(cfg)

@@ -43,6 +43,27 @@ def test_a_clean_close_stops_every_session_and_the_next_host_resumes_none(make_c
     assert j.stopped(sid) and j.restore(sid, core.settings)[0].metrics.candles == taken
 
 
+def test_a_new_host_after_a_run_that_died_stops_its_sessions_instead_of_resuming(make_cfg):
+    # the run was SIGKILLed (no clean stop journaled); a later, unrelated run of the same run
+    # name starts new hosts (resume=False: Ray did not restart them) and must not replay and
+    # train the old every_candle session unseen
+    cfg = make_cfg("live.hosts=1")
+    core = host_core(cfg)
+    sid = core.start_session("synthetic:SYN0", "1h", "every_candle", "replay", 0, -100)["id"]
+    steps(core, 10)
+    core.journal.close()  # killed: no close(), nothing journaled stopped
+
+    calls = InstantTraining()
+    nxt = host_core(cfg, calls=calls)
+    assert nxt.restore(resume=False) == [] and nxt.list_sessions() == []
+    assert nxt.stats()["not_resumed"] == [sid]  # said, not silent
+    steps(nxt, 20)
+    assert calls.samples == 0
+    nxt.close()
+    assert journal_of(cfg).stopped(sid)
+    assert host_core(cfg).restore() == []  # stopped for good: a later crash restart neither
+
+
 def test_a_host_that_died_resumes_its_sessions_one_started_without_warm_up_too(make_cfg):
     cfg = make_cfg("live.hosts=1")
     core = host_core(cfg)

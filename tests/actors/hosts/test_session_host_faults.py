@@ -9,7 +9,7 @@ import time
 import ray
 from host_support import call, finished, hosts_for, journal_of, kill, wait_until
 
-from actors import ModelCore
+from actors import ModelCore, start_hosts
 
 
 @ray.remote(concurrency_groups={"read": 2})
@@ -86,6 +86,25 @@ def test_sigkill_of_a_host_resumes_its_sessions_from_the_journal(ray_cluster, ma
     assert all(b - a == step for a, b in zip(preds, preds[1:], strict=False))
     call(host.shutdown.remote())
     kill(host)
+
+
+def test_a_host_killed_for_good_leaves_its_sessions_to_no_later_run(ray_cluster, make_cfg):
+    # the run died with its host (Ray does not restart it): the next run's new host is not a
+    # restart, so it stops those sessions and says so instead of replaying them unseen
+    cfg = make_cfg("live.hosts=1")
+    client, (host,) = hosts_for(cfg)  # the client holds the ModelActor for the whole test
+    sid = call(
+        host.start_session.remote("synthetic:SYN0", "1h", "every_candle", "replay", 25, -200)
+    )["id"]
+    wait_until(lambda: call(host.status.remote(sid))["metrics"]["candles"] >= 10)
+    kill(host)
+    assert client.call("weights_version") is not None
+    (again,) = start_hosts(cfg)
+    assert call(again.list_sessions.remote()) == []
+    assert call(again.stats.remote())["not_resumed"] == [sid]
+    assert journal_of(cfg).stopped(sid)
+    call(again.shutdown.remote())
+    kill(again)
 
 
 def _alive_with_new_pid(host, old: int) -> bool:
