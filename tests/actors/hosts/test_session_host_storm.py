@@ -164,9 +164,11 @@ def test_storm_of_batch_live_and_manual_training_with_predictions(ray_cluster, m
     storm.join(240)
     assert not storm.errors, f"storm errors: {storm.errors!r}"
     assert len(batch_steps) >= 2
-    # the live sessions were still running when the storm ended: they predicted and trained
-    # all through it (BARS - STORM_BARS bars were left to each)
-    assert all(at_end[sid]["state"] == "running" for _, sid in sessions), at_end
+    # the storm ended on the read that saw the slowest live session reach STORM_BARS: that
+    # session was still running (it had BARS - STORM_BARS bars left), so the storm overlapped
+    # live predicting and training. A faster session may already have finished: sessions start
+    # seconds apart on a loaded machine, and that is no fault
+    assert any(at_end[sid]["state"] == "running" for _, sid in sessions), at_end
     assert predicted and predicted[-1] > predicted[0]  # weights moved meanwhile
 
     for h in hosts:
