@@ -5,17 +5,13 @@ equal the one-node run's."""
 from __future__ import annotations
 
 import json
-import queue
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from cluster_support import Command, wait_for
 from support import tiny_overrides
 
 from actors import spec_from_config
@@ -25,7 +21,6 @@ from pipelines.config import load_config
 from pipelines.model.checkpoints import CheckpointStore
 from pipelines.model.trainer import Trainer
 
-CANDLERAY = str(Path(sys.executable).with_name("candleray"))
 SYMBOLS = [f"synthetic:S{i}" for i in range(6)]
 # walk-forward training inside each task: a few seconds of work per symbol, so a node that is
 # killed holds running tasks
@@ -79,53 +74,6 @@ def attempts(mn, seen: frozenset[str] | set[str] = frozenset()) -> list[Any]:
         raise_on_missing_output=False,
     )
     return [a for a in got if a.task_id not in seen]
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
-    """``check()``'s first truthy value; a hang guard, not a deadline the test means to meet."""
-    deadline = time.monotonic() + timeout
-    while not (got := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.5)
-    return got
-
-
-class Command:
-    """``candleray ...`` in a subprocess, its output read line by line as it comes."""
-
-    def __init__(self, args: list[str]) -> None:
-        self.proc = subprocess.Popen(
-            [CANDLERAY, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.output: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def wait(self, timeout: float = 300) -> int:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                self.proc.kill()
-                pytest.fail("candleray hung:\n" + "".join(self.output[-50:]))
-            if line is None:
-                return self.proc.wait(timeout=60)
-            self.output.append(line)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.output)
 
 
 def cluster_run(mn, setup, out: Path) -> Command:
