@@ -62,7 +62,7 @@ def _options(uri: str) -> dict[str, Any]:
     }
 
 
-def _is_store_error(exc: BaseException) -> bool:
+def is_store_error(exc: BaseException) -> bool:
     """OSError (s3fs maps S3's 403/404 to PermissionError/FileNotFoundError), a missing
     filesystem package, or a client library's own error (botocore, aiohttp)."""
     if isinstance(exc, (OSError, ImportError)):
@@ -118,16 +118,21 @@ def translated(*, setting: str, uri: str, action: str) -> Iterator[None]:
     except StorageError:
         raise
     except Exception as exc:
-        if not _is_store_error(exc):
+        if not is_store_error(exc):
             raise
         raise storage_error(exc, setting=setting, uri=uri, action=action) from exc
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path) of ``uri``, with the bounded S3 options; nothing is checked."""
+    return fsspec.core.url_to_fs(uri, **_options(uri))
 
 
 def open_store(uri: str, *, setting: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, root path) of ``uri``, checked to be usable: a local folder is created;
     an S3 bucket must exist and let these credentials in. StorageError if not."""
     with translated(setting=setting, uri=uri, action="opening the store"):
-        fs, root = fsspec.core.url_to_fs(uri, **_options(uri))
+        fs, root = filesystem(uri)
         if isinstance(fs, LocalFileSystem):
             fs.makedirs(root, exist_ok=True)
         elif "s3" in _protocols(fs):

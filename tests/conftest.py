@@ -115,6 +115,17 @@ def make_cfg(tmp_path) -> Callable[..., object]:
 def server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``mlflow server`` on 127.0.0.1 with proxied artifacts, up for the test session."""
     root = tmp_path_factory.mktemp("server")
+    yield from _mlflow_server(root, str(root / "art"))
+
+
+@pytest.fixture(scope="session")
+def s3_server_uri(tmp_path_factory: pytest.TempPathFactory, s3_bucket: S3Bucket) -> Iterator[str]:
+    """``mlflow server`` as teams run it: artifacts proxied to ``<s3_bucket>/mlflow``."""
+    root = tmp_path_factory.mktemp("s3server")
+    yield from _mlflow_server(root, f"{s3_bucket.url}/mlflow")  # the AWS_* env is set
+
+
+def _mlflow_server(root, artifacts: str) -> Iterator[str]:
     port = free_port()
     log = root / "server.log"
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no huey job runner
@@ -128,7 +139,7 @@ def server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 "--backend-store-uri",
                 f"sqlite:///{root / 'srv.db'}",
                 "--artifacts-destination",
-                str(root / "art"),
+                artifacts,
                 "--host",
                 "127.0.0.1",
                 "--port",

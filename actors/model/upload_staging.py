@@ -5,7 +5,8 @@ it, possibly minutes later while the store is slow or down; retention may prune 
 between. So the file is staged at queue time: a hard link (a copy where links fail) in
 ``<checkpoint folder>/.mlflow-uploads/<id>/``, named like the original, removed after the
 upload, whether it worked or not. On remote storage (s3://, gs://, ...) the stage is a copy
-made by the storage itself, downloaded to a temporary file for the upload.
+made by the storage itself (a server-side copy on S3), downloaded to a temporary file for the
+upload; ``pipelines.storage`` opens the store with its bounded timeouts and retries.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from pipelines.storage import filesystem
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ class StagedFile:
 def stage(uri: str) -> StagedFile:
     """Take the copy of ``uri`` that its queued upload will read."""
     try:
-        fs, path = fsspec.core.url_to_fs(uri)
+        fs, path = filesystem(uri)
         folder, name = path.rstrip("/").rsplit("/", 1)
         staged = f"{folder}/{STAGING_DIR}/{uuid.uuid4().hex}/{name}"
         fs.makedirs(staged.rsplit("/", 1)[0], exist_ok=True)
@@ -67,7 +69,7 @@ def local_file(item: StagedFile) -> Iterator[str]:
     """A local path to upload ``item`` from; the stage is removed afterwards."""
     if item.staged is None:
         raise FileNotFoundError(item.error)
-    fs, path = fsspec.core.url_to_fs(item.staged)
+    fs, path = filesystem(item.staged)
     try:
         if isinstance(fs, LocalFileSystem):
             yield path
@@ -84,7 +86,7 @@ def local_file(item: StagedFile) -> Iterator[str]:
 def remove_stale(checkpoint_uri: str) -> None:
     """Remove stages that a writer which died with its actor left behind."""
     try:
-        fs, root = fsspec.core.url_to_fs(f"{checkpoint_uri.rstrip('/')}/{STAGING_DIR}")
+        fs, root = filesystem(f"{checkpoint_uri.rstrip('/')}/{STAGING_DIR}")
         if not fs.exists(root):
             return
         for stage_dir in fs.ls(root, detail=False):

@@ -1,6 +1,8 @@
 """Checkpoint storage behind a URI: atomic writes, metadata sidecars, retention, safe loads.
 
-Layout under the URI (a local folder, or any fsspec URI such as s3://bucket/prefix):
+Layout under the URI (a local folder, or any fsspec URI such as s3://bucket/prefix; opened
+and checked by ``pipelines.storage``, so a missing bucket or refused credentials fail at once
+with a ``StorageError`` naming ``checkpoint.uri``):
 
     ckpt-00000007-step000000200-3f9a1c2e.pt     torch.save of the trainer state (tensors,
                                                 numbers, strings only)
@@ -10,7 +12,8 @@ Layout under the URI (a local folder, or any fsspec URI such as s3://bucket/pref
 
 Every save writes two files of its own, named by a sequence number, the step and a random
 id; no save ever rewrites another checkpoint's weights or sidecar. The .pt is written first,
-the sidecar last, each to a temporary name and then renamed, so a crash in between leaves
+the sidecar last, each to a temporary name and then renamed (on an object store, where a
+rename is a copy, each is one whole-object put instead), so a crash in between leaves
 weights without a sidecar: ignored, and deleted by the next save's prune. A sidecar that is
 unreadable or not a record, or a .pt whose sha256 differs from its sidecar's, is skipped with
 a warning. Loads use ``torch.load(weights_only=True)``.
@@ -40,10 +43,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import torch
 
 from pipelines.errors import CheckpointError
+from pipelines.storage import is_local, is_store_error, open_store, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +120,8 @@ class CheckpointStore:
     def __init__(self, uri: str, keep_last: int = 3) -> None:
         self.uri = uri
         self.keep_last = keep_last
-        self.fs, self.root = fsspec.core.url_to_fs(uri)
-        self.fs.makedirs(self.root, exist_ok=True)
+        self.fs, self.root = open_store(uri, setting="checkpoint.uri")
+        self._local = is_local(uri)
 
     def _p(self, name: str) -> str:
         return f"{self.root.rstrip('/')}/{name}"
@@ -126,15 +129,20 @@ class CheckpointStore:
     def _atomic_write(self, name: str, data: bytes) -> str:
         final, tmp = self._p(name), self._p(f".{name}.tmp-{uuid.uuid4().hex[:8]}")
         try:
-            with self.fs.open(tmp, "wb") as f:
-                f.write(data)
-            self.fs.mv(tmp, final)  # a rename on local and shared filesystems
-        except OSError as exc:
-            if self.fs.exists(tmp):
+            if self._local:
+                with self.fs.open(tmp, "wb") as f:
+                    f.write(data)
+                self.fs.mv(tmp, final)  # a rename on local and shared filesystems
+            else:
+                self.fs.pipe_file(final, data)  # an object appears whole or not at all
+        except Exception as exc:
+            if not is_store_error(exc):
+                raise
+            if self._local and self.fs.exists(tmp):
                 self.fs.rm(tmp)
-            raise CheckpointError(
-                f"could not write checkpoint {final}: {exc}; check checkpoint.uri"
-            ) from exc
+            # a CheckpointError, which the ModelActor reports as a failed save and trains on
+            err = storage_error(exc, setting="checkpoint.uri", uri=self.uri, action="a write")
+            raise CheckpointError(f"could not write checkpoint {final}: {err}") from exc
         return final
 
     def save(self, state: dict[str, Any], meta: dict[str, Any]) -> CheckpointInfo:
@@ -250,8 +258,11 @@ class CheckpointStore:
             meta.setdefault("file", path.rsplit("/", 1)[-1])  # checked to be this file's
             with self.fs.open(path, "rb") as f:
                 blob = f.read()
-        except OSError as exc:
-            raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
+        except Exception as exc:
+            if not is_store_error(exc):
+                raise
+            err = storage_error(exc, setting="checkpoint.uri", uri=self.uri, action="a read")
+            raise CheckpointError(f"checkpoint {path} cannot be read: {err}") from exc
         if hashlib.sha256(blob).hexdigest() != meta["sha256"]:
             raise CheckpointError(
                 f"checkpoint {path} is corrupt or truncated ({len(blob)} bytes, "
