@@ -24,6 +24,7 @@ import pandas as pd
 
 from conf import Config, flatten, to_dict
 from pipelines.backtest.runner import BacktestRun, SymbolOutcome
+from pipelines.storage import filesystem, is_local, translated, write_bytes
 from pipelines.version import code_version
 
 # statistics logged as MLflow metrics, per symbol and for the portfolio (finite values only)
@@ -188,10 +189,19 @@ def report_dict(run: BacktestRun, cfg: Config) -> dict[str, Any]:
     )
 
 
-def write_json(run: BacktestRun, cfg: Config, path: str | Path) -> Path:
+def write_json(run: BacktestRun, cfg: Config, path: str | Path) -> Path | str:
+    """The JSON report at a local path (returned as a Path) or any fsspec URI such as
+    ``s3://bucket/reports/r.json`` (``--out``; written as one object, returned as given)."""
+    text = json.dumps(report_dict(run, cfg), indent=1, allow_nan=False)
+    if not is_local(str(path)):
+        uri = str(path)
+        with translated(setting="--out", uri=uri, action="writing the backtest report"):
+            fs, where = filesystem(uri)
+            write_bytes(fs, where, text.encode())
+        return uri
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(report_dict(run, cfg), indent=1, allow_nan=False))
+    p.write_text(text)
     return p
 
 

@@ -36,7 +36,8 @@ def register(sub: Any) -> None:
     b.add_argument(
         "--out",
         default=None,
-        help="JSON report (default: <run.home>/backtests/<run.name>-<time>.json)",
+        help="JSON report: a path or any fsspec URI, e.g. s3://bucket/reports/r.json "
+        "(default: <run.home>/backtests/<run.name>-<time>.json)",
     )
 
 

@@ -3,6 +3,7 @@ bucket, listed with boto3 as an operator would."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import boto3
@@ -68,3 +69,26 @@ def test_candle_cache_in_a_missing_bucket_names_data_cache_dir(s3_bucket):
         StorageError, match=r"data\.cache_dir=s3://no-such-bucket/c.*create the bucket"
     ):
         CandleCache("s3://no-such-bucket/c")
+
+
+def test_backtest_report_written_to_s3_reads_back_whole(s3_bucket, make_cfg):
+    from actors import spec_from_config
+    from pipelines.backtest.report import write_json
+    from pipelines.backtest.runner import jobs_for, run_in_process
+    from pipelines.backtest.weights import BacktestWeights
+    from pipelines.model.trainer import Trainer
+
+    cfg = make_cfg("model.device=cpu")
+    spec = spec_from_config(cfg)
+    weights = Trainer(spec, cfg.train, torch.device("cpu"), seed=3).weights_cpu()
+    run = run_in_process(
+        jobs_for(["synthetic:SYN0"], cfg),
+        BacktestWeights(spec, weights, "test", "random", 0, cfg.data.extra_timeframes),
+        cfg,
+    )
+    key = f"reports-{uuid.uuid4().hex[:8]}/r.json"
+    assert write_json(run, cfg, f"{s3_bucket.url}/{key}") == f"{s3_bucket.url}/{key}"
+    s3 = boto3.Session().client("s3", endpoint_url=s3_bucket.endpoint)
+    report = json.loads(s3.get_object(Bucket=s3_bucket.name, Key=key)["Body"].read())
+    assert [s["symbol"] for s in report["symbols"]] == ["synthetic:SYN0@1h"]
+    assert report["config"]["run"]["name"] == cfg.run.name
