@@ -75,7 +75,13 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
-        return dict(value)
+        if not args:  # a plain dict (ccxt.options): handed on as written
+            return dict(value)
+        # dict[K, V]: every name and amount typed, so {1: x} or {gpu: "lots"} fail here
+        return {
+            _coerce(k, args[0], f"{path} key {k!r}"): _coerce(v, args[1], f"{path}.{k}")
+            for k, v in value.items()
+        }
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(

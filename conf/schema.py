@@ -27,8 +27,14 @@ class RayConfig:
     num_cpus: int | None = 2  # only for a local cluster
     actor_num_cpus: float = 0.5
     actor_num_gpus: float = 0.0
+    # custom resources the ModelActor asks for: {gpu_node: 0.01} pins it to nodes started with
+    # --resources='{"gpu_node": 1}' (CPUs and GPUs have their own keys); pipelines/placement.py
+    actor_resources: dict[str, float] = field(default_factory=dict)
     max_restarts: int = 3
     call_timeout_s: float = 120.0  # deadline for every call the platform makes into an actor
+    # an actor (ModelActor, session host) whose resources exist but stay held by others this
+    # long is an error naming them, not a silent wait
+    placement_timeout_s: float = 60.0
     detached: bool = False  # keep the ModelActor alive after the driver exits (for Serve)
     torch_threads: int = 0  # 0: leave torch's default; >0 pins intra-op threads in the actor
 
@@ -164,6 +170,7 @@ class BacktestConfig:
     retrain_every: int = 256  # walk-forward chunk: bars predicted between training rounds
     retrain_epochs: int = 1  # passes over the newly known samples at each training round
     task_num_cpus: float = 0.5  # Ray CPUs per symbol task (fractional, so tasks fit on 2 cores)
+    task_resources: dict[str, float] = field(default_factory=dict)  # custom resources per task
     since: str | None = None  # ISO date; None: data.since
     until: str | None = None  # ISO date; None: data.until
 
@@ -179,6 +186,8 @@ class LiveConfig:
     journal_dir: str = "live"  # below run.home; one SQLite journal per model: <run.name>.sqlite
     # sessions per host at most (each costs its host ~1.5 MB, README); past it a start is a 429
     max_sessions: int = 500
+    host_num_cpus: float = 0.25  # Ray CPUs per host: it mostly waits for candles
+    host_resources: dict[str, float] = field(default_factory=dict)  # custom resources per host
 
 
 @dataclass(frozen=True)
@@ -190,6 +199,7 @@ class ServeConfig:
     replicas: int = 1  # predictor replicas
     replica_num_cpus: float = 0.25  # Ray CPUs per predictor replica (fractional on a laptop)
     replica_num_gpus: float = 0.0  # set 1 (or a fraction) to run replicas on GPUs
+    replica_resources: dict[str, float] = field(default_factory=dict)  # custom, per replica
     max_batch_size: int = 16  # requests per forward pass; live-changeable through reconfigure()
     batch_wait_timeout_s: float = 0.0  # wait for more requests; 0: batch what queued meanwhile
     max_ongoing_requests: int = 64  # per replica; >= max_batch_size, so a batch can fill
@@ -199,6 +209,7 @@ class ServeConfig:
     # it, not the predictor, is what caps requests/s (bench/RESULTS.md)
     ingress_replicas: int = 1
     ingress_num_cpus: float = 0.1  # Ray CPUs per ingress replica
+    ingress_resources: dict[str, float] = field(default_factory=dict)  # custom, per replica
     # bearer token for routes that change state; secret: never logged, echoed or written out
     token: str | None = field(default=None, metadata={"secret": True})
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none by default

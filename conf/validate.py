@@ -8,7 +8,9 @@ Only checks that need no domain code live here (``conf`` imports nothing above
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -71,6 +73,18 @@ def check(cfg: Config) -> None:
     )
     _need(cfg.ray.call_timeout_s > 0, f"ray.call_timeout_s={cfg.ray.call_timeout_s} must be > 0")
     _need(cfg.ray.max_restarts >= -1, "ray.max_restarts must be >= -1 (-1: restart forever)")
+    check_ray_address(cfg.ray.address)
+    _need(
+        cfg.ray.placement_timeout_s > 0,
+        f"ray.placement_timeout_s={cfg.ray.placement_timeout_s} must be > 0 seconds (e.g. 60)",
+    )
+    _need(
+        cfg.ray.actor_num_cpus >= 0 and cfg.ray.actor_num_gpus >= 0 and cfg.live.host_num_cpus >= 0,
+        "ray.actor_num_cpus, ray.actor_num_gpus and live.host_num_cpus must be >= 0",
+    )
+    check_resources("ray.actor_resources", cfg.ray.actor_resources)
+    check_resources("live.host_resources", cfg.live.host_resources)
+    check_resources("backtest.task_resources", cfg.backtest.task_resources)
     _need(
         len(cfg.data.symbols) >= 1, "data.symbols is empty; name at least one, e.g. [sample:EURUSD]"
     )
@@ -110,6 +124,8 @@ def check_serve(s: ServeConfig) -> None:
         "serve.replica_num_cpus, serve.replica_num_gpus and serve.ingress_num_cpus must be >= 0",
     )
     _need(1 <= s.port <= 65535, f"serve.port={s.port} must be in 1..65535")
+    check_resources("serve.replica_resources", s.replica_resources)
+    check_resources("serve.ingress_resources", s.ingress_resources)
     _need(s.weights_poll_s > 0, f"serve.weights_poll_s={s.weights_poll_s} must be > 0")
     _need(s.max_request_bytes >= 1, f"serve.max_request_bytes={s.max_request_bytes} must be >= 1")
     _need(
@@ -122,6 +138,52 @@ def check_serve(s: ServeConfig) -> None:
         f"serve.body_timeout_s={s.body_timeout_s} and serve.request_timeout_s="
         f"{s.request_timeout_s} must be > 0 seconds, serve.keep_alive_timeout_s="
         f"{s.keep_alive_timeout_s} >= 1 (they end connections a client holds open)",
+    )
+
+
+# Ray's own names: asked for through their own keys (num_cpus/num_gpus), never as custom ones
+_RAY_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+_WITH_GPUS = ("ray.actor_resources", "serve.replica_resources")  # beside a *_num_gpus key
+
+
+def check_resources(key: str, resources: Mapping[str, float]) -> None:
+    """A custom-resource mapping (name -> amount per actor, replica or task), as Ray takes it:
+    names Ray does not reserve, finite amounts > 0 in Ray's 0.0001 steps."""
+    for name, amount in resources.items():
+        _need(
+            bool(name.strip()) and not name.startswith("node:"),
+            f"{key}: resource name {name!r} is not allowed; name a custom resource the nodes "
+            "were started with (ray start --resources='{\"gpu_node\": 1}'), e.g. gpu_node",
+        )
+        if name in _RAY_RESOURCES:
+            cpus, gpus = (key.replace("_resources", f"_num_{k}") for k in ("cpus", "gpus"))
+            own = f"CPUs are {cpus}" + (f", GPUs {gpus}" if key in _WITH_GPUS else "")
+            raise ConfigError(
+                f"{key}: {name} is not a custom resource, Ray reserves the name; {own} "
+                f"(e.g. {cpus}=1), and {key} holds custom ones such as {{gpu_node: 0.01}}"
+            )
+        _need(
+            math.isfinite(amount) and amount >= 1e-4,
+            f"{key}.{name}={amount} must be a finite amount >= 0.0001 (Ray's smallest step); "
+            "a fraction such as 0.01 takes a sliver of a node's unit, to pin without filling it",
+        )
+
+
+def check_ray_address(address: str | None) -> None:
+    """``ray.address`` has a form Ray connects to; whether it answers is checked at connect
+    (``pipelines.cluster``)."""
+    if address is None or address == "auto":
+        return
+    scheme, sep, rest = address.partition("://")
+    if sep and scheme != "ray":
+        raise ConfigError(
+            f"ray.address={address!r}: use host:port of the head (e.g. 10.0.0.5:6379), auto on a "
+            "node of the cluster, or ray://head:10001; an http:// address is the dashboard's, "
+            "for `ray job submit --address`"
+        )
+    _need(
+        bool((rest if sep else address).strip()),
+        f"ray.address={address!r} is empty; use host:port, auto, ray://head:10001 or null",
     )
 
 

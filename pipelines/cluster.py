@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -23,8 +24,16 @@ from typing import Any
 import ray
 
 from conf import Config
+from pipelines.errors import ClusterError, ConfigError
 
 log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10.0  # a head's port that takes longer than this to accept is unreachable
+_DEFAULT_PORTS = {"": 6379, "ray": 10001}  # the head's GCS; the Ray Client server
+_ADDRESS_FORMS = (
+    "host:port of the head's GCS (e.g. 10.0.0.5:6379), auto on a node of the cluster, "
+    "ray://head:10001 (Ray Client), or null for a local cluster"
+)
 
 
 def init_ray(cfg: Config) -> bool:
@@ -44,16 +53,60 @@ def init_ray(cfg: Config) -> bool:
         os.environ.setdefault(key, value)  # a variable the user set wins
     quiet_serve_driver_logs(verbose)
     if cfg.ray.address:
+        check_reachable(cfg.ray.address)
         kwargs["address"] = cfg.ray.address
     else:
         kwargs["num_cpus"] = cfg.ray.num_cpus
-    with _kept_signal_handlers():
-        context = ray.init(**kwargs)
+    try:
+        with _kept_signal_handlers():
+            context = ray.init(**kwargs)
+    except ConnectionError as exc:  # "auto" with no cluster here, Ray Client refused, ...
+        if not cfg.ray.address:
+            raise
+        raise ClusterError(
+            f"ray.address={cfg.ray.address!r}: Ray could not join that cluster: {exc}. "
+            f"Check that the cluster runs (ray status), or set ray.address to {_ADDRESS_FORMS}"
+        ) from exc
     session = context.address_info.get("session_dir") if context is not None else None
     if session:
         extra = "" if verbose else "  (-v shows their INFO lines here too)"
         print(f"Ray logs (actors, tasks, Serve): {session}/logs{extra}", file=sys.stderr)
     return True
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """``ClusterError`` naming ``ray.address`` when nothing accepts a connection there.
+
+    Ray's own connect retries an unreachable GCS 20 times, about 36 s each: some 12 minutes
+    of warnings before its error. One TCP connect answers within ``timeout_s`` (at once when
+    refused). "auto" is left to Ray, which looks up this node's cluster and says at once when
+    there is none.
+    """
+    if address == "auto":
+        return
+    host, port = _host_port(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ClusterError(
+            f"ray.address={address!r}: nothing answers at {host}:{port} ({why}). Start the "
+            f"cluster's head there (ray start --head --port={port}), or set ray.address to "
+            f"{_ADDRESS_FORMS}"
+        ) from exc
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        scheme, rest = "", address
+    host, colon, port = rest.rstrip("/").rpartition(":")
+    if not colon or "]" in port:  # no port: Ray's default for the form
+        host, port = rest.rstrip("/"), str(_DEFAULT_PORTS.get(scheme, 6379))
+    if not port.isdigit() or not 1 <= int(port) <= 65535 or not host.strip("[]"):
+        raise ConfigError(f"ray.address={address!r} is not an address; use {_ADDRESS_FORMS}")
+    return host.strip("[]"), int(port)
 
 
 def ray_env(*, verbose: bool, tty: bool) -> dict[str, str]:

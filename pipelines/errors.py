@@ -116,3 +116,14 @@ class StorageError(CandlerayError):
     """A storage URI (checkpoints, candle cache, staged uploads, reports) cannot be used:
     missing bucket, refused credentials, unreachable endpoint. The message names the setting,
     the URI, what failed and the fix."""
+
+
+class PlacementError(CandlerayError):
+    """An actor, replica or task asks for resources the Ray cluster cannot give: no node has
+    them, or those that do keep them busy past ``ray.placement_timeout_s``. The message names
+    the config key, the resource and what the cluster offers. Nothing was created."""
+
+
+class ClusterError(CandlerayError):
+    """The Ray cluster of ``ray.address`` cannot be reached or joined; the message names the
+    setting, what failed and how to fix it."""

@@ -18,9 +18,10 @@ from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
 
 from conf import Config
+from pipelines.placement import check_cluster
 from serve.api import build_api
 from serve.backend import RayBackend
-from serve.config import http_options, ingress_options
+from serve.config import http_options, ingress_options, ingress_request, replica_request
 from serve.predictor_app import build_predictor_app
 from serve.security import check_security
 
@@ -52,8 +53,11 @@ def start(cfg: Config) -> DeploymentHandle:
     """Start Serve's HTTP proxy on ``serve.host:serve.port`` and deploy the app at ``/``.
 
     Ray must be initialised and the ModelActor running (``candleray serve`` does both).
+    Replicas no node can hold are a ``PlacementError`` first: ``serve.run`` would wait for
+    them forever, its warnings only in Serve's log.
     """
     check_security(cfg.serve)
+    check_cluster(replica_request(cfg.serve), ingress_request(cfg.serve))
     serve.start(http_options=http_options(cfg.serve))
     handle = serve.run(build_app(cfg), name=cfg.run.name, route_prefix="/")
     log.info("candleray app at http://%s:%d/", cfg.serve.host, cfg.serve.port)

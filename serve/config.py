@@ -17,6 +17,7 @@ from typing import Any
 from conf import ServeConfig
 from conf.validate import check_serve
 from pipelines.errors import ConfigError
+from pipelines.placement import Request
 
 KNOBS: tuple[str, ...] = ("max_batch_size", "batch_wait_timeout_s")
 
@@ -75,12 +76,36 @@ def parse_batching(user_config: Any, serve_cfg: ServeConfig) -> Batching:
     return Batching.of(merged)
 
 
+def replica_request(s: ServeConfig) -> Request:
+    """What one predictor replica asks Ray for (``serve.replica_*``)."""
+    return Request(
+        "a predictor replica",
+        s.replica_num_cpus,
+        "serve.replica_num_cpus",
+        s.replica_resources,
+        "serve.replica_resources",
+        num_gpus=s.replica_num_gpus,
+        gpus_key="serve.replica_num_gpus",
+    )
+
+
+def ingress_request(s: ServeConfig) -> Request:
+    """What one HTTP ingress replica asks Ray for (``serve.ingress_*``)."""
+    return Request(
+        "an ingress replica",
+        s.ingress_num_cpus,
+        "serve.ingress_num_cpus",
+        s.ingress_resources,
+        "serve.ingress_resources",
+    )
+
+
 def ingress_options(s: ServeConfig) -> dict[str, Any]:
-    """``Deployment.options(...)`` for the HTTP ingress: replicas and CPUs from ``serve.*``."""
+    """``Deployment.options(...)`` for the HTTP ingress: replicas and resources from ``serve.*``."""
     check_serve(s)
     return {
         "num_replicas": s.ingress_replicas,
-        "ray_actor_options": {"num_cpus": s.ingress_num_cpus},
+        "ray_actor_options": ingress_request(s).options(),
     }
 
 
@@ -90,7 +115,7 @@ def deployment_options(s: ServeConfig) -> dict[str, Any]:
     return {
         "num_replicas": s.replicas,
         "max_ongoing_requests": s.max_ongoing_requests,
-        "ray_actor_options": {"num_cpus": s.replica_num_cpus, "num_gpus": s.replica_num_gpus},
+        "ray_actor_options": replica_request(s).options(),
         "user_config": Batching.of(s).user_config(),
     }
 

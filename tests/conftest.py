@@ -89,8 +89,15 @@ def s3_bucket() -> Iterator[S3Bucket]:
 def ray_cluster(s3_bucket: S3Bucket) -> Iterator[None]:
     import ray
 
-    # num_cpus is logical: the ModelActors take 0.5 each, so several fit beside test tasks
-    ray.init(num_cpus=4, include_dashboard=False, namespace="candleray-tests", log_to_driver=False)
+    # num_cpus is logical: the ModelActors take 0.5 each, so several fit beside test tasks;
+    # one unit of a custom resource, for the placement tests (tests/test_placement.py)
+    ray.init(
+        num_cpus=4,
+        resources={"test_slot": 1},
+        include_dashboard=False,
+        namespace="candleray-tests",
+        log_to_driver=False,
+    )
     yield
     ray.shutdown()
 

@@ -2,8 +2,9 @@
 
 ``live.hosts`` hosts per model, named ``<run.name>-host-<i>`` in ``ray.namespace`` so any
 process (the CLI, the Serve app) finds them; each restarts up to ``ray.max_restarts`` times
-and takes ``HOST_NUM_CPUS`` (a host mostly waits for candles; its forward passes need a
-fraction of a core). A restarted host resumes its sessions from its journal
+and takes ``live.host_num_cpus`` CPUs and ``live.host_resources`` (a host mostly waits for
+candles; its forward passes need a fraction of a core). A restarted host resumes its sessions
+from its journal
 (``<run.home>/<live.journal_dir>/<run.name>-host-<i>.sqlite``, one writer per file) right after
 the last journaled candle. A clean end (``shutdown``, ``stop_hosts``: Ctrl-C of ``candleray
 live``, the end of ``candleray serve``) journals every session stopped, so the next host of the
@@ -48,10 +49,10 @@ from actors.model.core import spec_from_config
 from conf import Config
 from pipelines.errors import CandlerayError
 from pipelines.live import Journal, journal_path
+from pipelines.placement import Request, exists, reserve
 
 log = logging.getLogger(__name__)
 
-HOST_NUM_CPUS = 0.25
 WEIGHTS_POLL_S = 0.1  # a newly published version reaches predictions within about this
 
 
@@ -204,8 +205,28 @@ def host_name(cfg: Config, index: int) -> str:
     return f"{cfg.run.name}-host-{index}"
 
 
+def host_request(cfg: Config) -> Request:
+    """What one session host asks Ray for: ``live.host_num_cpus`` and ``live.host_resources``."""
+    return Request(
+        f"a session host of {cfg.run.name!r}",
+        cfg.live.host_num_cpus,
+        "live.host_num_cpus",
+        cfg.live.host_resources,
+        "live.host_resources",
+    )
+
+
 def start_hosts(cfg: Config) -> list[Any]:
-    """The model's ``live.hosts`` hosts, created if missing (any process may call this)."""
+    """The model's ``live.hosts`` hosts, created if missing (any process may call this).
+
+    The missing ones are created only once all of them can be placed: ``PlacementError`` at
+    once when no node has their resources, or after ``ray.placement_timeout_s`` when busy.
+    """
+    request = host_request(cfg)
+    ns = cfg.ray.namespace
+    missing = [i for i in range(cfg.live.hosts) if not exists(host_name(cfg, i), ns)]
+    if missing:
+        reserve(request, len(missing), cfg.ray.placement_timeout_s, "ray.placement_timeout_s")
     hosts = []
     for i in range(cfg.live.hosts):
         opts: dict[str, Any] = {
@@ -214,7 +235,7 @@ def start_hosts(cfg: Config) -> list[Any]:
             "get_if_exists": True,
             "max_restarts": cfg.ray.max_restarts,
             "max_task_retries": 0,  # API calls are not replayed: start_session is not idempotent
-            "num_cpus": HOST_NUM_CPUS,
+            **request.options(),
         }
         if cfg.ray.detached:
             opts["lifetime"] = "detached"

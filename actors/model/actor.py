@@ -17,6 +17,7 @@ import ray
 from actors.model.core import ModelCore
 from conf import Config
 from pipelines.errors import ActorCallTimeout, CandlerayError
+from pipelines.placement import Request, exists, reserve
 
 log = logging.getLogger(__name__)
 
@@ -112,16 +113,36 @@ class ModelActor:
         return self.core.list_checkpoints()
 
 
+def model_request(cfg: Config) -> Request:
+    """What the ModelActor asks Ray for: ``ray.actor_num_cpus/actor_num_gpus/actor_resources``."""
+    r = cfg.ray
+    return Request(
+        f"the ModelActor {cfg.run.name!r}",
+        r.actor_num_cpus,
+        "ray.actor_num_cpus",
+        r.actor_resources,
+        "ray.actor_resources",
+        num_gpus=r.actor_num_gpus,
+        gpus_key="ray.actor_num_gpus",
+    )
+
+
 def model_actor(cfg: Config) -> Any:
-    """Get the model's named actor, creating it if needed (any process finds it by name)."""
+    """Get the model's named actor, creating it if needed (any process finds it by name).
+
+    A new one is created only once its resources can be placed: ``PlacementError`` at once
+    when no node has them, or after ``ray.placement_timeout_s`` when they stay busy.
+    """
+    request = model_request(cfg)
+    if not exists(cfg.run.name, cfg.ray.namespace):  # a running one holds its resources
+        reserve(request, 1, cfg.ray.placement_timeout_s, "ray.placement_timeout_s")
     opts: dict[str, Any] = {
         "name": cfg.run.name,
         "namespace": cfg.ray.namespace,
         "get_if_exists": True,
         "max_restarts": cfg.ray.max_restarts,
         "max_task_retries": 0,  # a train call is not replayed after a crash: it resumes from the checkpoint
-        "num_cpus": cfg.ray.actor_num_cpus,
-        "num_gpus": cfg.ray.actor_num_gpus,
+        **request.options(),
     }
     if cfg.ray.detached:
         opts["lifetime"] = "detached"

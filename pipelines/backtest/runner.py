@@ -24,6 +24,7 @@ from pipelines.backtest.model_driven import ModelBacktest, backtest_model
 from pipelines.backtest.portfolio import Portfolio, combine
 from pipelines.backtest.weights import BacktestWeights
 from pipelines.data.sources import load_candles, parse_symbol
+from pipelines.placement import Request, check_cluster
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,18 @@ def jobs_for(
     return [BacktestJob(s, *_bounds(BacktestJob(s), cfg), range_from=origin) for s in symbols]
 
 
+def task_request(cfg: Config) -> Request:
+    """What one symbol task asks Ray for: ``backtest.task_num_cpus`` and ``task_resources``."""
+    b = cfg.backtest
+    return Request(
+        "a backtest task",
+        b.task_num_cpus,
+        "backtest.task_num_cpus",
+        b.task_resources,
+        "backtest.task_resources",
+    )
+
+
 def run_job(job: BacktestJob, weights: BacktestWeights, cfg: Config) -> ModelBacktest:
     """Load one symbol's candles over the job's range and backtest it (plain, in this process)."""
     spec = parse_symbol(job.symbol, cfg.data.timeframe)
@@ -165,7 +178,9 @@ def run_backtests(
     on_done: Callable[[SymbolOutcome, int, int], None] | None = None,
     torch_threads: int | None = None,
 ) -> BacktestRun:
-    """Run every job as a Ray task (``backtest.task_num_cpus`` CPUs each) and gather them.
+    """Run every job as a Ray task (``task_request``: ``backtest.task_num_cpus`` CPUs and
+    ``backtest.task_resources`` each) and gather them. A request no node can meet is a
+    ``PlacementError`` before any task starts (tasks that wait for busy CPUs just queue).
 
     ``on_done(outcome, n_done, n_total)`` is called as each one finishes (progress).
     ``torch_threads``: intra-op threads per task; default: the task's CPUs, at least 1.
@@ -174,8 +189,10 @@ def run_backtests(
     t0 = time.perf_counter()
     ncpu = cfg.backtest.task_num_cpus
     threads = torch_threads or max(1, math.floor(ncpu))
+    request = task_request(cfg)
+    check_cluster(request)
     weights_ref = ray.put(weights)  # once; every task gets the same object
-    task = _job_task.options(num_cpus=ncpu)
+    task = _job_task.options(**request.options())
     index = {task.remote(job, weights_ref, cfg, threads): i for i, job in enumerate(jobs)}
     outcomes: list[SymbolOutcome | None] = [None] * len(jobs)
     pending = list(index)
