@@ -95,7 +95,11 @@ def test_backtest_spreads_over_the_nodes_and_equals_the_one_node_run(multi_node,
         "every task's finish in the state API",
         lambda: (
             done
-            if len(done := [a for a in attempts(mn, before) if a.state == "FINISHED"])
+            if len(
+                done := [
+                    a for a in attempts(mn, before) if a.state == "FINISHED" and a.node_id in names
+                ]
+            )
             == len(SYMBOLS)
             else None
         ),
@@ -113,7 +117,8 @@ def test_a_node_killed_mid_backtest_costs_nothing(multi_node, setup):
     names = {mn.node_id(n): n for n in mn.alive()}
     running = wait_for(
         "a backtest task running on a node",
-        lambda: [a for a in attempts(mn, before) if a.state == "RUNNING"],
+        # an attempt's node can reach the state API after its state: wait for both
+        lambda: [a for a in attempts(mn, before) if a.state == "RUNNING" and a.node_id in names],
     )
     victim = names[running[0].node_id]
     mn.kill(victim)
@@ -124,7 +129,7 @@ def test_a_node_killed_mid_backtest_costs_nothing(multi_node, setup):
 
     def settled() -> list[Any] | None:
         got = attempts(mn, before)
-        final = [a for a in got if a.state in ("FINISHED", "FAILED")]
+        final = [a for a in got if a.state in ("FINISHED", "FAILED") and a.node_id in names]
         return got if len(final) == len(got) and len(got) > len(SYMBOLS) else None
 
     got = wait_for("the retried attempts in the state API", settled)

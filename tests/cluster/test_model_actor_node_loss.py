@@ -104,9 +104,9 @@ def test_model_actor_restarts_on_another_node_from_s3(multi_node, s3_bucket, tmp
         assert metrics["steps"] == restored  # nothing trained since: the checkpoint's state
         assert n_applied - restored <= EVERY, (n_applied, restored)
         print(
-            f"ModelActor on {victim} lost: {n_applied} steps applied, restarted on "
-            f"{names[new_node]} from step {restored} on S3 ({n_applied - restored} steps lost), "
-            f"answering {recover_s:.0f}s after the kill"
+            f"ModelActor on {victim} lost: the command reported {n_applied} steps applied, the "
+            f"actor restarted on {names[new_node]} from step {restored} on S3 (at most "
+            f"{max(0, n_applied - restored)} of them lost), answering {recover_s:.0f}s after the kill"
         )
     finally:
         train.stop()
