@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import torch
 
 from conf import Config
@@ -19,6 +18,7 @@ from pipelines.data.features import n_features
 from pipelines.errors import BacktestError, CheckpointError
 from pipelines.model.checkpoints import CheckpointStore
 from pipelines.model.network import ModelSpec
+from pipelines.storage import filesystem, translated
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,10 @@ def weights_from_checkpoint(path: str, cfg: Config) -> BacktestWeights:
         state, meta = got
         path = f"{store_uri}/{meta['file']}" if "file" in meta else path
     else:
-        fs, local = fsspec.core.url_to_fs(path)
-        if not fs.exists(local):
+        with translated(setting="checkpoint", uri=path, action="looking up the checkpoint"):
+            fs, local = filesystem(path)
+            found = fs.exists(local)
+        if not found:
             raise CheckpointError(
                 f"checkpoint {path} does not exist; name one the store lists (GET "
                 "/checkpoints or `candleray checkpoints`), or best / latest"

@@ -57,7 +57,7 @@ _NAME = re.compile(r"ckpt-(\d+)-step\d+-[0-9a-f]+\.(?:pt|json)$")
 @dataclass(frozen=True)
 class CheckpointInfo:
     step: int
-    path: str  # the .pt, as a URI/path the store's filesystem understands
+    path: str  # the .pt: a local path, or the full URI (s3://...) on a remote store
     kind: str
     is_best: bool
     metrics: dict[str, float]
@@ -193,7 +193,8 @@ class CheckpointStore:
     def _info(self, path: str, meta: dict[str, Any]) -> CheckpointInfo:
         return CheckpointInfo(
             step=int(meta["step"]),
-            path=path,
+            # s3://bucket/... on a remote store: a listed path loads from any process
+            path=self.full_uri(path),
             kind=str(meta.get("kind", "")),
             is_best=bool(meta.get("is_best", False)),
             metrics={k: float(v) for k, v in meta.get("metrics", {}).items()},

@@ -35,8 +35,14 @@ def test_checkpoints_on_s3_keep_the_newest_and_load_back(s3_bucket):
     assert len(names) == 4 and not any(".tmp" in n for n in names), names
     assert sorted(n.split("-step")[1][:9] for n in names) == ["000000010"] * 2 + ["000000015"] * 2
     # another process (a restarted actor) opens the same URI and restores the newest
-    state, meta = CheckpointStore(f"{s3_bucket.url}/{prefix}").load_latest_good()
+    other = CheckpointStore(f"{s3_bucket.url}/{prefix}")
+    state, meta = other.load_latest_good()
     assert meta["step"] == 15 and torch.equal(state["w"], torch.full((3,), 15.0))
+    # what the listing shows (`candleray checkpoints`) is a URI that loads anywhere
+    listed = [i.path for i in other.list()]
+    assert all(p.startswith(f"{s3_bucket.url}/{prefix}/ckpt-") for p in listed), listed
+    state, meta = CheckpointStore(listed[0].rsplit("/", 1)[0]).load(listed[0])
+    assert meta["step"] == 10 and torch.equal(state["w"], torch.full((3,), 10.0))
 
 
 def test_candle_cache_round_trips_on_s3_and_a_failed_write_keeps_the_old_object(s3_bucket):
