@@ -63,6 +63,12 @@ class Command:
     def text(self) -> str:
         return "".join(self.output)
 
+    def __enter__(self) -> Command:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         """Kill it if it still runs (a test that failed before its end)."""
         if self.proc.poll() is None:

@@ -87,8 +87,8 @@ def test_backtest_spreads_over_the_nodes_and_equals_the_one_node_run(multi_node,
     mn.ensure_all()
     before = {a.task_id for a in attempts(mn)}
     out = setup["home"] / "spread.json"
-    run = cluster_run(mn, setup, out)
-    assert run.wait() == 0, run.text
+    with cluster_run(mn, setup, out) as run:
+        assert run.wait() == 0, run.text
     assert comparable(out) == setup["reference"]
     names = {mn.node_id(n): n for n in mn.alive()}
     finished = wait_for(
@@ -113,17 +113,19 @@ def test_a_node_killed_mid_backtest_costs_nothing(multi_node, setup):
     mn.ensure_all()
     before = {a.task_id for a in attempts(mn)}
     out = setup["home"] / "node-lost.json"
-    run = cluster_run(mn, setup, out)
     names = {mn.node_id(n): n for n in mn.alive()}
-    running = wait_for(
-        "a backtest task running on a node",
-        # an attempt's node can reach the state API after its state: wait for both
-        lambda: [a for a in attempts(mn, before) if a.state == "RUNNING" and a.node_id in names],
-    )
-    victim = names[running[0].node_id]
-    mn.kill(victim)
-    t_kill = time.monotonic()
-    assert run.wait() == 0, run.text
+    with cluster_run(mn, setup, out) as run:
+        running = wait_for(
+            "a backtest task running on a node",
+            # an attempt's node can reach the state API after its state: wait for both
+            lambda: [
+                a for a in attempts(mn, before) if a.state == "RUNNING" and a.node_id in names
+            ],
+        )
+        victim = names[running[0].node_id]
+        mn.kill(victim)
+        t_kill = time.monotonic()
+        assert run.wait() == 0, run.text
     recovered_s = time.monotonic() - t_kill
     assert comparable(out) == setup["reference"]
 
