@@ -14,10 +14,11 @@ WEB := serve/web
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml $(WEB)/package-lock.json
+$(STAMP): pyproject.toml .ci/constraints.txt $(WEB)/package-lock.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e '.[dev]'
+	# the S3 stack pinned to versions that resolve at once (.ci/constraints.txt says why)
+	$(BIN)/pip install -q -c .ci/constraints.txt -e '.[dev]'
 	# the dashboard's chart library and the /docs page's Swagger UI, from npm with the lockfile
 	# (served by the app: no CDN); no install scripts: swagger-ui-dist's @scarf/scarf one only
 	# reports the install to its vendor
