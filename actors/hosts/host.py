@@ -37,6 +37,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from typing import Any
 
 import ray
@@ -113,7 +114,7 @@ class SessionHost:
         )
         # only a host Ray restarts (a crash, a lost node) resumes its sessions; a new host of
         # the run name stops what a dead run left running instead of replaying it unseen
-        self.core.restore(resume=ray.get_runtime_context().was_current_actor_reconstructed)
+        self.core.restore(resume=_restarted_by_ray())
         threading.Thread(target=self._loop, name="host-loop", daemon=True).start()
         threading.Thread(target=self._weights, name="host-weights", daemon=True).start()
 
@@ -199,6 +200,17 @@ class SessionHost:
         self._stop.set()
         self._wake.set()
         return self.core.close(timeout_s)
+
+
+def _restarted_by_ray() -> bool:
+    """Whether Ray restarted this actor (a crash, a lost node), not a new start.
+
+    Ray 2.60's ``was_current_actor_reconstructed`` reads its own deprecated ``actor_id``, and
+    the warning would reach every command's terminal through the worker's stderr.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
 
 def host_name(cfg: Config, index: int) -> str:
