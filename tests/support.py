@@ -1,7 +1,10 @@
-"""Helpers shared by tests: a free local port, the tiny model/data setups as overrides, and a
-random training batch."""
+"""Helpers shared by tests: a free local port, the tiny model/data setups as overrides, a
+random training batch, and a subprocess's output read line by line as it comes."""
 
+import queue
 import socket
+import subprocess
+import threading
 from typing import Any
 
 import numpy as np
@@ -53,3 +56,31 @@ def random_batch(core: Any, b: int = 8, seed: int = 0) -> tuple[np.ndarray, np.n
         rng.standard_normal((b, 5)).astype(np.float32),
         rng.integers(0, 3, b),
     )
+
+
+class Output:
+    """A subprocess's merged stdout/stderr, read by a thread so the pipe never fills and a test
+    can wait for a line with a hang guard; ``lines`` ends with ``None`` at EOF."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def next_line(self, timeout: float) -> str | None:
+        """The next line (kept in ``seen``); None at EOF; ``queue.Empty`` after ``timeout``."""
+        line = self.lines.get(timeout=timeout)
+        if line is not None:
+            self.seen.append(line)
+        return line
+
+    @property
+    def text(self) -> str:
+        return "".join(self.seen)

@@ -15,12 +15,11 @@ import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from support import free_port, tiny_overrides
+from support import Output, free_port, tiny_overrides
 
 CANDLERAY = str(Path(sys.executable).with_name("candleray"))
 READY_S = 240.0  # a Ray cluster, the ModelActor and Serve start on a loaded 2-core machine
@@ -59,30 +58,21 @@ class Command:
             start_new_session=True,
             preexec_fn=default_sigint,
         )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.out: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
+        self.output = Output(self.proc)
 
     def wait_for(self, text: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                line = self.lines.get(timeout=1)
+                line = self.output.next_line(timeout=1)
             except queue.Empty:
                 continue
             if line is None:
                 break
-            self.out.append(line)
             if text in line:
                 return
         self.kill()
-        pytest.fail(f"{text!r} never printed:\n{''.join(self.out)[-4000:]}")
+        pytest.fail(f"{text!r} never printed:\n{self.output.text[-4000:]}")
 
     def stop(self, sig: int) -> tuple[int, str, list[str]]:
         """Send ``sig``; the exit code, the whole output, and what is left in the session
@@ -92,14 +82,14 @@ class Command:
             rc = self.proc.wait(timeout=STOP_S)
         except subprocess.TimeoutExpired:
             self.kill()
-            pytest.fail(f"still running {STOP_S:.0f}s after {sig!r}:\n{''.join(self.out)}")
-        while (line := self.lines.get(timeout=30)) is not None:
-            self.out.append(line)
+            pytest.fail(f"still running {STOP_S:.0f}s after {sig!r}:\n{self.output.text}")
+        while self.output.next_line(timeout=30) is not None:
+            pass
         deadline = time.monotonic() + 60
         while (left := in_session(self.proc.pid)) and time.monotonic() < deadline:
             time.sleep(0.5)
         self.kill()  # a failed test leaves nothing either
-        return rc, "".join(self.out), left
+        return rc, self.output.text, left
 
     def kill(self) -> None:
         for entry in in_session(self.proc.pid):

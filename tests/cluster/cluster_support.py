@@ -6,13 +6,13 @@ from __future__ import annotations
 import queue
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import Output
 
 CANDLERAY = str(Path(sys.executable).with_name("candleray"))
 
@@ -37,31 +37,22 @@ class Command:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.output: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
+        self.output = Output(self.proc)
 
     def wait(self, timeout: float = 300) -> int:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+                line = self.output.next_line(timeout=max(0.1, deadline - time.monotonic()))
             except queue.Empty:
                 self.proc.kill()
-                pytest.fail("candleray hung:\n" + "".join(self.output[-50:]))
+                pytest.fail("candleray hung:\n" + "".join(self.output.seen[-50:]))
             if line is None:
                 return self.proc.wait(timeout=60)
-            self.output.append(line)
 
     @property
     def text(self) -> str:
-        return "".join(self.output)
+        return self.output.text
 
     def __enter__(self) -> Command:
         return self
