@@ -1,8 +1,10 @@
 """Model-driven backtest of one symbol: weights + candles → predictions → signals → trades.
 
-1. Every full window at once (``inference.all_windows``: one ``make_windows`` call).
-2. Batched forward passes (``Predictor.predict``); with ``backtest.walk_forward`` set, chunk
-   by chunk with a private copy that trains as labels become known (``walk_forward``).
+1. Every full window, built a few batches at a time and predicted straight away
+   (``inference.infer_streamed``: batched ``Predictor.predict``). With ``backtest.walk_forward``
+   set, all windows at once (``inference.all_windows``: the training samples are windows too),
+   predicted chunk by chunk with a private copy that trains as labels become known
+   (``walk_forward``).
 3. The policy: the most likely action if its probability >= ``backtest.confidence``, else
    HOLD; bars before the first full window are HOLD.
 4. ``simulate`` with the ``backtest:`` semantics (the signal of bar i acts at bar i's close).
@@ -28,7 +30,7 @@ from pipelines.backtest.inference import (
     all_windows,
     bar_actions,
     confidence_actions,
-    infer,
+    infer_streamed,
     trade_signals,
 )
 from pipelines.backtest.result import BacktestResult
@@ -112,14 +114,23 @@ def backtest_model(
     """Backtest ``weights`` on ``candles`` (one symbol, at ``timeframe``) with ``cfg.backtest``."""
     t0 = time.perf_counter()
     bt = cfg.backtest
-    w = all_windows(candles, timeframe, weights.extra_timeframes, weights.spec.window, symbol)
+    window = weights.spec.window
     labels = action_labels(candles, cfg.labels.pivot_bars, cfg.labels.move_threshold)
     rounds: list[TrainRound] = []
     if bt.walk_forward == "none":
         predictor = Predictor(weights.spec, cfg.model.device)
         predictor.load(dict(weights.state), weights.step)
-        inf = infer(predictor, w, batch_size=bt.inference_batch)
+        inf = infer_streamed(
+            predictor,
+            candles,
+            timeframe,
+            weights.extra_timeframes,
+            window,
+            symbol,
+            batch_size=bt.inference_batch,
+        )
     else:
+        w = all_windows(candles, timeframe, weights.extra_timeframes, window, symbol)
         known = label_known_at(candles, labels, bt.walk_forward, cfg.labels.pivot_bars)
         inf, rounds = walk_forward(
             candles,
@@ -135,7 +146,7 @@ def backtest_model(
             device=cfg.model.device,
         )
     acts = confidence_actions(inf.probs, bt.confidence)
-    actions = bar_actions(len(candles), w.ends, acts)
+    actions = bar_actions(len(candles), inf.ends, acts)
     result = simulate(candles, trade_signals(actions), backtest_spec(bt), symbol=symbol)
     stats = model_stats(candles["close"].to_numpy(dtype=np.float64), inf, labels)
     counts = np.bincount(acts, minlength=3)

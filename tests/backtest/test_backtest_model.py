@@ -16,6 +16,8 @@ from pipelines.backtest.inference import (
     all_windows,
     bar_actions,
     confidence_actions,
+    infer,
+    infer_streamed,
     trade_signals,
 )
 from pipelines.backtest.model_driven import backtest_model, model_stats
@@ -108,6 +110,23 @@ def test_batched_predictions_equal_one_window_at_a_time(make_cfg):
         one = predictor.predict(w.x[m : m + 1])
         np.testing.assert_allclose(one.probs[0], batched.probs[m], rtol=0, atol=1e-5)
         np.testing.assert_allclose(one.candle[0], batched.candle[m], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("batch", "chunk"), [(16, 40), (256, 512)])
+def test_streamed_windows_predict_exactly_what_all_windows_at_once_do(make_cfg, batch, chunk):
+    # the backtest builds windows a few batches at a time (cache-sized); the numbers it trades
+    # on must be the all-at-once path's, bit for bit, whatever the chunk and batch sizes
+    cfg = make_cfg("model.device=cpu")
+    candles, tf = candles_of(cfg)
+    weights = random_weights(cfg)
+    predictor = Predictor(weights.spec, "cpu")
+    predictor.load(dict(weights.state), 0)
+    ex, t = cfg.data.extra_timeframes, cfg.features.window
+    assert ex and (len(candles) - t + 1) % chunk  # higher timeframes and a last partial chunk
+    whole = infer(predictor, all_windows(candles, tf, ex, t), batch_size=batch)
+    streamed = infer_streamed(predictor, candles, tf, ex, t, batch_size=batch, chunk=chunk)
+    for f in ("ends", "candle", "probs", "sigma"):
+        np.testing.assert_array_equal(getattr(streamed, f), getattr(whole, f), err_msg=f)
 
 
 def test_confidence_policy_on_hand_built_probabilities():
