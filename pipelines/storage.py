@@ -89,8 +89,15 @@ def _diagnose(exc: BaseException, uri: str) -> tuple[str, str]:
         )
     if name == "NoCredentialsError" or "Unable to locate credentials" in text:
         return "no credentials were found", creds
-    if isinstance(exc, PermissionError) or "AccessDenied" in text or "Forbidden" in text:
-        return f"the store refused the credentials or the access ({text})", creds
+    if "Access Denied" in text or "AccessDenied" in text:
+        return (
+            f"the store knows these credentials but refused them access ({text})",
+            "grant that key s3:ListBucket on the bucket and s3:GetObject/PutObject/"
+            "DeleteObject on the prefix, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(or AWS_PROFILE) to a key that has them",
+        )
+    if isinstance(exc, PermissionError) or "Forbidden" in text:
+        return f"the store refused the credentials ({text})", creds
     if "ConnectionError" in name or "Timeout" in name or "timed out" in text:
         where = f"AWS_ENDPOINT_URL={endpoint}" if endpoint else "the default AWS endpoint"
         return (
@@ -142,9 +149,23 @@ def open_store(uri: str, *, setting: str) -> tuple[fsspec.AbstractFileSystem, st
                 fs.call_s3("head_bucket", Bucket=bucket)
             except FileNotFoundError as exc:  # HEAD has no body: s3fs says only "Not Found"
                 raise FileNotFoundError(f"no bucket named {bucket!r}") from exc
+            except PermissionError as exc:  # "Forbidden" alone: a listing's answer says why
+                raise _refusal(fs, bucket) or exc from exc
         else:
             fs.makedirs(root, exist_ok=True)
     return fs, root
+
+
+def _refusal(fs: fsspec.AbstractFileSystem, bucket: str) -> PermissionError | None:
+    """S3's reason for a refused HEAD (a key it does not know, a wrong secret, a key without
+    access to the bucket), from the body of a one-key listing; None when that says nothing."""
+    try:
+        fs.call_s3("list_objects_v2", Bucket=bucket, MaxKeys=1)
+    except PermissionError as exc:
+        return PermissionError(f"{bucket!r}: {exc}")
+    except Exception:  # only a better message was sought: keep the first error
+        return None
+    return None
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
