@@ -26,6 +26,9 @@ from support import free_port
 
 NODES = ("node_a", "node_b", "node_c")
 NODE_CPUS = 2  # logical CPUs per worker node
+# one unit of each on every node: a deployment whose replicas each ask a whole unit gets at most
+# one replica per node (tests/cluster/test_serve_node_loss.py spreads Serve this way)
+SLOTS = {"replica_slot": 1, "ingress_slot": 1}
 
 
 @dataclass
@@ -51,7 +54,7 @@ class MultiNode:
         self.node_dir(name).mkdir(parents=True)
         self.nodes[name] = self.cluster.add_node(
             num_cpus=NODE_CPUS,
-            resources={name: 1},
+            resources={name: 1, **SLOTS},
             temp_dir=str(self.root / "ray"),
             env_vars={**self.env, "CANDLERAY_TEST_NODE": name},
         )
