@@ -63,6 +63,13 @@ def init_ray(cfg: Config) -> bool:
     except ConnectionError as exc:  # "auto" with no cluster here, Ray Client refused, ...
         if not cfg.ray.address:
             raise
+        if _refused_token(exc):
+            raise ClusterError(
+                f"ray.address={cfg.ray.address!r}: the cluster has Ray's token authentication "
+                "on and refused this client's token (none, or not the cluster's). Set "
+                "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, or "
+                "~/.ray/auth_token) to the token the cluster's nodes were started with"
+            ) from exc
         raise ClusterError(
             f"ray.address={cfg.ray.address!r}: Ray could not join that cluster: {exc}. "
             f"Check that the cluster runs (ray status), or set ray.address to {_ADDRESS_FORMS}"
@@ -72,6 +79,19 @@ def init_ray(cfg: Config) -> bool:
         extra = "" if verbose else "  (-v shows their INFO lines here too)"
         print(f"Ray logs (actors, tasks, Serve): {session}/logs{extra}", file=sys.stderr)
     return True
+
+
+def _refused_token(exc: BaseException) -> bool:
+    """True when Ray's connect failed because the GCS refused the token: its ConnectionError
+    wraps a RuntimeError whose text carries the ``AuthenticationError``."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # a chain, bounded: causes can loop
+        if seen is None:
+            break
+        if type(seen).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
