@@ -1,30 +1,36 @@
-"""``POST /predict`` over HTTP: latency against a no-op Serve deployment and the bare forward
-pass, and throughput with 32 concurrent clients with and without batching.
+"""``POST /predict`` over real HTTP, per topology (``serve.topology``), against a no-op Serve
+deployment; throughput with 32 concurrent clients; and Serve's own knobs.
 
-One local Serve instance, one HTTP proxy, three apps under their own route prefixes:
+One local Serve instance, one HTTP proxy, these apps under their own route prefixes:
 
-* ``/b``: the product app (``serve.app.build_app``: FastAPI ingress → batched predictor,
-  batching from ``serve.*``), so ``POST /b/predict`` is exactly what a user calls;
-* ``/u``: the same app with ``serve.max_batch_size=1`` (no batching);
+* ``/s``: the product app, ``serve.topology=single`` (the default): the FastAPI ingress holds
+  the batched model, one Serve hop;
+* ``/u``: the same with ``serve.max_batch_size=1`` (no batching);
+* ``/c``: the product app, ``serve.topology=composed``: ingress → predictor by Ray actor calls;
+* ``/g``: composed with ``serve.predictor_transport=grpc`` (Serve's gRPC between replicas);
 * ``/n``: a no-op deployment that takes the same request body and answers a constant
-  (Serve's own cost of an HTTP request: proxy, routing, one replica);
-* ``/c``: the product's ingress composed with a no-op predictor (answers without a forward
-  pass): what the composition costs, ingress and handle hop included, apart from the model.
+  (Serve's own cost of an HTTP request: proxy, routing, one replica).
 
-Each request is a window of candles (the history one prediction needs, as JSON), the
-usual client's request. ``direct`` is ``Predictor.predict`` on that window's features, in
-this process, one torch thread like a replica. ``request work`` is what the ingress does
-around the forward pass (body parsing, features, the answer), timed in this process.
+Each request is a window of candles (the history one prediction needs, as JSON), the usual
+client's request. ``direct`` is ``Predictor.predict`` on that window's features in this
+process (one torch thread, as a replica); ``request work`` is what the ingress does around
+it (body parsing, features, forward pass, answer), timed in this process.
 
-* latency: one request at a time over a keep-alive connection; each round times noop,
-  batched and direct in turn so drift on the machine hits all three. Goal: batched p50 <=
-  noop p50 + 1.5 x direct p50; the median of the per-round margins is reported.
-* throughput: 32 closed-loop clients (aiohttp, each sends its next request when the last
-  is answered) for a fixed time; rounds alternate batched / unbatched / noop, ratio per
-  round. Goal: batched >= 3x unbatched.
+* latency: one request at a time over a keep-alive connection; each round times every path
+  in turn, so drift on the machine hits all of them; the margin (p50 − no-op p50, ms) is
+  taken per round and its median reported. Goal: single margin <= 1.5 ms.
+* throughput: 32 closed-loop clients (aiohttp) for a fixed time; rounds alternate the apps,
+  ratios per round. Goal: single >= 0.8x no-op. Batched vs unbatched with the requests per
+  forward pass (the single ingress replica's own count).
+* ``--knob throughput-optimized``: ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` is read when each
+  Serve process starts, so it cannot be paired inside one Ray: the parent runs one child
+  process per round (a fresh Ray each), alternating off / on, and pairs the rounds.
+
+Lines a script can read: ``single: p50 X ms, no-op p50 Y ms, margin Z ms``, ``composed: ...``,
+``composed grpc: ...``, ``throughput single / no-op: R.RRx``, ``batched / unbatched: R.RRx``.
 
     .venv/bin/python bench/serve_latency.py [--rounds 5] [--requests 300] [--seconds 5]
-        [config overrides, e.g. serve.max_batch_size=32]
+        [--quick] [--knob throughput-optimized] [config overrides, e.g. serve.max_batch_size=32]
 """
 
 from __future__ import annotations
@@ -37,53 +43,27 @@ import os
 import platform
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import aiohttp
 import numpy as np
 import pandas as pd
-import ray
-import torch
-from ray import serve
-from starlette.requests import Request
-
-from actors import ModelClient, spec_from_config
-from pipelines.backtest.report import plain
-from pipelines.config import load_config
-from serve.api import PredictIn, _bars
-from serve.app import Ingress, build_app
-from serve.backend import _history_bars
-from serve.batched import WindowPrediction
-from serve.config import ingress_options
-from serve.predictor import Predictor
-from serve.windows import interpret, model_input, model_input_from_values
 
 ANSWER = {"time": None, "ghost": {}, "probs": {}, "signal": "HOLD", "version": 0}
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
-class NoOp:
-    async def __call__(self, request: Request) -> dict[str, Any]:
-        await request.body()
-        return ANSWER
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
-class NoOpPredictor:
-    async def predict(self, windows: np.ndarray) -> list[list[WindowPrediction]]:
-        return [WindowPrediction((0.0,) * 5, (1.0, 0.0, 0.0), 0, None, "noop", 0, 1)] * len(windows)
-
-    def info(self) -> dict[str, Any]:
-        return {"forward_passes": 0}
+APPS = {"single": "/s/predict", "composed": "/c/predict", "composed grpc": "/g/predict"}
+KNOB_ENV = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -134,7 +114,7 @@ class Conn:
         return json.loads(data)
 
 
-def sequential(call, bodies: list, n: int) -> list[float]:
+def sequential(call: Callable[[Any], Any], bodies: list[Any], n: int) -> list[float]:
     out = []
     for i in range(n):
         t0 = time.perf_counter()
@@ -172,14 +152,28 @@ async def clients(port: int, path: str, bodies: list[bytes], n: int, seconds: fl
         return done / (time.perf_counter() - t0)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--requests", type=int, default=300, help="sequential requests per round")
-    ap.add_argument("--seconds", type=float, default=5.0, help="throughput window per round")
-    ap.add_argument("--clients", type=int, default=32)
-    ap.add_argument("overrides", nargs="*", help="config overrides, e.g. serve.max_batch_size=32")
-    args = ap.parse_args()
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Start Ray, Serve and the apps; run ``args.rounds`` paired rounds; figures as a dict."""
+    import ray
+    import torch
+    from ray import serve
+    from starlette.requests import Request
+
+    from actors import ModelClient, spec_from_config
+    from pipelines.backtest.report import plain
+    from pipelines.config import load_config
+    from serve.api import PredictIn, _bars
+    from serve.app import build_app
+    from serve.backend import _history_bars
+    from serve.predictor import Predictor
+    from serve.windows import interpret, model_input, model_input_from_values
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
+    class NoOp:
+        async def __call__(self, request: Request) -> dict[str, Any]:
+            await request.body()
+            return ANSWER
+
     home = tempfile.mkdtemp(prefix="candleray-bench-")
     cfg = load_config(
         overrides=[
@@ -194,20 +188,24 @@ def main() -> None:
     client = ModelClient.connect(cfg)  # the app's replicas find it by name
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    one = replace(cfg, serve=replace(s, replicas=1))
-    serve.run(build_app(one), name="batched", route_prefix="/b")
-    unbatched = replace(one, serve=replace(one.serve, max_batch_size=1))
-    serve.run(build_app(unbatched), name="unbatched", route_prefix="/u")
+
+    def app_cfg(**kw: Any) -> Any:
+        return replace(cfg, serve=replace(s, replicas=1, **kw))
+
+    serve.run(build_app(app_cfg(topology="single")), name="single", route_prefix="/s")
+    serve.run(
+        build_app(app_cfg(topology="single", max_batch_size=1)), name="unbatched", route_prefix="/u"
+    )
+    serve.run(build_app(app_cfg(topology="composed")), name="composed", route_prefix="/c")
+    grpc = app_cfg(topology="composed", predictor_transport="grpc")
+    serve.run(build_app(grpc), name="grpc", route_prefix="/g")
     serve.run(NoOp.bind(), name="noop", route_prefix="/n")
-    composed = Ingress.options(**ingress_options(one.serve)).bind(NoOpPredictor.bind(), one)
-    serve.run(composed, name="composed", route_prefix="/c")
-    predictor = serve.get_deployment_handle("BatchedPredictor", app_name="batched")
+    single = serve.get_deployment_handle("Ingress", app_name="single")
 
     bars = _history_bars(f.window, d.timeframe, d.extra_timeframes)
     frames = windows_of_candles(64, bars, d.timeframe)
     bodies = [body_of(df) for df in frames]
 
-    # in this process: the forward pass alone, and the ingress's work around it
     torch.set_num_threads(1)  # a replica with < 1 CPU runs torch on one thread
     spec = spec_from_config(cfg)
     direct = Predictor(spec, "cpu")
@@ -222,77 +220,154 @@ def main() -> None:
         sig = interpret(a.candle[0], a.probs[0], inp, cfg.backtest.confidence)
         json.dumps(plain({"time": inp.end, "ghost": sig.ghost, "probs": sig.probs}))
 
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch {torch.__version__}, ray {ray.__version__}; model d_model={spec.d_model} "
-        f"layers={spec.n_layers} window={spec.window} features={spec.n_features}; request: "
-        f"{bars} candles ({len(bodies[0])} bytes of JSON); predictor replica num_cpus="
-        f"{s.replica_num_cpus}; batching max_batch_size={s.max_batch_size} "
-        f"batch_wait_timeout_s={s.batch_wait_timeout_s}; load average {os.getloadavg()[0]:.1f}"
-    )
     conn = Conn(port)
-    first = conn.post("/b/predict", bodies[0])
-    assert first["version"] == snap["version"], first
-    calls = {
-        "noop": lambda b: conn.post("/n", b),
-        "composed no-op": lambda b: conn.post("/c/predict", b),
-        "batched": lambda b: conn.post("/b/predict", b),
-        "direct": lambda k: direct.predict(inputs[k].x),
-        "request work": request_work,
-    }
+    for path in APPS.values():
+        got = conn.post(path, bodies[0])
+        assert got["version"] == snap["version"], (path, got)
+    calls: dict[str, Callable[[Any], Any]] = {"no-op": lambda b: conn.post("/n", b)}
+    for name, path in APPS.items():
+        calls[name] = lambda b, path=path: conn.post(path, b)
+    calls["direct"] = lambda k: direct.predict(inputs[k].x)
+    calls["request work"] = request_work
     args_of = {"direct": list(range(len(inputs)))}
     for k, fn in calls.items():  # warm-up
         sequential(fn, args_of.get(k, bodies), 30)
     lat: dict[str, list[float]] = {k: [] for k in calls}
-    margins, over_composed = [], []
+    margins: dict[str, list[float]] = {k: [] for k in APPS}
     for _ in range(args.rounds):
         p50 = {}
         for k, fn in calls.items():
             t = sequential(fn, args_of.get(k, bodies), args.requests)
             lat[k] += t
             p50[k] = pct(t, 50)
-        margins.append((p50["batched"] - p50["noop"]) / p50["direct"])
-        over_composed.append((p50["batched"] - p50["composed no-op"]) / p50["direct"])
+        for k in APPS:
+            margins[k].append(p50[k] - p50["no-op"])
 
-    paths = {"batched": "/b/predict", "unbatched": "/u/predict", "noop": "/n"}
+    paths = {
+        "single": "/s/predict",
+        "unbatched": "/u/predict",
+        "composed": "/c/predict",
+        "no-op": "/n",
+    }
     thr: dict[str, list[float]] = {k: [] for k in paths}
-    ratios = []
-    passes0 = predictor.info.remote().result()["forward_passes"]
+    passes0 = single.info.remote().result()["forward_passes"]
     for _ in range(args.rounds):
         for k, path in paths.items():
             thr[k].append(asyncio.run(clients(port, path, bodies, args.clients, args.seconds)))
-        ratios.append(thr["batched"][-1] / thr["unbatched"][-1])
-    passes = predictor.info.remote().result()["forward_passes"] - passes0
-    per_pass = sum(thr["batched"]) * args.seconds / max(passes, 1)  # answers ≈ rate x window
-
-    print(f"\nlatency, POST /predict with one window of {bars} candles, sequential (ms)")
-    print("| path | p50 | p99 |\n| --- | ---: | ---: |")
-    for k in calls:
-        print(f"| {k} | {pct(lat[k], 50):.2f} | {pct(lat[k], 99):.2f} |")
-    m = statistics.median(margins)
-    print(
-        f"(batched p50 - noop p50) / direct p50, median of rounds: {m:.2f} (goal <= 1.5: "
-        f"{'met' if m <= 1.5 else 'NOT met'}); per round: "
-        f"{' '.join(f'{r:.2f}' for r in sorted(margins))}"
-    )
-    c = statistics.median(over_composed)
-    print(
-        f"(batched p50 - composed no-op p50) / direct p50, median of rounds: {c:.2f}; per round: "
-        f"{' '.join(f'{r:.2f}' for r in sorted(over_composed))}"
-    )
-    print(f"\nthroughput, {args.clients} concurrent clients (answers/s)")
-    print("| app | median | per round |\n| --- | ---: | --- |")
-    for k in paths:
-        print(f"| {k} | {statistics.median(thr[k]):.0f} | {' '.join(f'{v:.0f}' for v in thr[k])} |")
-    print(f"batched: {per_pass:.1f} requests per forward pass on average")
-    r = statistics.median(ratios)
-    print(
-        f"batched / unbatched, median of rounds: {r:.2f} (goal >= 3: "
-        f"{'met' if r >= 3 else 'NOT met'}); per round: {' '.join(f'{v:.2f}' for v in sorted(ratios))}"
-    )
-    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    passes = single.info.remote().result()["forward_passes"] - passes0
+    answers = sum(thr["single"]) * args.seconds  # ≈ rate x window, summed over rounds
     serve.shutdown()
     ray.shutdown()
+    return {
+        "setting": (
+            f"{os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__}, ray "
+            f"{ray.__version__}; model d_model={spec.d_model} layers={spec.n_layers} "
+            f"window={spec.window} features={spec.n_features}; request: {bars} candles "
+            f"({len(bodies[0])} bytes of JSON); replica num_cpus={s.replica_num_cpus}; "
+            f"max_batch_size={s.max_batch_size} batch_wait_timeout_s={s.batch_wait_timeout_s}"
+        ),
+        "p50": {k: pct(v, 50) for k, v in lat.items()},
+        "p99": {k: pct(v, 99) for k, v in lat.items()},
+        "margins": margins,
+        "throughput": thr,
+        "per_pass": answers / max(passes, 1),
+    }
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def report(r: dict[str, Any], clients_n: int) -> None:
+    print(r["setting"])
+    p50, p99 = r["p50"], r["p99"]
+    print("\nlatency, POST /predict, one window per request, sequential (ms)")
+    print("| path | p50 | p99 |\n| --- | ---: | ---: |")
+    for k in p50:
+        print(f"| {k} | {p50[k]:.2f} | {p99[k]:.2f} |")
+    print()
+    for k, ms in r["margins"].items():
+        m = median(ms)
+        per = " ".join(f"{v:.2f}" for v in sorted(ms))
+        goal = f" (goal <= 1.5: {'met' if m <= 1.5 else 'NOT met'})" if k == "single" else ""
+        print(
+            f"{k}: p50 {p50[k]:.2f} ms, no-op p50 {p50['no-op']:.2f} ms, margin {m:.2f} ms{goal}; "
+            f"margin per round: {per}"
+        )
+    thr = r["throughput"]
+    print(f"\nthroughput, {clients_n} concurrent clients (answers/s)")
+    print("| app | median | per round |\n| --- | ---: | --- |")
+    for k, v in thr.items():
+        print(f"| {k} | {median(v):.0f} | {' '.join(f'{x:.0f}' for x in v)} |")
+    for a, b, goal in (("single", "no-op", 0.8), ("composed", "no-op", None)):
+        ratios = [x / y for x, y in zip(thr[a], thr[b], strict=True)]
+        g = f" (goal >= {goal}: {'met' if median(ratios) >= goal else 'NOT met'})" if goal else ""
+        print(f"throughput {a} / {b}: {median(ratios):.2f}x{g}")
+    ratios = [x / y for x, y in zip(thr["single"], thr["unbatched"], strict=True)]
+    print(
+        f"batched / unbatched: {median(ratios):.2f}x (single topology; "
+        f"{r['per_pass']:.1f} requests per forward pass batched, 1 unbatched)"
+    )
+
+
+def knob(args: argparse.Namespace) -> None:
+    """Rounds alternating RAY_SERVE_THROUGHPUT_OPTIMIZED off / on, a fresh Ray per round."""
+    child = [sys.executable, __file__, "--child", "--rounds", "1"]
+    child += ["--requests", str(args.requests), "--seconds", str(args.seconds)]
+    child += ["--clients", str(args.clients), *args.overrides]
+    got: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    for i in range(args.rounds * 2):
+        setting = ("off", "on")[i % 2]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
+        if setting == "on":
+            env[KNOB_ENV] = "1"
+        out = subprocess.run(child, env=env, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise SystemExit(f"round {i} ({KNOB_ENV} {setting}) failed:\n{out.stderr[-3000:]}")
+        got[setting].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"round {i + 1}: {KNOB_ENV} {setting}, load average {os.getloadavg()[0]:.1f}")
+    print(f"\n{KNOB_ENV}: {args.rounds} round pairs, each round a fresh Ray (ms, answers/s)")
+    print("| figure | off | on | on / off, median of pairs |\n| --- | ---: | ---: | ---: |")
+    rows: list[tuple[str, Callable[[dict[str, Any]], float]]] = [
+        (f"{k} p50 ms", lambda r, k=k: r["p50"][k]) for k in ("no-op", *APPS)
+    ]
+    rows += [
+        (f"{k} margin ms", lambda r, k=k: median(r["margins"][k])) for k in ("single", "composed")
+    ]
+    rows += [
+        (f"{k} answers/s", lambda r, k=k: median(r["throughput"][k]))
+        for k in ("single", "composed", "no-op")
+    ]
+    for name, fig in rows:
+        off, on = [fig(r) for r in got["off"]], [fig(r) for r in got["on"]]
+        pair = median([b / a for a, b in zip(off, on, strict=True)])
+        print(f"| {name} | {median(off):.2f} | {median(on):.2f} | {pair:.2f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--requests", type=int, default=300, help="sequential requests per round")
+    ap.add_argument("--seconds", type=float, default=5.0, help="throughput window per round")
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--quick", action="store_true", help="2 short rounds: checks the script")
+    ap.add_argument("--knob", choices=["throughput-optimized"], default=None)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("overrides", nargs="*", help="config overrides, e.g. serve.max_batch_size=32")
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.requests, args.seconds = 2, 60, 2.0
+    if args.knob:
+        knob(args)
+        return
+    load = os.getloadavg()[0]
+    r = measure(args)
+    if args.child:
+        print(json.dumps(r))
+        return
+    print(f"load average at the start {load:.1f} (the machine may be shared)")
+    report(r, args.clients)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -196,7 +196,13 @@ class ServeConfig:
 
     host: str = "127.0.0.1"  # a host other than loopback needs serve.token
     port: int = 8000
-    replicas: int = 1  # predictor replicas
+    # single: each HTTP ingress replica holds the batched model (one Serve hop per /predict);
+    # composed: CPU ingress replicas -> predictor replicas (e.g. GPU ones) through a handle
+    topology: str = "single"
+    # composed only: how the ingress calls the predictor, "ray" (actor calls, arrays through the
+    # object store) or "grpc" (Serve's gRPC between replicas; bench/RESULTS.md has both)
+    predictor_transport: str = "ray"
+    replicas: int = 1  # replicas that serve /predict: predictors (composed) or ingresses (single)
     replica_num_cpus: float = 0.25  # Ray CPUs per predictor replica (fractional on a laptop)
     replica_num_gpus: float = 0.0  # set 1 (or a fraction) to run replicas on GPUs
     replica_resources: dict[str, float] = field(default_factory=dict)  # custom, per replica

@@ -118,6 +118,16 @@ def check_serve(s: ServeConfig) -> None:
         f"{s.max_batch_size}, or a replica never holds enough requests to fill a batch",
     )
     _need(s.replicas >= 1, f"serve.replicas={s.replicas} must be >= 1")
+    _need(
+        s.topology in ("single", "composed"),
+        f"serve.topology={s.topology!r} must be 'single' (the HTTP ingress holds the model) or "
+        "'composed' (CPU ingress replicas call predictor replicas, e.g. GPU ones)",
+    )
+    _need(
+        s.predictor_transport in ("ray", "grpc"),
+        f"serve.predictor_transport={s.predictor_transport!r} must be 'ray' (Ray actor calls) "
+        "or 'grpc' (Serve's gRPC between replicas); it applies to serve.topology=composed",
+    )
     _need(s.ingress_replicas >= 1, f"serve.ingress_replicas={s.ingress_replicas} must be >= 1")
     _need(
         s.replica_num_cpus >= 0 and s.replica_num_gpus >= 0 and s.ingress_num_cpus >= 0,

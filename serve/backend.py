@@ -1,5 +1,6 @@
-"""The API's backend on Ray: the predictor deployment, the ModelActor, the session hosts, the
-JobBoard, the annotation store and the MLflow registry, each found by name.
+"""The API's backend on Ray: the model (this replica's own, or the predictor deployment's), the
+ModelActor, the session hosts, the JobBoard, the annotation store and the MLflow registry,
+each found by name.
 
 Every method is async and awaits Ray object refs, so a slow actor never blocks the ingress's
 event loop; every call into an actor has the configured deadline (``ray.call_timeout_s``).
@@ -12,8 +13,9 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 import ray
 
@@ -32,6 +34,7 @@ from pipelines.errors import (
     TemporaryError,
     UnavailableError,
 )
+from serve.batched import WindowPrediction
 from serve.windows import Bars, interpret, model_input, model_input_from_values
 
 log = logging.getLogger(__name__)
@@ -80,10 +83,34 @@ def chart_json(records: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[
     return plain(out)
 
 
+class Predictions(Protocol):
+    """What answers ``/predict``: the ingress replica's own batched model
+    (``serve.predictor_app.ModelReplica``, serve.topology=single) or a handle to the
+    predictor deployment (``HandlePredictor``, composed)."""
+
+    async def predict(self, windows: np.ndarray) -> list[WindowPrediction]: ...
+    async def info(self) -> dict[str, Any]: ...
+
+
+class HandlePredictor:
+    """``Predictions`` through a ``DeploymentHandle`` of ``BatchedPredictor``."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def predict(self, windows: np.ndarray) -> list[WindowPrediction]:
+        answers: list[WindowPrediction] = await self.handle.predict.remote(windows)
+        return answers
+
+    async def info(self) -> dict[str, Any]:
+        got: dict[str, Any] = await self.handle.info.remote()
+        return got
+
+
 class RayBackend:
-    def __init__(self, cfg: Config, predictor: Any) -> None:
+    def __init__(self, cfg: Config, predictor: Predictions) -> None:
         self.cfg = cfg
-        self.predictor = predictor  # DeploymentHandle of serve.predictor_app.BatchedPredictor
+        self.predictor = predictor
         self.model = ModelClient.find(cfg)  # never created here: it would die with the replica
         self.timeout_s = cfg.ray.call_timeout_s
         self._host_handles: list[Any] | None = None
@@ -123,7 +150,7 @@ class RayBackend:
             )
             recent = data.tail(_history_bars(f.window, spec.timeframe, d.extra_timeframes))
             x = model_input(recent, f.window, spec.timeframe, d.extra_timeframes, spec.key)
-        answers = await self._get(self.predictor.predict.remote(x.x), "the predictor")
+        answers = await self._get(self.predictor.predict(x.x), "the predictor")
         a = answers[0]
         sig = interpret(a.candle, a.probs, x, self.cfg.backtest.confidence)
         return plain(
@@ -240,7 +267,7 @@ class RayBackend:
         m = await self._model("metrics")
         served = None
         try:
-            info = await self.predictor.info.remote()
+            info = await self.predictor.info()
             served = info.get("version")
         except Exception as exc:  # the stats still answer while a replica restarts
             log.warning("predictor info unavailable: %s", exc)
@@ -313,7 +340,7 @@ class RayBackend:
         except Exception as exc:
             ok, out["model_actor"] = False, {"ok": False, "error": str(exc)[:300]}
         try:
-            info = await asyncio.wait_for(self.predictor.info.remote(), 5)
+            info = await asyncio.wait_for(self.predictor.info(), 5)
             out["predictor"] = {"ok": True, **info}
         except Exception as exc:
             ok, out["predictor"] = False, {"ok": False, "error": str(exc)[:300]}

@@ -1,4 +1,8 @@
-"""The predictor deployment's settings: Serve options from ``serve.*`` and live batching knobs.
+"""The model replicas' settings: Serve options from ``serve.*`` and live batching knobs.
+
+The replicas that hold the model are the predictor deployment (``serve.topology=composed``)
+or the HTTP ingress itself (``single``); ``serve.replicas``/``replica_*``/batching mean the
+same in both.
 
 Batching (``max_batch_size``, ``batch_wait_timeout_s``) travels as the deployment's
 ``user_config``, so ``reconfigure()`` can change it on running replicas. A bad value is
@@ -118,6 +122,12 @@ def deployment_options(s: ServeConfig) -> dict[str, Any]:
         "ray_actor_options": replica_request(s).options(),
         "user_config": Batching.of(s).user_config(),
     }
+
+
+def model_ingress_options(s: ServeConfig) -> dict[str, Any]:
+    """``Deployment.options(...)`` for serve.topology=single, whose HTTP ingress holds the
+    model: the predictor's settings (``deployment_options``), as it serves ``/predict``."""
+    return deployment_options(s)
 
 
 def http_options(s: ServeConfig) -> dict[str, Any]:

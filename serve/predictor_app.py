@@ -1,4 +1,4 @@
-"""The batched predictor deployment: ``@serve.batch`` inference that follows the ModelActor.
+"""The batched model in a replica: ``@serve.batch`` inference that follows the ModelActor.
 
 Each replica finds the ModelActor by name, loads its newest weights before taking
 requests, and then polls the actor's cheap ``weights_version`` every ``serve.weights_poll_s``
@@ -7,8 +7,11 @@ with no restart. Batching knobs arrive as ``user_config`` and are checked by
 ``reconfigure()``; replicas and CPUs/GPUs per replica come from ``serve.*`` through
 ``.options(...)``.
 
-Compose it into an app with ``build_predictor_app(cfg)`` (a bound deployment) and call it
-through a ``DeploymentHandle``::
+``ModelReplica`` is that replica's behaviour as a mixin: the HTTP ingress of
+``serve.topology=single`` (``serve.app``) holds it itself, so ``/predict`` is one Serve hop;
+``BatchedPredictor`` is the deployment of ``serve.topology=composed``. Compose it into an app
+with ``build_predictor_app(cfg)`` (a bound deployment) and call it through a
+``DeploymentHandle``::
 
     handle = serve.run(build_predictor_app(cfg), name="predictor", route_prefix=None)
     answers = handle.predict.remote(x).result()  # x (B, T, F) → B WindowPredictions
@@ -57,13 +60,20 @@ class ActorWeights:
         return {**snap, "state": await snap["ref"]}
 
 
-@serve.deployment
-class BatchedPredictor:
-    # Ray actors (and so Serve replicas) allow an async __init__, which lets the replica load
-    # its first weights before it takes a request; Python's typing says __init__ returns None
-    async def __init__(self, cfg: Config) -> None:  # type: ignore[misc]
+class ModelReplica:
+    """What a replica that holds the model does, whichever deployment it is: the batched
+    predictor (``serve.topology=composed``) or the HTTP ingress itself (``single``).
+
+    A mixin rather than a deployment, so the ``@serve.batch`` queue lives in the replica that
+    serves ``/predict``; the logic is ``serve.batched``'s. ``predict``/``info`` are async, the
+    interface ``serve.backend.RayBackend`` calls (``serve.backend.HandlePredictor`` gives a
+    ``DeploymentHandle`` the same one).
+    """
+
+    async def _start_model(self, cfg: Config) -> None:
         self.serve_cfg = cfg.serve
-        self.replica = serve.get_replica_context().replica_tag
+        ctx = serve.get_replica_context()
+        self.replica, self.deployment = ctx.replica_tag, ctx.deployment
         self.follower = WeightFollower(
             spec_from_config(cfg), cfg.model.device, ActorWeights(ModelClient.find(cfg))
         )
@@ -105,11 +115,13 @@ class BatchedPredictor:
         # arrival into a batch of its own that then waits for this one (one batch at a time).
         return predict_batch(predictor, requests, self.replica, self.forward_passes)
 
-    def info(self) -> dict[str, Any]:
-        """This replica's state: id, weights served, batching in force, forward passes so far."""
+    async def info(self) -> dict[str, Any]:
+        """This replica's state: id and deployment, weights served, batching in force, forward
+        passes so far."""
         p = self.follower.predictor
         return {
             "replica": self.replica,
+            "deployment": self.deployment,
             "version": p.version,
             "generation": p.generation,
             "loaded_at": self.follower.loaded_at,
@@ -122,6 +134,16 @@ class BatchedPredictor:
         """Serve restarts a replica whose weight poller died (it would serve stale weights)."""
         if self._poll.done():
             raise CandlerayError(f"replica {self.replica}: the weights poller stopped")
+
+
+@serve.deployment
+class BatchedPredictor(ModelReplica):
+    """The predictor of ``serve.topology=composed``, called through a ``DeploymentHandle``."""
+
+    # Ray actors (and so Serve replicas) allow an async __init__, which lets the replica load
+    # its first weights before it takes a request; Python's typing says __init__ returns None
+    async def __init__(self, cfg: Config) -> None:  # type: ignore[misc]
+        await self._start_model(cfg)
 
 
 def predictor_deployment(cfg: Config) -> Deployment:

@@ -41,13 +41,26 @@ class RunningApp:
         return s
 
 
+TOPOLOGIES = ("single", "composed")
+
+
+def two_ingress_replicas(topology: str) -> list[str]:
+    """Two replicas answering HTTP: a job, session or annotation made through one is seen
+    through the other (the ingress keeps no state of its own). In single they are
+    serve.replicas (each holds the model); in composed serve.ingress_* in front of one
+    predictor."""
+    if topology == "single":
+        return ["serve.topology=single", "serve.replicas=2"]
+    return ["serve.topology=composed", "serve.ingress_replicas=2", "serve.ingress_num_cpus=0.05"]
+
+
 @contextmanager
-def running_app(home: Path, *overrides: str) -> Iterator[RunningApp]:
+def running_app(home: Path, *overrides: str, topology: str = "single") -> Iterator[RunningApp]:
     from ray import serve
 
     from actors import ModelClient, start_hosts
     from actors.jobs import job_board
-    from serve.app import start
+    from serve.app import INGRESS, start
 
     port = free_port()
     cfg = load_config(
@@ -58,10 +71,7 @@ def running_app(home: Path, *overrides: str) -> Iterator[RunningApp]:
             f"serve.port={port}",
             f"serve.token={TOKEN}",
             "serve.replica_num_cpus=0.05",
-            # two ingress replicas: a job, session or annotation made through one is seen
-            # through the other (the ingress keeps no state of its own)
-            "serve.ingress_replicas=2",
-            "serve.ingress_num_cpus=0.05",
+            *two_ingress_replicas(topology),
             "serve.max_request_bytes=20000",
             "live.hosts=1",
             *overrides,
@@ -73,13 +83,34 @@ def running_app(home: Path, *overrides: str) -> Iterator[RunningApp]:
     board = job_board(cfg)  # held: the board lives while this handle does
     try:
         start(cfg)
-        ingress = serve.status().applications[cfg.run.name].deployments["Ingress"]
+        ingress = serve.status().applications[cfg.run.name].deployments[INGRESS]
         assert ingress.replica_states.get("RUNNING") == 2, ingress
         yield RunningApp(cfg, f"http://127.0.0.1:{port}", TOKEN, client, checkpoint, home)
     finally:
         serve.shutdown()
         for actor in [*hosts, board, client.handle]:
             ray.kill(actor, no_restart=True)
+
+
+@contextmanager
+def other_topology(app: RunningApp) -> Iterator[RunningApp]:
+    """``app``'s config in serve.topology=composed, deployed beside it in the same Serve
+    instance under ``/composed`` (one ingress, one predictor): the routes that reach the model
+    are checked on both topologies without a second Serve start."""
+    from dataclasses import replace
+
+    from ray import serve
+
+    from serve.app import build_app
+
+    assert app.cfg.serve.topology == "single", app.cfg.serve.topology
+    s = replace(app.cfg.serve, topology="composed", replicas=1)
+    name = f"{app.cfg.run.name}-composed"
+    serve.run(build_app(replace(app.cfg, serve=s)), name=name, route_prefix="/composed")
+    try:
+        yield replace(app, cfg=replace(app.cfg, serve=s), url=f"{app.url}/composed")
+    finally:
+        serve.delete(name)
 
 
 def fingerprint(app: RunningApp) -> dict[str, Any]:

@@ -16,10 +16,12 @@ import pandas as pd
 import pytest
 from serve_harness import (
     SYMBOL,
+    TOPOLOGIES,
     RunningApp,
     candles,
     field_errors,
     fingerprint,
+    other_topology,
     running_app,
     wait_job,
 )
@@ -29,8 +31,20 @@ pytestmark = [pytest.mark.ray]
 
 @pytest.fixture(scope="module")
 def app(ray_cluster, tmp_path_factory) -> Iterator[RunningApp]:
-    with running_app(tmp_path_factory.mktemp("api")) as a:
+    with running_app(tmp_path_factory.mktemp("api")) as a:  # serve.topology=single
         yield a
+
+
+@pytest.fixture(scope="module")
+def composed(app) -> Iterator[RunningApp]:
+    with other_topology(app) as a:
+        yield a
+
+
+@pytest.fixture(params=TOPOLOGIES)
+def either(request, app) -> RunningApp:
+    """The routes that reach the model, on each topology (composed: beside ``app``)."""
+    return app if request.param == "single" else request.getfixturevalue("composed")
 
 
 # ---- the page, the schema, CORS -----------------------------------------------------------
@@ -61,7 +75,8 @@ def test_dashboard_library_and_schema_are_served_and_cors_is_closed(app):
 # ---- inference ----------------------------------------------------------------------------
 
 
-def test_predict_answers_a_ghost_candle_and_the_weights_version(app):
+def test_predict_answers_a_ghost_candle_and_the_weights_version(either):
+    app = either
     s = app.http()
     by_symbol = s.post(app.url + "/predict", json={"symbol": SYMBOL}, timeout=60)
     assert by_symbol.status_code == 200, by_symbol.text
@@ -287,7 +302,10 @@ def test_checkpoints_are_listed_loaded_and_marked_best(app):
     assert loaded.json()["steps"] == 0  # the checkpoint was saved before any training
 
 
-def test_training_metrics_and_health(app):
+def test_training_metrics_and_health(either):
+    from serve.app import model_deployment
+
+    app = either
     s = app.http(token=False)
     m = s.get(app.url + "/training-metrics").json()
     assert {"current", "best", "steps", "trend", "last_train_time", "history"} <= set(m)
@@ -295,6 +313,8 @@ def test_training_metrics_and_health(app):
     h = s.get(app.url + "/health").json()
     assert h["status"] == "ok", h
     assert h["model_actor"]["ok"] and h["predictor"]["ok"] and h["session_hosts"][0]["ok"]
+    # the replica that answered holds the model in this topology: the ingress itself in single
+    assert h["predictor"]["deployment"] == model_deployment(app.cfg.serve), h["predictor"]
 
 
 # after the checkpoint test: the steps trained here would prune the checkpoint it loads

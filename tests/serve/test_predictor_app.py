@@ -1,8 +1,10 @@
-"""The predictor deployment on a real Serve instance: two replicas, one deployment per module.
+"""The replicas that hold the model, on a real Serve instance: two of them, deployed once per
+topology (``serve.topology``): the predictor deployment of ``composed``, and the HTTP ingress
+of ``single``, which holds the same batched model and is called here through its handle.
 
-Serve starts once (127.0.0.1, a free port) and the app is deployed once: starting replicas
-costs seconds here, so every test shares them, and reconfiguration is exercised on the
-running replicas.
+Serve starts once per topology (127.0.0.1, a free port) and the app is deployed once:
+starting replicas costs seconds here, so every test shares them, and reconfiguration is
+exercised on the running replicas.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import ray
+from serve_harness import TOPOLOGIES
 from support import free_port, tiny_overrides
 
 from actors import ModelClient, spec_from_config
@@ -49,17 +52,24 @@ def infos(handle: Any, n: int = REPLICAS, timeout_s: float = 20.0) -> dict[str, 
     return seen
 
 
-@pytest.fixture(scope="module")
-def app(ray_cluster, tmp_path_factory) -> Iterator[App]:
-    from ray import serve
-
+def build(cfg: Config) -> Any:
+    """The app whose replicas hold the model in ``cfg``'s topology."""
+    from serve.app import build_app
     from serve.predictor_app import build_predictor_app
+
+    return build_predictor_app(cfg) if cfg.serve.topology == "composed" else build_app(cfg)
+
+
+@pytest.fixture(scope="module", params=TOPOLOGIES)
+def app(request, ray_cluster, tmp_path_factory) -> Iterator[App]:
+    from ray import serve
 
     home = tmp_path_factory.mktemp("serve")
     cfg = load_config(
         None,
         [
             *tiny_overrides(home, f"serve{uuid.uuid4().hex[:8]}"),
+            f"serve.topology={request.param}",
             f"serve.replicas={REPLICAS}",
             "serve.replica_num_cpus=0.1",
             "serve.max_batch_size=8",
@@ -70,7 +80,7 @@ def app(ray_cluster, tmp_path_factory) -> Iterator[App]:
     client = ModelClient.connect(cfg)
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
     try:
-        handle = serve.run(build_predictor_app(cfg), name="predictor-test", route_prefix=None)
+        handle = serve.run(build(cfg), name="predictor-test", route_prefix=None)
         yield App(cfg, client, handle, set(infos(handle)))
     finally:
         serve.shutdown()
@@ -154,8 +164,6 @@ def test_bad_input_is_a_clear_error_and_the_replicas_keep_serving(app):
 
 
 def test_reconfigure_refuses_bad_values_and_applies_good_ones(app):
-    from serve.predictor_app import build_predictor_app
-
     before = {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}
     for bad in ({"max_batch_size": 0}, {"batch_wait_timeout_s": -1}, {"max_batch": 4}):
         for _ in range(4):  # lands on either replica
@@ -165,7 +173,7 @@ def test_reconfigure_refuses_bad_values_and_applies_good_ones(app):
     assert len(app.handle.predict.remote(windows(app.cfg, 1)).result(timeout_s=10)) == 1
     # a bad value in the config is refused before anything is deployed
     with pytest.raises(ConfigError, match="serve.max_batch_size=0"):
-        build_predictor_app(replace(app.cfg, serve=replace(app.cfg.serve, max_batch_size=0)))
+        build(replace(app.cfg, serve=replace(app.cfg.serve, max_batch_size=0)))
 
     good = {"max_batch_size": 2, "batch_wait_timeout_s": 0.02}
     deadline = time.monotonic() + 20

@@ -85,6 +85,22 @@ def test_deployment_options_come_from_the_serve_section_and_are_checked():
         ingress_options(ServeConfig(ingress_replicas=0))
 
 
+def test_the_topology_is_single_by_default_and_a_bad_one_names_both():
+    from pipelines.config import load_config
+    from serve.app import model_deployment
+    from serve.config import model_ingress_options
+
+    cfg = load_config(None, ["serve.replicas=3", "serve.replica_num_gpus=1"], resolve_paths=False)
+    assert cfg.serve.topology == "single" and model_deployment(cfg.serve) == "Ingress"
+    # in single the ingress holds the model: it takes the predictor's replicas and resources
+    assert model_ingress_options(cfg.serve) == deployment_options(cfg.serve)
+    assert model_ingress_options(cfg.serve)["num_replicas"] == 3
+    composed = load_config(None, ["serve.topology=composed"], resolve_paths=False)
+    assert model_deployment(composed.serve) == "BatchedPredictor"
+    with pytest.raises(ConfigError, match="serve.topology='mesh' must be 'single'.*'composed'"):
+        load_config(None, ["serve.topology=mesh"], resolve_paths=False)
+
+
 # -- requests and batches ------------------------------------------------------------------
 
 
