@@ -12,10 +12,14 @@ Three parts, one run:
    tick of a paced session holds) in this process. Rounds alternate idle / forward / training,
    so drift on the shared machine hits all three; ratios are per round, then the median.
 3. Scale: sessions on 1-second replayed candles on the model's ``live.hosts`` hosts, the count
-   raised step by step; a step passes while p99 <= 100 ms, no prediction missed and every
-   due candle predicted in the measured window. Reports the largest count that passed.
+   raised step by step (to 1,500 by default, ``live.max_sessions`` raised to match); a step
+   passes while p99 <= 100 ms, no prediction missed and every due candle predicted in the
+   measured window. Reports the largest count that passed, and beside each step the hosts'
+   memory: their RSS over the sessions they hold, and the growth over the empty hosts' RSS
+   per session (read from ``/proc`` of each host's process).
 
     .venv/bin/python bench/live_latency.py [--rounds 3] [--round-s 6] [--counts 25 50 100 200 300]
+    .venv/bin/python bench/live_latency.py --only-scale          # part 3 only
 """
 
 from __future__ import annotations
@@ -157,6 +161,20 @@ def forward_ms(predictor: Predictor, x: np.ndarray, n: int = 200) -> tuple[float
 
 
 # -- 3. scale -----------------------------------------------------------------------------------
+def host_rss_mib(hosts: list[Any], timeout: float) -> list[float]:
+    """Each host actor's resident set size, MiB (its process, on this machine)."""
+
+    def pid(_self: Any) -> int:
+        return os.getpid()
+
+    out = []
+    for p in ray.get([h.__ray_call__.remote(pid) for h in hosts], timeout=timeout):
+        with open(f"/proc/{p}/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        out.append(kb / 1024)
+    return out
+
+
 def scale(
     cfg: Any,
     counts: list[int],
@@ -169,6 +187,8 @@ def scale(
     hosts = start_hosts(cfg)
     wait_weights(hosts, timeout)
     loads = [0] * len(hosts)
+    empty_mib = sum(host_rss_mib(hosts, timeout))
+    print(f"  {len(hosts)} empty hosts: RSS {empty_mib:.0f} MiB in all", flush=True)
     rows: list[dict[str, Any]] = []
     started = 0
     try:
@@ -201,16 +221,20 @@ def scale(
             p50 = max(a["latency_ms"]["p50"] or 0.0 for a in after)
             p99 = max(a["latency_ms"]["p99"] or 0.0 for a in after)
             ok = p99 <= P99_LIMIT_MS and missed == 0 and preds >= due
+            rss = sum(host_rss_mib(hosts, timeout))
             rows.append(
                 dict(count=count, p50=p50, p99=p99, preds=preds, due=due, missed=missed,
-                     start_s=start_s, ok=ok, load=os.getloadavg()[0],
+                     start_s=start_s, ok=ok, load=os.getloadavg()[0], rss=rss,
+                     per_session=rss / count, growth=(rss - empty_mib) / count,
                      dropped=sum(a["dropped"] for a in after),
                      done=sum(a["done"] for a in after),
                      requested=sum(a["requested"] for a in after))
             )  # fmt: skip
             print(
                 f"  {count:>5} sessions: p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  predicted "
-                f"{preds}/{due:.0f} due  missed {missed}  -> {'ok' if ok else 'FAIL'}",
+                f"{preds}/{due:.0f} due  missed {missed}  host RSS {rss:.0f} MiB "
+                f"({rss / count:.2f} MiB/session, +{(rss - empty_mib) / count:.2f} over empty)  "
+                f"load {os.getloadavg()[0]:.1f}  -> {'ok' if ok else 'FAIL'}",
                 flush=True,
             )
             if not ok and not keep_going:
@@ -226,7 +250,13 @@ def main() -> None:
     ap.add_argument("--round-s", type=float, default=6.0)
     ap.add_argument("--sessions", type=int, default=4, help="part 2: replayed sessions")
     ap.add_argument("--speed", type=float, default=10.0, help="part 2: candles/s per session")
-    ap.add_argument("--counts", type=int, nargs="+", default=[25, 50, 100, 200, 300, 400, 600])
+    ap.add_argument(
+        "--counts",
+        type=int,
+        nargs="+",
+        default=[25, 50, 100, 200, 300, 400, 600, 800, 1000, 1200, 1500],
+    )
+    ap.add_argument("--only-scale", action="store_true", help="part 3 only (skip parts 1 and 2)")
     ap.add_argument("--measure-s", type=float, default=10.0)
     ap.add_argument("--scale-mode", default="none")
     ap.add_argument("--tracking", choices=("on", "off"), default="on")
@@ -257,12 +287,18 @@ def main() -> None:
         f"{args.actor_threads or 'default'}"
     )
     torch.set_num_threads(1)  # as a SessionHost
+    if not args.only_scale:
+        steps_and_latency(args, cfg)
+    scale_part(args, base)
+    ray.shutdown()
+
+
+def steps_and_latency(args: Any, cfg: Any) -> None:
     spec = spec_from_config(cfg)
     client = ModelClient.connect(cfg)
     snap = client.call("weights_snapshot")
     predictor = Predictor(spec, "cpu")
     predictor.load(ray.get(snap["ref"]), snap["version"], snap["generation"])
-
     print("\n1. session step (plain Session loop, real predictor, 1 torch thread; ms)")
     for mode, on50, on99, whole in step_cost(cfg, predictor):
         print(f"  {mode:<13} on_candle p50 {on50:.2f}  p99 {on99:.2f}   whole step p50 {whole:.2f}")
@@ -320,7 +356,12 @@ def main() -> None:
     ray.get(host.shutdown.remote(), timeout=30)
     ray.kill(host, no_restart=True)
 
-    scfg = load_config(overrides=[*base, "run.name=bench-scale"])
+
+def scale_part(args: Any, base: list[str]) -> None:
+    probe = load_config(overrides=[*base, "run.name=bench-scale"])
+    per_host = -(-max(args.counts) // probe.live.hosts)  # room for the largest count
+    cap = max(probe.live.max_sessions, per_host)
+    scfg = load_config(overrides=[*base, "run.name=bench-scale", f"live.max_sessions={cap}"])
     model = ModelClient.connect(scfg)  # held: the hosts find the model, they never create it
     model.call("weights_version")
     print(
@@ -333,9 +374,15 @@ def main() -> None:
         if not r["ok"]:
             break
         passed = r["count"]
-    print(f"  largest count that passed: {passed} (goal >= 200)")
+    print(f"  largest count that passed: {passed} (goal >= 1000)")
+    last = next((r for r in reversed(rows) if r["count"] == passed), rows[-1] if rows else None)
+    if last is not None:
+        print(
+            f"  memory at {last['count']} sessions: host RSS {last['rss']:.0f} MiB, "
+            f"{last['per_session']:.2f} MiB per session (+{last['growth']:.2f} MiB per session "
+            "over the empty hosts)"
+        )
     print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -94,8 +94,10 @@ class CandleHistory:
         self._end = 0
         self.seen = 0  # bars appended since the session began (primed ones included)
         self._cache: tuple[int, list[np.ndarray]] | None = None
-        # per bar, its higher-timeframe row (4E,) log o/h/l/c: final once the bar has closed
-        self._rows: deque[np.ndarray] = deque(maxlen=capacity)
+        # per bar, its higher-timeframe row (4E,) log o/h/l/c: final once the bar has closed;
+        # rows [_rows_end - _rows_n, _rows_end) of a buffer twice the capacity, as the bars
+        self._rows = np.zeros((2 * capacity, 4 * len(self.extra)), dtype=np.float64)
+        self._rows_end = self._rows_n = 0
         self._rows_seen = 0  # ``seen`` when the newest row was computed
         base_ns = timeframe_seconds(timeframe) * 1_000_000_000
         grid = [timeframe_seconds(tf) * 1_000_000_000 for tf in self.extra]
@@ -164,13 +166,26 @@ class CandleHistory:
             )
         )
         if reuse:
-            self._rows.append(self._rows[-1])
+            self._add_rows(self._rows[self._rows_end - 1 : self._rows_end])
         else:
             higher = higher_from_values(times, values, self.timeframe, self.extra)
             full = np.concatenate(higher, axis=1)
-            self._rows.extend(full[len(full) - missing :])
-        rows = np.stack(list(self._rows)[len(self._rows) - n :])  # (N, 4E)
+            self._add_rows(full[len(full) - missing :])
+        rows = self._rows[self._rows_end - n : self._rows_end].copy()  # (N, 4E)
         return [rows[:, 4 * e : 4 * e + 4] for e in range(len(self.extra))]
+
+    def _add_rows(self, new: np.ndarray) -> None:
+        """Append rows (K, 4E), keeping the newest ``capacity``; the buffer's front is reused
+        when full (one copy per ``capacity`` rows), where stacking a deque of rows per candle
+        cost more than the window's own arithmetic."""
+        new = new[len(new) - min(len(new), self.capacity) :].copy()  # may alias the buffer
+        if self._rows_end + len(new) > len(self._rows):
+            keep = min(self._rows_n, self.capacity - len(new))
+            self._rows[:keep] = self._rows[self._rows_end - keep : self._rows_end]
+            self._rows_end = self._rows_n = keep
+        self._rows[self._rows_end : self._rows_end + len(new)] = new
+        self._rows_end += len(new)
+        self._rows_n = min(self._rows_n + len(new), self.capacity)
 
     def windows(
         self, window: int, back: tuple[int, ...], targets: tuple[int, ...] = ()

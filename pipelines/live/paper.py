@@ -18,7 +18,6 @@ candles and signals (tested trade for trade):
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +69,7 @@ class Trade:
     ret: float
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}  # numbers: asdict, shallow
 
 
 def _trade(

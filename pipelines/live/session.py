@@ -29,7 +29,6 @@ no weight of their own, so the rule lives in one place.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -373,7 +372,9 @@ class Session:
             "manual": list(self.manual) if self.manual else None,
             "ended": self.ended,
             "metrics": self.metrics.to_json(),
-            "paper": dataclasses.asdict(self.book.st),
+            # every field is a number or None: a shallow copy is asdict's result, without its
+            # recursive deep copy, which the journal paid for every session on every tick
+            "paper": {k: getattr(self.book.st, k) for k in self.book.st.__dataclass_fields__},
         }
 
     @classmethod
