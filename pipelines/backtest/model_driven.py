@@ -16,6 +16,7 @@ Plain functions, no Ray: the runner calls ``backtest_model`` inside its tasks.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +49,8 @@ class ModelBacktest:
 
     result: the simulator's trades, equity and statistics.
     actions: (N,) HOLD/BUY/SELL class per bar (the signals traded).
-    inference: the model outputs per window.
+    inference: the model outputs per window; None in the runner's outcomes, which keep only
+        what the reports use (``for_report``).
     model: model statistics (``model_stats``) plus signal counts.
     training: walk-forward summary (mode, rounds, steps, samples); rounds: each training round.
     seconds: wall time of the whole backtest of this symbol.
@@ -57,11 +59,22 @@ class ModelBacktest:
     symbol: str
     result: BacktestResult
     actions: np.ndarray
-    inference: Inference
+    inference: Inference | None
     model: dict[str, Any]
     training: dict[str, Any]
     rounds: tuple[TrainRound, ...]
     seconds: float
+
+
+def for_report(b: ModelBacktest) -> ModelBacktest:
+    """``b`` without its per-window model outputs, which no report reads.
+
+    They are most of a symbol's result (52 bytes a window beside the equity, position and
+    actions' 24 a bar): a runner over 1,000 symbols of 10,000 bars would otherwise carry
+    ~0.5 GB of them through the object store into the driver. Everything the table, the
+    JSON report, the MLflow run and the portfolio use is kept (tested).
+    """
+    return dataclasses.replace(b, inference=None)
 
 
 def model_stats(close: np.ndarray, inf: Inference, labels: np.ndarray) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Many symbols in parallel: one Ray task per (symbol, range), gathered as they finish.
 
 The weights go into the object store once (``ray.put``) and every task gets the same ref.
-Each task loads its candles and runs ``backtest_model`` (no Ray inside). A symbol that fails
+Each task loads its candles and runs ``backtest_model`` (no Ray inside), and returns only what
+the reports use (``for_report``), so a run over many symbols does not carry every symbol's
+per-window model outputs into the driver. A symbol that fails
 (unknown symbol, bad timeframe, bad data, too few bars) comes back as an outcome carrying
 its error's type and message; the others finish. Outcomes are returned in the order of the
 jobs, whatever order they finished in, with the portfolio view over the symbols that ran.
@@ -20,7 +22,7 @@ from typing import Any
 import ray
 
 from conf import Config
-from pipelines.backtest.model_driven import ModelBacktest, backtest_model
+from pipelines.backtest.model_driven import ModelBacktest, backtest_model, for_report
 from pipelines.backtest.portfolio import Portfolio, combine
 from pipelines.backtest.weights import BacktestWeights
 from pipelines.data.sources import load_candles, parse_symbol
@@ -142,7 +144,7 @@ def _job_task(
     import torch
 
     torch.set_num_threads(torch_threads)  # a worker is reused: set it for every task
-    return run_job(job, weights, cfg)
+    return for_report(run_job(job, weights, cfg))
 
 
 def _failure(job: BacktestJob, exc: BaseException) -> SymbolOutcome:
@@ -193,12 +195,14 @@ def run_backtests(
     check_cluster(request)
     weights_ref = ray.put(weights)  # once; every task gets the same object
     task = _job_task.options(**request.options())
-    index = {task.remote(job, weights_ref, cfg, threads): i for i, job in enumerate(jobs)}
+    refs = [task.remote(job, weights_ref, cfg, threads) for job in jobs]
+    index = {ref.hex(): i for i, ref in enumerate(refs)}  # ids, not refs: a gathered one is let go
     outcomes: list[SymbolOutcome | None] = [None] * len(jobs)
-    pending = list(index)
+    pending = refs
+    del refs
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
-        i = index[ready[0]]
+        i = index.pop(ready[0].hex())
         try:
             outcomes[i] = SymbolOutcome(jobs[i], ray.get(ready[0]))  # finished: returns at once
         except ray.exceptions.RayError as exc:  # the task's own error, or its worker died
@@ -223,7 +227,7 @@ def run_in_process(
     outcomes = []
     for k, job in enumerate(jobs):
         try:
-            outcomes.append(SymbolOutcome(job, run_job(job, weights, cfg)))
+            outcomes.append(SymbolOutcome(job, for_report(run_job(job, weights, cfg))))
         except (CandlerayError, ValueError) as exc:  # a bad symbol or data; a bug still raises
             outcomes.append(_failure(job, exc))
         if on_done is not None:

@@ -15,8 +15,24 @@ from support import tiny_overrides
 
 from actors import ModelClient, spec_from_config
 from conf import to_dict
-from pipelines.backtest.report import format_table, log_mlflow, metric_prefix, write_json
-from pipelines.backtest.runner import BacktestJob, jobs_for, run_backtests, run_in_process, run_job
+from pipelines.backtest.report import (
+    format_table,
+    log_mlflow,
+    metric_prefix,
+    report_dict,
+    trades_frame,
+    write_json,
+)
+from pipelines.backtest.runner import (
+    BacktestJob,
+    BacktestRun,
+    SymbolOutcome,
+    _portfolio,
+    jobs_for,
+    run_backtests,
+    run_in_process,
+    run_job,
+)
 from pipelines.backtest.weights import BacktestWeights, resolve_weights, weights_from_actor
 from pipelines.cli import main
 from pipelines.config import load_config
@@ -72,6 +88,7 @@ def test_parallel_run_equals_in_process_and_reports_bad_symbols(ray_cluster, mak
             assert o.ok, o.error
             ref = run_job(o.job, weights, cfg)
             got = o.backtest
+            assert got.inference is None  # the task sent back only what the reports use
             assert got.symbol == ref.symbol == f"{o.job.symbol}@1h"
             np.testing.assert_array_equal(got.actions, ref.actions)
             pd.testing.assert_series_equal(got.result.equity, ref.result.equity)
@@ -119,6 +136,36 @@ def test_walk_forward_from_actor_weights_leaves_the_live_actor_alone(ray_cluster
         assert client.call("metrics")["steps"] == before[1]
     finally:
         ray.kill(client.handle)
+
+
+def test_runner_keeps_only_what_reports_use_and_the_reports_are_unchanged(make_cfg):
+    # over 1,000 symbols the per-window model outputs were most of what the driver held;
+    # the runner drops them, and every report must still read exactly as from full results
+    cfg = make_cfg("model.device=cpu", "backtest.confidence=0.4")
+    weights = random_weights(cfg)
+    jobs = jobs_for([GOOD[0], "sample:NOPE", GOOD[1], GOOD[2]], cfg)
+    run = run_in_process(jobs, weights, cfg)
+    full = [SymbolOutcome(j, run_job(j, weights, cfg)) for j in jobs if j.symbol != "sample:NOPE"]
+    full.insert(1, run.outcomes[1])  # the failed one, as the runner reports it
+    old = BacktestRun(tuple(full), _portfolio(full, cfg), run.weights, run.seconds)
+    assert all(o.backtest.inference is not None for o in old.outcomes if o.ok)
+    assert [o.ok for o in run.outcomes] == [True, False, True, True]
+    for o in run.outcomes:
+        if o.ok:
+            assert o.backtest.inference is None  # no per-window arrays kept
+            assert len(o.backtest.actions) == o.backtest.result.stats["bars"]
+
+    def comparable(r: BacktestRun) -> dict:
+        d = report_dict(r, cfg)
+        d.pop("created")
+        for s in d["symbols"]:
+            s.pop("seconds", None)  # wall time of each symbol's run
+        return d
+
+    assert comparable(run) == comparable(old)
+    assert format_table(run) == format_table(old)
+    pd.testing.assert_frame_equal(trades_frame(run), trades_frame(old))
+    pd.testing.assert_series_equal(run.portfolio.equity, old.portfolio.equity)
 
 
 def test_mlflow_run_holds_params_metrics_and_artifacts(make_cfg, tmp_path):
