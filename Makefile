@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/backtest_speed.py
 	$(BIN)/python bench/backtest_model_speed.py
+	$(BIN)/python bench/backtest_scale.py
 	$(BIN)/python bench/live_latency.py --actor-threads 1
 	$(BIN)/python bench/serve_latency.py
 

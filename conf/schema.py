@@ -120,6 +120,13 @@ class TrainConfig:
 
 
 # The metrics the trainer reports (pipelines.model.trainer.METRICS; a test keeps the two
+    # data-parallel training (actors/model/ranks.py): 1 trains in the ModelActor itself; N > 1
+    # shards each global batch across N DDP ranks (Ray actors in one placement group)
+    workers: int = 1
+    worker_num_cpus: float = 1.0  # Ray CPUs per rank (its torch threads, unless ray.torch_threads)
+    worker_num_gpus: float = 0.0  # 1 per rank on a GPU cluster (NCCL); 0: CPU ranks (gloo)
+    worker_resources: dict[str, float] = field(default_factory=dict)  # custom, per rank
+    placement_strategy: str = "PACK"  # the ranks' placement group: PACK (one node) or SPREAD
 # equal): the choices of checkpoint.best_metric. Losses: lower is better; accuracies: higher.
 BEST_METRICS = ("total_loss", "candle_loss", "action_loss", "candle_accuracy", "action_accuracy")
 

@@ -52,6 +52,17 @@ def check(cfg: Config) -> None:
         f"train.holdout_fraction={t.holdout_fraction} must be in (0, 1)",
     )
     _need(t.batches_per_call >= 1, "train.batches_per_call must be >= 1")
+    _need(t.workers >= 1, f"train.workers={t.workers} must be >= 1 (1: no data parallelism)")
+    _need(
+        t.worker_num_cpus >= 0 and t.worker_num_gpus >= 0,
+        "train.worker_num_cpus and train.worker_num_gpus must be >= 0",
+    )
+    _need(
+        t.placement_strategy in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+        f"train.placement_strategy={t.placement_strategy!r}: use PACK (ranks on few nodes), "
+        "SPREAD (one per node where possible), STRICT_PACK or STRICT_SPREAD",
+    )
+    check_resources("train.worker_resources", t.worker_resources)
     _need(
         t.trend_window >= 1,
         f"train.trend_window={t.trend_window} must be >= 1 (steps in the rolling metrics, "
@@ -153,7 +164,12 @@ def check_serve(s: ServeConfig) -> None:
 
 # Ray's own names: asked for through their own keys (num_cpus/num_gpus), never as custom ones
 _RAY_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
-_WITH_GPUS = ("ray.actor_resources", "serve.replica_resources")  # beside a *_num_gpus key
+# beside a *_num_gpus key
+_WITH_GPUS = (
+    "ray.actor_resources",
+    "serve.replica_resources",
+    "train.worker_resources",
+)
 
 
 def check_resources(key: str, resources: Mapping[str, float]) -> None:

@@ -75,6 +75,12 @@ class ActorCallTimeout(CandlerayError):
     """A call into an actor missed its deadline; the message names the call."""
 
 
+class TrainingRanksError(CandlerayError):
+    """A data-parallel training step failed on its ranks (one died, hung past its deadline,
+    or the group could not start): the step was not applied, the ModelActor keeps the last
+    weights every rank agreed on and rebuilds the group on its next training call."""
+
+
 class JournalError(CandlerayError):
     """A live journal write did not commit (disk full, I/O error); nothing of it was kept in
     the file, and the sessions still hold its records for the next write."""

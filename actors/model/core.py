@@ -63,8 +63,14 @@ class ModelCore(TrainingCalls, CheckpointCalls):
         self.generation = uuid.uuid4().hex[:12]
         if cfg.ray.torch_threads > 0:
             torch.set_num_threads(cfg.ray.torch_threads)
-        self.device = resolve_device(cfg.model.device)
-        self.trainer = Trainer(self.spec, cfg.train, self.device, seed=cfg.run.seed)
+        if cfg.train.workers > 1:  # data-parallel: the ranks train, on their own devices
+            from actors.model.ranks import DistributedTrainer
+
+            self.device = torch.device("cpu")
+            self.trainer: Trainer = DistributedTrainer(self.spec, cfg, seed=cfg.run.seed)
+        else:
+            self.device = resolve_device(cfg.model.device)
+            self.trainer = Trainer(self.spec, cfg.train, self.device, seed=cfg.run.seed)
         self.store = CheckpointStore(
             f"{cfg.checkpoint.uri.rstrip('/')}/{cfg.run.name}", cfg.checkpoint.keep_last
         )
@@ -205,7 +211,8 @@ class ModelCore(TrainingCalls, CheckpointCalls):
             "generation": self.generation,
             "version": self.trainer.step,
             "restored_from": self.restored_from,
-            "device": str(self.device),
+            "device": str(getattr(self.trainer, "rank_device", self.device)),
+            "workers": self.cfg.train.workers,
             "pid": os.getpid(),
             "mlflow_run_id": self.run_id,
             # the last steps' metrics, oldest first (one per step: the newest is this step)

@@ -165,10 +165,17 @@ class Trainer:
 
     # -- loss ---------------------------------------------------------------------------------
     def _per_sample(
-        self, x: torch.Tensor, yc: torch.Tensor, ya: torch.Tensor
+        self,
+        x: torch.Tensor,
+        yc: torch.Tensor,
+        ya: torch.Tensor,
+        model: torch.nn.Module | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Per-sample terms, each (B,): losses, direction right/counted, action right."""
-        pred, logits = self.model(x)
+        """Per-sample terms, each (B,): losses, direction right/counted, action right.
+
+        ``model``: what runs the forward pass (a data-parallel rank passes its DDP wrapper).
+        """
+        pred, logits = (model or self.model)(x)
         right, counted = direction_hits(pred[:, 3], yc[:, 3])
         return {
             "candle": F.smooth_l1_loss(pred, yc, reduction="none").mean(dim=1),
@@ -178,17 +185,29 @@ class Trainer:
             "action_right": logits.argmax(dim=1) == ya,
         }
 
-    def _reduce(self, p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """METRICS of one set of per-sample terms; ``total_loss`` is the weighted loss."""
-        base = self.cfg.candle_loss_weight * p["candle"] + self.cfg.action_loss_weight * p["action"]
+    def _base(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each sample's unweighted loss (B,)."""
+        return self.cfg.candle_loss_weight * p["candle"] + self.cfg.action_loss_weight * p["action"]
+
+    def _sample_weights(
+        self, p: dict[str, torch.Tensor], base: torch.Tensor, base_mean: torch.Tensor
+    ) -> torch.Tensor:
+        """Each sample's loss weight (B,), no gradient. ``base_mean``: the mean of ``base``
+        over the whole batch (a data-parallel rank passes the global one, so a sample's
+        hard-sample weight does not depend on which shard it landed in)."""
         wrong_dir = (p["dir_counted"] & ~p["dir_right"]).float()  # flat targets: never wrong
         with torch.no_grad():  # weights are data, not something to optimise
-            hard = (base / base.mean().clamp_min(1e-8)).clamp(max=5.0)
-            w = (
+            hard = (base / base_mean.clamp_min(1e-8)).clamp(max=5.0)
+            return (
                 1.0
                 + self.cfg.hard_sample_weight * hard
                 + self.cfg.wrong_direction_weight * wrong_dir
             )
+
+    def _reduce(self, p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """METRICS of one set of per-sample terms; ``total_loss`` is the weighted loss."""
+        base = self._base(p)
+        w = self._sample_weights(p, base, base.mean())
         return {
             "total_loss": (w * base).sum() / w.sum(),
             "candle_loss": p["candle"].mean(),
