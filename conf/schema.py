@@ -239,6 +239,24 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class SweepConfig:
+    """Hyperparameter sweeps on Ray Tune (``candleray sweep``); see pipelines/sweep/."""
+
+    trials: int = 4  # samples drawn from the space; a grid is run this many times over
+    scheduler: str = "asha"  # asha (stops poor trials early) | fifo (every trial runs all epochs)
+    metric: str = "holdout/total_loss"  # a held-out figure each epoch reports (pipelines/sweep/trial.py)
+    mode: str = "min"  # min | max
+    max_concurrent: int = 2  # trials running at once; 0: as many as the resources allow
+    grace_period: int = 1  # epochs every trial runs before ASHA may stop it
+    reduction_factor: float = 2.0  # ASHA keeps the best 1/reduction_factor at each rung
+    trial_num_cpus: float = 1.0  # Ray CPUs per trial (also its torch threads)
+    trial_num_gpus: float = 0.0  # GPUs per trial; a fraction (0.25) puts several on one GPU
+    trial_resources: dict[str, float] = field(default_factory=dict)  # custom, per trial
+    storage: str = "sweeps"  # below run.home; on a multi-node cluster shared storage (s3://...)
+    model_name: str | None = None  # registered model of the best trial; None: <run.name>-sweep
+
+
+@dataclass(frozen=True)
 class AnnotationConfig:
     """Trades a person marked (``candleray annotate``) and training on them (``train --annotations``)."""
 
@@ -263,3 +281,4 @@ class Config:
     annotations: AnnotationConfig = field(default_factory=AnnotationConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)

@@ -101,6 +101,7 @@ def check(cfg: Config) -> None:
     )
     _need(cfg.live.max_sessions >= 1, f"live.max_sessions={cfg.live.max_sessions} must be >= 1")
     check_serve(cfg.serve)
+    check_sweep(cfg)
     for key in ("since", "until"):
         value = getattr(cfg.data, key)
         if value is not None:
@@ -110,6 +111,30 @@ def check(cfg: Config) -> None:
                 raise ConfigError(
                     f"data.{key}={value!r} is not an ISO date; use e.g. 2024-01-01"
                 ) from exc
+
+
+def check_sweep(cfg: Config) -> None:
+    """The sweep section (``candleray sweep``); the metric name is checked by the sweep itself."""
+    w = cfg.sweep
+    _need(w.scheduler in ("asha", "fifo"), f"sweep.scheduler={w.scheduler!r}: use asha or fifo")
+    _need(w.mode in ("min", "max"), f"sweep.mode={w.mode!r}: use min (losses) or max (accuracies)")
+    _need(w.trials >= 1, f"sweep.trials={w.trials} must be >= 1 (samples drawn from the space)")
+    _need(
+        w.max_concurrent >= 0,
+        f"sweep.max_concurrent={w.max_concurrent} must be >= 0 (0: as many as resources allow)",
+    )
+    _need(w.grace_period >= 1, f"sweep.grace_period={w.grace_period} must be >= 1 epoch")
+    _need(
+        w.reduction_factor > 1,
+        f"sweep.reduction_factor={w.reduction_factor} must be > 1 (ASHA keeps the best "
+        "1/reduction_factor at each rung; e.g. 2)",
+    )
+    _need(
+        w.trial_num_cpus >= 0 and w.trial_num_gpus >= 0 and w.trial_num_cpus + w.trial_num_gpus > 0,
+        f"sweep.trial_num_cpus={w.trial_num_cpus} and sweep.trial_num_gpus={w.trial_num_gpus} "
+        "must be >= 0 and not both 0 (a trial with no resources would never be limited)",
+    )
+    check_resources("sweep.trial_resources", w.trial_resources)
 
 
 def check_serve(s: ServeConfig) -> None:
@@ -169,6 +194,7 @@ _WITH_GPUS = (
     "ray.actor_resources",
     "serve.replica_resources",
     "train.worker_resources",
+    "sweep.trial_resources",
 )
 
 
@@ -228,4 +254,7 @@ def resolve(cfg: Config) -> Config:
     ckpt = dataclasses.replace(cfg.checkpoint, uri=_abs(home, cfg.checkpoint.uri))
     uri = cfg.tracking.uri or f"sqlite:///{home / 'mlflow.db'}"
     tracking = dataclasses.replace(cfg.tracking, uri=uri)
-    return dataclasses.replace(cfg, run=run, data=data, checkpoint=ckpt, tracking=tracking)
+    sweep = dataclasses.replace(cfg.sweep, storage=_abs(home, cfg.sweep.storage))
+    return dataclasses.replace(
+        cfg, run=run, data=data, checkpoint=ckpt, tracking=tracking, sweep=sweep
+    )

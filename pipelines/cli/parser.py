@@ -12,7 +12,7 @@ import logging
 import sys
 from types import ModuleType
 
-from pipelines.cli import annotate, backtest, checkpoints, config, demo, live, serve, train
+from pipelines.cli import annotate, backtest, checkpoints, config, demo, live, serve, sweep, train
 from pipelines.cli.signals import exit_code, stop_on_signals
 from pipelines.config import load_config
 from pipelines.errors import CandlerayError
@@ -26,6 +26,7 @@ COMMANDS: dict[str, ModuleType] = {
     "live": live,
     "serve": serve,
     "config": config,
+    "sweep": sweep,
 }
 
 # the profile a command loads when --profile is not given

@@ -1,0 +1,76 @@
+"""What a sweep keeps between runs of the command: its state file (for ``--resume``), the rows
+of its result table, and the checks of its settings that need the trial's metric names."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from conf import Config
+from pipelines.errors import ConfigError, NotFoundError
+from pipelines.sweep.trial import METRICS
+
+SWEEP_FILE = "candleray_sweep.json"
+
+
+@dataclass
+class TrialRow:
+    trial_id: str
+    name: str
+    values: dict[str, Any]
+    status: str = "pending"  # running | finished | stopped early | failed | interrupted
+    epochs: int = 0
+    best: float | None = None
+    best_epoch: int = 0
+    direction_accuracy: float | None = None  # at the best epoch
+    run_id: str | None = None
+    reason: str = ""
+    error: str = ""
+    started: float | None = None  # time.time() of the trial's start
+    first_epoch_s: float | None = None  # start to first reported epoch
+
+
+@dataclass
+class SweepState:
+    """What ``--resume`` needs, kept in the sweep folder beside Tune's own state."""
+
+    sweep_id: str
+    path: str
+    space: dict[str, Any]
+    space_file: str
+    base: dict[str, Any]
+    parent_run_id: str | None = None
+    status: str = "running"  # running | interrupted | finished
+
+    def save(self) -> None:
+        Path(self.path, SWEEP_FILE).write_text(json.dumps(asdict(self), indent=1, default=str))
+
+    @classmethod
+    def load(cls, folder: Path) -> SweepState:
+        return cls(**json.loads((folder / SWEEP_FILE).read_text()))
+
+
+def check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ConfigError(
+            f"sweep.metric={metric!r} is not a figure the trials report; use one of "
+            f"{', '.join(METRICS)} (e.g. --metric holdout/total_loss --mode min)"
+        )
+
+
+def latest_unfinished(cfg: Config) -> Path:
+    """The newest sweep of ``run.name`` under ``sweep.storage`` that did not finish."""
+    root = Path(cfg.sweep.storage)
+    found = sorted(
+        (p for p in root.glob(f"{cfg.run.name}-*") if (p / SWEEP_FILE).exists()),
+        key=lambda p: p.name,
+    )
+    for p in reversed(found):
+        if SweepState.load(p).status != "finished":
+            return p
+    raise NotFoundError(
+        f"--resume: no unfinished sweep of run.name={cfg.run.name!r} under {root}; "
+        "start one with candleray sweep --space FILE"
+    )

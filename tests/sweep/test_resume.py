@@ -1,0 +1,180 @@
+"""A sweep with failing trials among good ones, stopped by Ctrl-C once a trial has finished,
+then resumed: the stop leaves nothing running and the parent KILLED; the resume does not rerun
+the finished trial, creates no second child run for any trial, and ends the same parent
+FINISHED. The failing trials (a CUDA device no node has) are FAILED with their error while
+the others finish.
+
+The command runs as a user starts it, in a session of its own (so every process it and its
+Ray cluster start can be counted), SIGINT reset to its default: a background job of a
+non-interactive shell (CI) inherits it ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = [pytest.mark.slow]
+
+CANDLERAY = str(Path(sys.executable).with_name("candleray"))
+RUN_S = 420.0  # Ray's start and four trials on a loaded 2-core machine
+TINY = [
+    "data.symbols=[synthetic:SYN0]",
+    "data.synthetic.length=400",
+    "data.extra_timeframes=[]",
+    "features.window=16",
+    "model.d_model=16",
+    "model.n_heads=2",
+    "model.n_layers=1",
+    "model.dim_feedforward=32",
+    "train.batch_size=32",
+    "train.epochs=2",
+    "sweep.trial_num_cpus=1",
+]
+
+
+def in_session(sid: int) -> list[str]:
+    left = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            if os.getsid(int(p.name)) != sid or "State:\tZ" in (p / "status").read_text():
+                continue
+            left.append(f"{p.name} {(p / 'cmdline').read_bytes()[:100]!r}")
+        except (ProcessLookupError, PermissionError, FileNotFoundError):
+            continue
+    return left
+
+
+class Command:
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.proc = subprocess.Popen(
+            [CANDLERAY, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.out: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            self.out.append(line)
+            if text in line:
+                return
+        self.kill()
+        pytest.fail(f"{text!r} never printed:\n{''.join(self.out)[-4000:]}")
+
+    def finish(self, timeout: float) -> tuple[int, str, list[str]]:
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"still running after {timeout:.0f}s:\n{''.join(self.out)[-4000:]}")
+        while (line := self.lines.get(timeout=30)) is not None:
+            self.out.append(line)
+        deadline = time.monotonic() + 60
+        while (left := in_session(self.proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        self.kill()
+        return rc, "".join(self.out), left
+
+    def kill(self) -> None:
+        for entry in in_session(self.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.split()[0]), signal.SIGKILL)
+
+
+def test_failed_trials_interrupt_and_resume_without_rerun_or_duplicates(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("train.lr: {grid: [1.0e-3, 3.0e-3]}\nmodel.device: {grid: [cpu, 'cuda:99']}\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = [f"run.home={tmp_path}", "run.name=swr", f"tracking.uri={uri}", *TINY]
+    first = Command(
+        ["sweep", "--space", str(space), "--trials", "1", "--scheduler", "fifo"]
+        + ["--max-concurrent", "1", *base],
+        tmp_path,
+    )
+    first.wait_for("device=cpu: finished after 2 epoch(s)", RUN_S)
+    first.proc.send_signal(signal.SIGINT)
+    rc, out, left = first.finish(180)
+    assert not left, f"left running after Ctrl-C: {left}"
+    assert rc == 130, out[-3000:]
+    assert "interrupted" in out and "--resume" in out
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("swr-sweep")
+    parents = client.search_runs([exp.experiment_id], "tags.`candleray.kind` = 'sweep'")
+    assert len(parents) == 1 and parents[0].info.status == "KILLED"
+    before = {
+        r.data.tags["candleray.trial_id"]: r
+        for r in client.search_runs([exp.experiment_id], "tags.`mlflow.parentRunId` != ''")
+    }
+    done = [r for r in before.values() if r.info.status == "FINISHED"]
+    assert len(done) >= 1
+    steps_before = {
+        r.info.run_id: [
+            m.step for m in client.get_metric_history(r.info.run_id, "holdout/total_loss")
+        ]
+        for r in done
+    }
+
+    second = Command(["sweep", "--resume", *base], tmp_path)
+    rc, out, left = second.finish(RUN_S)
+    assert rc == 0, out[-3000:]
+    assert not left
+    assert "resuming sweep" in out
+    parents = client.search_runs([exp.experiment_id], "tags.`candleray.kind` = 'sweep'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = client.search_runs([exp.experiment_id], "tags.`mlflow.parentRunId` != ''")
+    ids = [c.data.tags["candleray.trial_id"] for c in children]
+    assert len(children) == 4 and len(set(ids)) == 4, ids  # one child run per trial, ever
+    for trial_id, run in before.items():  # the runs made before the stop are the ones kept
+        assert (
+            next(c for c in children if c.data.tags["candleray.trial_id"] == trial_id).info.run_id
+            == run.info.run_id
+        )
+    for run_id, steps in steps_before.items():  # finished before the stop: not rerun
+        assert [m.step for m in client.get_metric_history(run_id, "holdout/total_loss")] == steps
+    by_device = {}
+    for c in children:
+        by_device.setdefault(c.data.params["model.device"], []).append(c)
+    assert {c.info.status for c in by_device["cpu"]} == {"FINISHED"}
+    assert {c.info.status for c in by_device["cuda:99"]} == {"FAILED"}
+    for c in by_device["cuda:99"]:
+        assert "cuda" in c.data.tags["candleray.error"].lower()
+    for c in by_device["cpu"]:
+        assert [m.step for m in client.get_metric_history(c.info.run_id, "holdout/total_loss")] == [
+            1,
+            2,
+        ]
+    mv = client.get_model_version_by_alias("swr-sweep", "best")
+    assert mv.run_id in {c.info.run_id for c in by_device["cpu"]}
