@@ -95,19 +95,21 @@ def _refused_token(exc: BaseException) -> bool:
 
 
 def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-    """``ClusterError`` naming ``ray.address`` when nothing accepts a connection there.
+    """``ClusterError`` naming ``ray.address`` when nothing accepts a connection there, or
+    what does is no Ray head (a wrong port: the dashboard's, another service's).
 
     Ray's own connect retries an unreachable GCS 20 times, about 36 s each: some 12 minutes
-    of warnings before its error. One TCP connect answers within ``timeout_s`` (at once when
-    refused). "auto" is left to Ray, which looks up this node's cluster and says at once when
-    there is none.
+    of warnings before its error, and the same for a port that answers but not in gRPC. One
+    TCP connect answers within ``timeout_s`` (at once when refused), and the HTTP/2 preface
+    tells a gRPC server from any other. "auto" is left to Ray, which looks up this node's
+    cluster and says at once when there is none.
     """
     if address == "auto":
         return
     host, port = _host_port(address)
     try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            answer = _grpc_answer(sock) if not _ray_tls() else _H2_SETTINGS
     except OSError as exc:
         why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         raise ClusterError(
@@ -115,6 +117,42 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
             f"cluster's head there (ray start --head --port={port}), or set ray.address to "
             f"{_ADDRESS_FORMS}"
         ) from exc
+    if answer != _H2_SETTINGS:
+        # Ray would retry this for the same ~12 minutes as an unreachable address
+        raise ClusterError(
+            f"ray.address={address!r}: something answers at {host}:{port}, but not a Ray head "
+            f"(it does not speak gRPC; its first bytes: {answer!r}). Use the port the head's "
+            "GCS listens on (ray start --head --port, 6379 by default; 8265 is the "
+            f"dashboard's, for ray job), or set ray.address to {_ADDRESS_FORMS}"
+        )
+
+
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_H2_SETTINGS = b"settings"  # what _grpc_answer returns for a gRPC server
+
+
+def _grpc_answer(sock: socket.socket) -> bytes:
+    """``_H2_SETTINGS`` when the server speaks HTTP/2 as gRPC does (the GCS, the Ray Client
+    server), else the first bytes it sent back (b"" when it closed or said nothing in time).
+
+    An HTTP/2 server's first frame is SETTINGS: a 9-byte header whose 4th byte is type 4.
+    """
+    sock.sendall(_H2_PREFACE)
+    got = b""
+    try:
+        while len(got) < 9:
+            chunk = sock.recv(9 - len(got))
+            if not chunk:
+                break
+            got += chunk
+    except OSError:  # a timeout or a reset: not a gRPC server
+        pass
+    return _H2_SETTINGS if len(got) == 9 and got[3] == 4 else got[:40]
+
+
+def _ray_tls() -> bool:
+    """Ray with TLS (``RAY_USE_TLS``): the GCS speaks TLS first, so the plain probe is skipped."""
+    return os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
 
 
 def _host_port(address: str) -> tuple[str, int]:
