@@ -67,6 +67,47 @@ def rank0(cfg):
     raise RuntimeError("rank 0 not found")
 
 
+def inference_latency(client, cfg, spec, data: Dataset, quick: bool) -> tuple[float, float]:
+    """p50 ms of what a predictor does per request beside the ModelActor (ask for the newest
+    weights version, reload if it moved, predict one window), idle and while a 2-rank batch
+    run goes on through the same actor (its reads never wait behind training)."""
+    import threading
+
+    from serve.predictor import Predictor
+
+    pred = Predictor(spec, "cpu")
+    pred.refresh(client)
+    x = data.x[:1]
+
+    def sample(n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            pred.refresh(client)
+            pred.predict(x)
+            out.append((time.perf_counter() - t0) * 1e3)
+        return out
+
+    n = 20 if quick else 100
+    idle = statistics.median(sample(n))
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            samples_per_s(client, cfg, data)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(2.0)  # the run is under way (its first calls are in flight)
+    busy = []
+    while not done.is_set() and len(busy) < n:
+        busy.extend(sample(1))
+    t.join()
+    return idle, statistics.median(busy)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=60, help="timed steps per side and round")
@@ -121,6 +162,7 @@ def main() -> None:
             f"round {i + 1}: 1 rank {got[1]:.0f} samples/s, 2 ranks {got[2]:.0f} samples/s, "
             f"ratio {got[2] / got[1]:.2f}, all-reduce {reduce_ms[-1]:.1f} ms/step"
         )
+    idle, busy = inference_latency(clients[2], cfgs[2], spec, data, args.quick)
     for c in clients.values():
         ray.kill(c.handle, no_restart=True)
     print(
@@ -134,6 +176,10 @@ def main() -> None:
     )
     print(f"per-round ratios: {' '.join(f'{r:.2f}' for r in sorted(ratios))}")
     print(f"all-reduce per step (rank 0, median of rounds): {statistics.median(reduce_ms):.1f} ms")
+    print(
+        f"inference (snapshot check + 1-window predict, p50): idle {idle:.2f} ms, during a "
+        f"2-rank batch run {busy:.2f} ms ({busy / idle:.2f}x idle)"
+    )
     print(f"workers 2 / 1: {statistics.median(ratios):.2f}x")
     ray.shutdown()
 

@@ -103,7 +103,7 @@ class DistributedTrainer(Trainer):
         self.ranks: list[Any] = []
         self._pg: Any = None
         self._agreed: dict[str, Any] | None = None  # rank 0's state after the last step
-        self.rank_device = "?"
+        self.rank_device = f"ranks not started (train.workers={self.world})"
         self.step_timeout_s = 0.5 * cfg.ray.call_timeout_s
 
     # -- the group ----------------------------------------------------------------------
@@ -223,7 +223,10 @@ class DistributedTrainer(Trainer):
         self._agreed = None
         super().load_state(state)
         if self.ranks:  # a checkpoint loaded into a running group: every rank takes it
-            self._get([rk.load.remote(super().state()) for rk in self.ranks], "load")
+            try:
+                self._get([rk.load.remote(super().state()) for rk in self.ranks], "load")
+            except TrainingRanksError as exc:  # the group is gone; the next step starts one
+                log.warning("%s", exc)  # from these weights, so the load itself stands
 
     def evaluate(
         self, x: Any, y_candle: Any, y_action: Any, batch_size: int = 1024

@@ -66,6 +66,9 @@ class RankTrainer:
     ) -> None:
         self.rank, self.world = rank, world
         self.trainer = Trainer(spec, cfg, device, seed=seed)
+        # the weights come from the ModelActor (join); the seed left to set is dropout's, and
+        # each shard gets masks of its own, as the samples of one big batch would
+        torch.manual_seed(seed * 1_000 + rank)
         self.ddp: DistributedDataParallel | None = None
         self.allreduce_s = 0.0  # time in the gradient all-reduce + sums, for the benchmark
 
@@ -86,9 +89,7 @@ class RankTrainer:
         self.trainer.load_state(state)
         ids = [self.trainer.device.index or 0] if self.trainer.device.type == "cuda" else None
         # the state above is every rank's already: DDP's own broadcast of it would be redundant
-        self.ddp = DistributedDataParallel(
-            self.trainer.model, device_ids=ids, init_sync=False
-        )
+        self.ddp = DistributedDataParallel(self.trainer.model, device_ids=ids, init_sync=False)
 
     def load(self, state: dict[str, Any]) -> None:
         """Take ``state`` (the ModelActor's, after a checkpoint load): every rank gets it."""

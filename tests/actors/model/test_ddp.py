@@ -9,6 +9,7 @@ import torch
 
 from actors.model.core import ModelCore
 from pipelines.data.dataset import Dataset
+from pipelines.errors import PlacementError
 from pipelines.model.distributed import state_digest
 from pipelines.model.trainer import METRICS
 
@@ -119,3 +120,13 @@ def test_checkpoints_load_with_any_number_of_ranks(ray_cluster, make_cfg):
         assert three.snapshot.version == 7
     finally:
         three.trainer.shutdown()
+
+
+def test_ranks_that_cannot_be_placed_are_an_error_naming_the_key(ray_cluster, make_cfg):
+    core = ModelCore(
+        make_cfg(*RANKS, "train.workers=2", "train.worker_resources={no_such_node: 1}")
+    )
+    x = dataset(core, 4)
+    with pytest.raises(PlacementError, match=r"no_such_node=1 \(train\.worker_resources\)"):
+        core.train_batch(x.x, x.y_candle, x.y_action)
+    assert core.snapshot.version == 0 and core.trainer.step == 0
