@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 HOME_DIR ?= .candleray
 WEB := serve/web
 
-.PHONY: setup browser demo test lint bench serve mlflow-ui clean
+.PHONY: setup browser database demo test lint bench serve mlflow-ui clean
 
 setup: $(STAMP)
 
@@ -31,10 +31,17 @@ browser:
 		[ "$$(id -u)" = 0 ] || { echo "chromium is missing: run 'sudo apt-get install -y chromium'"; exit 1; }; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# Debian's PostgreSQL server binaries for the journal/annotation/MLflow-store tests (the tests
+# start their own server in a temp folder; nothing is enabled as a system service)
+database:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		[ "$$(id -u)" = 0 ] || { echo "PostgreSQL is missing: run 'sudo apt-get install -y postgresql'"; exit 1; }; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
 demo: $(STAMP)
 	$(BIN)/candleray demo
 
-test: $(STAMP) browser lint
+test: $(STAMP) browser database lint
 	$(BIN)/python -m pytest -q --durations=15
 
 lint: $(STAMP)

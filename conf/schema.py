@@ -16,6 +16,9 @@ class RunConfig:
     )
     seed: int = 7
     home: str = ".candleray"  # relative paths below are resolved against this folder's parent (cwd)
+    # None: journals and annotations in SQLite files under home (one node's disk); a cluster
+    # names one database server every node reaches: postgresql+psycopg://user:pw@host:5432/db
+    database_url: str | None = None
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,7 @@ def check(cfg: Config) -> None:
     _need(cfg.ray.call_timeout_s > 0, f"ray.call_timeout_s={cfg.ray.call_timeout_s} must be > 0")
     _need(cfg.ray.max_restarts >= -1, "ray.max_restarts must be >= -1 (-1: restart forever)")
     check_ray_address(cfg.ray.address)
+    check_database_url(cfg.run.database_url)
     _need(
         cfg.ray.placement_timeout_s > 0,
         f"ray.placement_timeout_s={cfg.ray.placement_timeout_s} must be > 0 seconds (e.g. 60)",
@@ -236,6 +237,24 @@ def check_ray_address(address: str | None) -> None:
     _need(
         bool((rest if sep else address).strip()),
         f"ray.address={address!r} is empty; use host:port, auto, ray://head:10001 or null",
+    )
+
+
+DATABASE_SCHEMES = ("postgresql", "postgresql+psycopg", "sqlite")
+
+
+def check_database_url(url: str | None) -> None:
+    """``run.database_url`` names a database SQLAlchemy reaches here; whether it answers is
+    checked when a host opens its journal (``pipelines.database``)."""
+    if url is None:
+        return
+    scheme, sep, rest = url.partition("://")
+    _need(
+        bool(sep) and scheme in DATABASE_SCHEMES and bool(rest.strip("/")),
+        f"run.database_url={url.split('@')[-1]!r} is not a database URL candleray uses; use "
+        "postgresql+psycopg://user:password@host:5432/dbname (one server for every node's "
+        "journals and annotations), sqlite:////abs/path.db, or null for SQLite files under "
+        "run.home",
     )
 
 

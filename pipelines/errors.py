@@ -133,3 +133,9 @@ class PlacementError(CandlerayError):
 class ClusterError(CandlerayError):
     """The Ray cluster of ``ray.address`` cannot be reached or joined; the message names the
     setting, what failed and how to fix it."""
+
+
+class DatabaseError(CandlerayError):
+    """The database of the session journals and annotations (``run.database_url``, or the
+    SQLite files under ``run.home``) cannot be reached or used: unreachable server, refused
+    password, missing database. The message names the setting, what failed and the fix."""

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import pg_server
 import pytest
 from support import free_port, tiny_overrides
 
@@ -126,13 +127,41 @@ def server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def s3_server_uri(tmp_path_factory: pytest.TempPathFactory, s3_bucket: S3Bucket) -> Iterator[str]:
-    """``mlflow server`` as teams run it: artifacts proxied to ``<s3_bucket>/mlflow``."""
+def postgres() -> Iterator[pg_server.PgServer]:
+    """A real PostgreSQL server on 127.0.0.1 for the test session (Debian's binaries; `make
+    test` installs them), its superuser ``candleray`` logging in by password."""
+    if pg_server.find_bin() is None:
+        pytest.skip(
+            "PostgreSQL binaries not found under /usr/lib/postgresql/*/bin: run `make database` "
+            "(apt-get install postgresql)"
+        )
+    server = pg_server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres: pg_server.PgServer) -> str:
+    """``postgresql+psycopg://…`` of the session's database ``candleray`` (run.database_url)."""
+    return postgres.url("candleray")
+
+
+@pytest.fixture(scope="session")
+def s3_server_uri(
+    tmp_path_factory: pytest.TempPathFactory, s3_bucket: S3Bucket, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """``mlflow server`` as teams run it: its backend store on PostgreSQL (a database of its
+    own), artifacts proxied to ``<s3_bucket>/mlflow``."""
     root = tmp_path_factory.mktemp("s3server")
-    yield from _mlflow_server(root, f"{s3_bucket.url}/mlflow")  # the AWS_* env is set
+    backend = None
+    if pg_server.find_bin() is not None:
+        backend = request.getfixturevalue("postgres").create_database("mlflow")
+    yield from _mlflow_server(root, f"{s3_bucket.url}/mlflow", backend)  # the AWS_* env is set
 
 
-def _mlflow_server(root, artifacts: str) -> Iterator[str]:
+def _mlflow_server(root, artifacts: str, backend: str | None = None) -> Iterator[str]:
     port = free_port()
     log = root / "server.log"
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no huey job runner
@@ -144,7 +173,7 @@ def _mlflow_server(root, artifacts: str) -> Iterator[str]:
                 "mlflow",
                 "server",
                 "--backend-store-uri",
-                f"sqlite:///{root / 'srv.db'}",
+                backend or f"sqlite:///{root / 'srv.db'}",
                 "--artifacts-destination",
                 artifacts,
                 "--host",

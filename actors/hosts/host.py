@@ -5,7 +5,8 @@ process (the CLI, the Serve app) finds them; each restarts up to ``ray.max_resta
 and takes ``live.host_num_cpus`` CPUs and ``live.host_resources`` (a host mostly waits for
 candles; its forward passes need a fraction of a core). A restarted host resumes its sessions
 from its journal
-(``<run.home>/<live.journal_dir>/<run.name>-host-<i>.sqlite``, one writer per file) right after
+``<run.name>-host-<i>`` (one writer per journal: in the database server of ``run.database_url``
+on a cluster, else ``<run.home>/<live.journal_dir>/<run.name>-host-<i>.sqlite``) right after
 the last journaled candle. A clean end (``shutdown``, ``stop_hosts``: Ctrl-C of ``candleray
 live``, the end of ``candleray serve``) journals every session stopped, so the next host of the
 same run name starts with none of them: only a crash resumes.
@@ -48,6 +49,7 @@ from actors.hosts.tracking import SessionRuns
 from actors.model.actor import ModelClient
 from actors.model.core import spec_from_config
 from conf import Config
+from pipelines.database import open_engine
 from pipelines.errors import CandlerayError
 from pipelines.live import Journal, journal_path
 from pipelines.placement import Request, exists, reserve
@@ -77,8 +79,14 @@ class RayTrainCalls:
 
 
 def host_journal(cfg: Config, index: int) -> Journal:
-    base = journal_path(cfg)
-    return Journal(base.with_name(f"{cfg.run.name}-host-{index}.sqlite"))
+    """Host ``index``'s journal ``<run.name>-host-<i>``: rows in the database server of
+    ``run.database_url`` (every node reaches it: a host restarted elsewhere finds it), or by
+    default a SQLite file of that name beside ``journal_path``. A server that cannot be reached
+    is a ``DatabaseError`` naming run.database_url, raised here at host start."""
+    name = f"{cfg.run.name}-host-{index}"
+    if cfg.run.database_url:
+        return Journal(cfg.run.database_url, name=name)
+    return Journal(journal_path(cfg).with_name(f"{name}.sqlite"), name=name)
 
 
 @ray.remote(max_concurrency=8)
@@ -102,12 +110,16 @@ class SessionHost:
             runs = SessionRuns(RayRunsSink(cfg.tracking.uri, experiment, name, cfg.ray.namespace))
         self._stop = threading.Event()
         self._wake = threading.Event()
+        journal = host_journal(cfg, index)
+        # this host is the journal's writer now: one that was declared dead but still runs
+        # (a node cut off from the cluster) can write nothing more beside it
+        journal.claim()
         self.core = HostCore(
             cfg,
             index,
             predictor,
             RayTrainCalls(self.client),
-            host_journal(cfg, index),
+            journal,
             clock=time.monotonic,
             runs=runs,
             wake=self._wake.set,  # an exchange's candles are taken as soon as a poll brings them
@@ -237,6 +249,10 @@ def start_hosts(cfg: Config) -> list[Any]:
     request = host_request(cfg)
     ns = cfg.ray.namespace
     missing = [i for i in range(cfg.live.hosts) if not exists(host_name(cfg, i), ns)]
+    if missing and cfg.run.database_url:
+        # the journals' server answers, or the command says so (DatabaseError naming
+        # run.database_url), instead of a Ray traceback of hosts that could not start
+        open_engine(cfg.run.database_url, what="live journal", pooled=False).dispose()
     if missing:
         reserve(request, len(missing), cfg.ray.placement_timeout_s, "ray.placement_timeout_s")
     hosts = []

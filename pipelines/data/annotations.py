@@ -5,7 +5,8 @@ price, note, created time) with an id. ``symbol`` is a spec without the timefram
 (``sample:EURUSD``, ``binance:BTC/USDT``), ``side`` is ``long`` or ``short``.
 
 :class:`AnnotationStore` keeps them in one SQLite file (``annotations.path`` below
-``run.home``): add, list (by symbol/timeframe), remove, export/import JSON. Before
+``run.home``), or, on a cluster, in the database server of ``run.database_url`` (table
+``annotations``, beside the session journals): add, list (by symbol/timeframe), remove, export/import JSON. Before
 anything is stored, every annotation is checked against its candles (taken from the
 ``loader`` callable, so tests can pass a DataFrame), and refused with ``AnnotationError``
 when: the symbol or timeframe is unknown (its candles cannot be loaded); a time falls in no
@@ -28,28 +29,34 @@ entry or exit candle is no longer among the loaded candles (the data range moved
 from __future__ import annotations
 
 import json
-import logging
 import math
-import sqlite3
 import uuid
 from collections.abc import Callable, Iterable
-from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Connection,
+    Double,
+    MetaData,
+    Table,
+    Text,
+    select,
+)
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from conf.schema import AnnotationConfig, Config, DataConfig
+from pipelines.data.annotation_samples import Samples, to_samples
 from pipelines.data.candles import timeframe_offset
-from pipelines.data.dataset import Dataset
-from pipelines.data.features import candle_targets, higher_timeframes, make_windows
-from pipelines.data.labels import BUY, HOLD, SELL
 from pipelines.data.sources import SymbolSpec, load_candles, parse_symbol
-from pipelines.errors import AnnotationError, CandlerayError, ConfigError
-
-logger = logging.getLogger(__name__)
+from pipelines.database import Target, create_tables, describe, open_engine, parse_url, writing
+from pipelines.errors import AnnotationError, CandlerayError, ConfigError, DatabaseError
 
 SIDES = ("long", "short")
 CandleLoader = Callable[[SymbolSpec], pd.DataFrame]
@@ -202,7 +209,11 @@ def candle_loader(data: DataConfig) -> CandleLoader:
     return load
 
 
-def store_path(cfg: Config) -> Path:
+def store_path(cfg: Config) -> Path | URL:
+    """Where the annotations live: ``run.database_url`` if set (a URL whose ``str`` hides the
+    password), else the SQLite file ``annotations.path`` (below ``run.home`` if relative)."""
+    if cfg.run.database_url:
+        return parse_url(cfg.run.database_url)
     p = Path(cfg.annotations.path).expanduser()
     return p if p.is_absolute() else Path(cfg.run.home) / p
 
@@ -217,12 +228,22 @@ def check_annotation_config(cfg: AnnotationConfig) -> None:
         raise ConfigError(f"annotations.epochs={cfg.epochs} must be >= 1")
 
 
-_SCHEMA = """CREATE TABLE IF NOT EXISTS annotations (
-    id TEXT PRIMARY KEY, symbol TEXT NOT NULL, timeframe TEXT NOT NULL,
-    side TEXT NOT NULL CHECK (side IN ('long', 'short')),
-    entry_ns INTEGER NOT NULL, entry_price REAL NOT NULL,
-    exit_ns INTEGER NOT NULL, exit_price REAL NOT NULL,
-    note TEXT NOT NULL, created_ns INTEGER NOT NULL)"""
+_META = MetaData()
+# the columns of the SQLite files earlier versions wrote: those files open as they are
+ANNOTATIONS = Table(
+    "annotations",
+    _META,
+    Column("id", Text, primary_key=True),
+    Column("symbol", Text, nullable=False),
+    Column("timeframe", Text, nullable=False),
+    Column("side", Text, CheckConstraint("side IN ('long', 'short')"), nullable=False),
+    Column("entry_ns", BigInteger, nullable=False),
+    Column("entry_price", Double, nullable=False),
+    Column("exit_ns", BigInteger, nullable=False),
+    Column("exit_price", Double, nullable=False),
+    Column("note", Text, nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+)
 
 
 def _ns(ts: pd.Timestamp) -> int:
@@ -230,18 +251,35 @@ def _ns(ts: pd.Timestamp) -> int:
 
 
 class AnnotationStore:
-    """Annotations in the SQLite file ``path``, checked with candles from ``loader``."""
+    """Annotations in ``path`` (a SQLite file, or a database URL: ``store_path``), checked
+    with candles from ``loader``. Nothing is opened until the first use."""
 
-    def __init__(self, path: str | Path, *, loader: CandleLoader, tolerance: float) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Target, *, loader: CandleLoader, tolerance: float) -> None:
+        self.path = path
         self._loader = loader
         self._tolerance = tolerance
+        self._engine: Engine | None = None
 
-    def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.path, timeout=30)
-        con.execute(_SCHEMA)
-        return con
+    def _db(self) -> Engine:
+        if self._engine is None:
+            # a connection per use (rare calls; nothing held open between them)
+            engine = open_engine(
+                self.path, what="annotations store", pooled=False, busy_timeout_s=30
+            )
+            try:
+                create_tables(engine, _META)
+            except SQLAlchemyError as exc:
+                raise self._error("prepare", exc) from exc
+            self._engine = engine
+        return self._engine
+
+    def _error(self, doing: str, exc: SQLAlchemyError) -> DatabaseError:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        return DatabaseError(
+            f"the annotations store {describe(self.path)} could not {doing} ({reason}); nothing "
+            "was changed: check annotations.path's folder (disk space, permissions) or the "
+            "database server of run.database_url"
+        )
 
     def add(self, a: Annotation) -> Annotation:
         """Check and store one annotation; returns it as stored."""
@@ -257,58 +295,77 @@ class AnnotationStore:
         ids = [a.id for a in checked]
         if len(set(ids)) != len(ids):
             raise AnnotationError("the same annotation id appears twice; ids must be unique")
-        with closing(self._connect()) as con, con:
-            new = []
-            for a in checked:
-                old = self._get(con, a.id)
-                if old is None:
-                    new.append(a)
-                elif old.to_dict() != a.to_dict():
-                    raise AnnotationError(
-                        f"annotation id {a.id} is already stored with other content; remove it "
-                        "first or give the new one another id"
-                    )
-            con.executemany(
-                "INSERT INTO annotations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (a.id, a.symbol, a.timeframe, a.side, _ns(a.entry_time), a.entry_price)
-                    + (_ns(a.exit_time), a.exit_price, a.note, _ns(a.created))
-                    for a in new
-                ],
-            )
+        try:
+            with writing(self._db()) as con:
+                new = []
+                for a in checked:
+                    old = self._get(con, a.id)
+                    if old is None:
+                        new.append(a)
+                    elif old.to_dict() != a.to_dict():
+                        raise AnnotationError(
+                            f"annotation id {a.id} is already stored with other content; remove "
+                            "it first or give the new one another id"
+                        )
+                if new:
+                    con.execute(ANNOTATIONS.insert(), [self._values(a) for a in new])
+        except SQLAlchemyError as exc:
+            raise self._error("store the annotations", exc) from exc
         return checked
 
     @staticmethod
-    def _row(r: tuple) -> Annotation:
+    def _values(a: Annotation) -> dict[str, Any]:
+        return {
+            "id": a.id,
+            "symbol": a.symbol,
+            "timeframe": a.timeframe,
+            "side": a.side,
+            "entry_ns": _ns(a.entry_time),
+            "entry_price": float(a.entry_price),
+            "exit_ns": _ns(a.exit_time),
+            "exit_price": float(a.exit_price),
+            "note": a.note,
+            "created_ns": _ns(a.created),
+        }
+
+    @staticmethod
+    def _row(r: Any) -> Annotation:
         t = [pd.Timestamp(int(r[k]), tz="UTC") for k in (4, 6, 9)]
         return Annotation(r[1], r[2], r[3], t[0], r[5], t[1], r[7], r[8], r[0], t[2])
 
-    def _get(self, con: sqlite3.Connection, id_: str) -> Annotation | None:
-        r = con.execute("SELECT * FROM annotations WHERE id = ?", (id_,)).fetchone()
+    def _get(self, con: Connection, id_: str) -> Annotation | None:
+        r = con.execute(select(ANNOTATIONS).where(ANNOTATIONS.c.id == id_)).first()
         return None if r is None else self._row(r)
 
     def find(self, symbol: str | None = None, timeframe: str | None = None) -> list[Annotation]:
         """Stored annotations (optionally of one symbol / timeframe), by symbol then entry time."""
-        where, args = [], []
-        for col, val in (("symbol", symbol), ("timeframe", timeframe)):
-            if val is not None:
-                where.append(f"{col} = ?")
-                args.append(val)
-        sql = "SELECT * FROM annotations" + (f" WHERE {' AND '.join(where)}" if where else "")
-        with closing(self._connect()) as con:
-            rows = con.execute(sql + " ORDER BY symbol, timeframe, entry_ns, id", args).fetchall()
+        c = ANNOTATIONS.c
+        q = select(ANNOTATIONS).order_by(c.symbol, c.timeframe, c.entry_ns, c.id)
+        if symbol is not None:
+            q = q.where(c.symbol == symbol)
+        if timeframe is not None:
+            q = q.where(c.timeframe == timeframe)
+        try:
+            with self._db().connect() as con:
+                rows = con.execute(q).all()
+        except SQLAlchemyError as exc:
+            raise self._error("be read", exc) from exc
         return [self._row(r) for r in rows]
 
     def remove(self, ids: Iterable[str]) -> int:
         """Remove the annotations with these ids (all must exist, or none is removed)."""
         ids = list(dict.fromkeys(ids))
-        with closing(self._connect()) as con, con:
-            unknown = [i for i in ids if self._get(con, i) is None]
-            if unknown:
-                raise AnnotationError(
-                    f"no annotation with id(s) {unknown}; see `candleray annotate list`"
-                )
-            con.executemany("DELETE FROM annotations WHERE id = ?", [(i,) for i in ids])
+        try:
+            with writing(self._db()) as con:
+                unknown = [i for i in ids if self._get(con, i) is None]
+                if unknown:
+                    raise AnnotationError(
+                        f"no annotation with id(s) {unknown}; see `candleray annotate list`"
+                    )
+                if ids:
+                    con.execute(ANNOTATIONS.delete().where(ANNOTATIONS.c.id.in_(ids)))
+        except SQLAlchemyError as exc:
+            raise self._error("remove the annotations", exc) from exc
         return len(ids)
 
     def export_json(self, symbol: str | None = None, timeframe: str | None = None) -> str:
@@ -330,80 +387,16 @@ class AnnotationStore:
         return self.add_many([Annotation.parse(**i) for i in items])
 
 
-@dataclass
-class Samples:
-    """Training samples of some annotations, and the bars that could give none (why)."""
-
-    data: Dataset
-    skipped: list[str]
-
-
-def _bars(a: Annotation, candles: pd.DataFrame) -> tuple[int, int] | str:
-    """Positions of the trade's entry and exit candles, or why it has none in ``candles``.
-
-    A stored trade was checked against the candles of its day; the loader's range may have
-    moved since (``data.since``/``until``, a shorter synthetic series, another cache), so its
-    bars may be missing now: that trade is skipped, and said so, while the others train."""
-    pos = []
-    for what, t in (("entry", a.entry_time), ("exit", a.exit_time)):
-        i = int(candles.index.searchsorted(t))
-        if i >= len(candles) or candles.index[i] != t:
-            span = f"{candles.index[0]} .. {candles.index[-1]}" if len(candles) else "no candles"
-            return (
-                f"annotation {a.id}: its {what} bar {t} is not in the loaded candles of "
-                f"{a.symbol}@{a.timeframe} (they open {span}); widen data.since/data.until (or "
-                f"the series) to cover it, or `candleray annotate remove --id {a.id}`"
-            )
-        pos.append(i)
-    return pos[0], pos[1]
-
-
-def to_samples(annotations: Iterable[Annotation], loader: CandleLoader, cfg: Config) -> Samples:
-    """One sample per trained bar: entry BUY/SELL, exit the opposite, HOLD between (if on)."""
-    window = cfg.features.window
-    keys: list[str] = []
-    parts: list[Dataset] = []
-    skipped: list[str] = []
-    by_spec: dict[SymbolSpec, list[Annotation]] = {}
-    for a in annotations:
-        by_spec.setdefault(a.spec, []).append(a)
-    for spec, group in by_spec.items():
-        candles = loader(spec)
-        higher = higher_timeframes(candles, spec.timeframe, cfg.data.extra_timeframes)
-        ends, labels = [], []
-        for a in group:
-            bars = _bars(a, candles)
-            if isinstance(bars, str):
-                skipped.append(bars)
-                continue
-            i_e, i_x = bars
-            first, last = (BUY, SELL) if a.side == "long" else (SELL, BUY)
-            mid = list(range(i_e + 1, i_x)) if cfg.annotations.hold_between else []
-            for i, y in [(i_e, first), *((i, HOLD) for i in mid), (i_x, last)]:
-                if window - 1 <= i <= len(candles) - 2:
-                    ends.append(i)
-                    labels.append(y)
-                else:
-                    why = "no full window before it" if i < window - 1 else "no next candle"
-                    skipped.append(f"annotation {a.id}: bar {candles.index[i]} has {why}")
-        if not ends:
-            continue
-        e = np.asarray(ends, dtype=np.int64)
-        x, sigma = make_windows(candles, window, higher, e)
-        y_candle = candle_targets(candles, window, e, sigma)
-        sid = np.full(len(e), len(keys), dtype=np.int32)
-        times = candles.index.as_unit("ns").asi8[e]
-        keys.append(spec.key)
-        parts.append(Dataset(x, y_candle, np.asarray(labels, dtype=np.int64), sid, times))
-    for s in skipped:
-        logger.warning("%s: no training sample", s)
-    if not parts:
-        shown = "; ".join(skipped[:5]) + (
-            f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-        )
-        raise AnnotationError(
-            f"the annotations give no training sample (each needs features.window={window} "
-            "candles before its bars and a candle after, within the loaded candles); mark "
-            f"trades later in the data. Skipped: {shown}"
-        )
-    return Samples(Dataset.concat(parts, tuple(keys)), skipped)
+__all__ = [
+    "ANNOTATIONS",
+    "SIDES",
+    "Annotation",
+    "AnnotationStore",
+    "CandleLoader",
+    "Samples",
+    "candle_loader",
+    "check_annotation",
+    "check_annotation_config",
+    "store_path",
+    "to_samples",
+]

@@ -1,55 +1,76 @@
-"""The journal: a durable, append-only record of every live session of one model (SQLite).
+"""The journal: a durable, append-only record of every live session of one host.
 
 Each step of a session (its candle, settlement, prediction, trades, training requests, mode
 changes, bad data) is written in one transaction together with the session's state, so a
 restarted host resumes exactly after the last journaled candle: a candle whose step was not
-committed is fed again, none is predicted twice. WAL mode with ``synchronous=NORMAL``: a
-killed process (SIGKILL) loses nothing committed (a power cut may lose the last steps).
-One writer per file (the host of the model's sessions); readers (a dashboard) may run beside it:
-``chart`` reads on a connection of its own, so a long read never waits for, or holds up, the
-writer (WAL: a reader sees the last committed transaction).
+committed is fed again, none is predicted twice.
+
+Where (``pipelines.database``): a SQLite file under ``run.home`` by default (WAL,
+``synchronous=NORMAL``: a killed process loses nothing committed, a power cut may lose the
+last steps), or one database server for every host of a cluster (``run.database_url``,
+PostgreSQL), so a host that Ray restarts on another node finds its journal there. Rows are
+keyed by the journal's ``name`` (``<run.name>-host-<i>``): many journals share one database.
+One writer per journal (its host); readers (a dashboard) may run beside it: ``chart`` reads
+one snapshot on a connection of its own, so a long read never waits for, or holds up, the
+writer.
 
 A write either commits or leaves the sessions holding their records (``write_sessions``): a
-failed write (disk full) is retried by the next one, so the file never lacks a step the
-sessions took. A session stopped on purpose (``stop_session``, a host's clean shutdown) is
-journaled ``stopped`` and never resumed; only a host that died resumes its sessions.
+failed write (disk full, server gone) is retried by the next one, so the journal never lacks a
+step the sessions took. A session stopped on purpose (``stop_session``, a host's clean
+shutdown) is journaled ``stopped`` and never resumed; only a host that died resumes its
+sessions.
 
-Tables: ``sessions`` (one row per session: its latest state), ``candles`` (every accepted
-candle), ``events`` (everything else, in order, with JSON data).
+Tables: ``journal_sessions`` (one row per session: its latest state), ``journal_candles``
+(every accepted candle), ``journal_events`` (everything else, in order, with JSON data).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pandas as pd
+from sqlalchemy import (
+    Connection,
+    func,
+    select,
+)
+from sqlalchemy.exc import SQLAlchemyError
 
-from pipelines.data.labels import pivots
+from pipelines.database import (
+    Target,
+    connect_error,
+    create_tables,
+    describe,
+    execute_many,
+    file_path,
+    open_engine,
+    snapshot,
+    upsert,
+    writing,
+)
 from pipelines.errors import CandlerayError, JournalError
 from pipelines.live.config import SessionSettings
 from pipelines.live.history import Candle, history_capacity
+from pipelines.live.journal_tables import (
+    CANDLES,
+    EVENTS,
+    META,
+    SESSIONS,
+    WRITERS,
+    adopt_unkeyed_tables,
+    chart_frames,
+    read_candles,
+    read_events,
+)
 from pipelines.live.paper import Trade
 from pipelines.live.queue import Batch, TrainCounts
 from pipelines.live.session import Record, Session
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
-    session_id TEXT PRIMARY KEY, symbol TEXT, timeframe TEXT, mode TEXT,
-    last_time INTEGER, state TEXT, updated REAL);
-CREATE TABLE IF NOT EXISTS candles (
-    session_id TEXT, time INTEGER, open REAL, high REAL, low REAL, close REAL, volume REAL,
-    PRIMARY KEY (session_id, time)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY, session_id TEXT, time INTEGER, kind TEXT, data TEXT, wall REAL);
-CREATE INDEX IF NOT EXISTS events_by_kind ON events (session_id, kind, time);
-"""
+_INSERT_EVENT = EVENTS.insert()
 
 # outcome of a training call -> (done, dropped, timeout) per sample, as TrainingQueue counts it
 _OUTCOMES = {
@@ -62,74 +83,133 @@ _OUTCOMES = {
 
 
 class Journal:
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    """The journal ``name`` in ``target``: a SQLite file path (``name`` defaults to its stem,
+    ``<run.name>-host-<i>``), or a database URL (``run.database_url``) that many hosts'
+    journals share, each under its own name."""
+
+    def __init__(self, target: Target, *, name: str | None = None) -> None:
+        self.path = file_path(target)  # None: a database URL
+        if name is None:
+            if self.path is None:
+                raise CandlerayError(
+                    f"a journal in the database {describe(target)} needs a name (e.g. "
+                    "<run.name>-host-0): many journals share one database"
+                )
+            name = self.path.stem
+        self.name = name
+        self._epoch: int | None = None  # this handle's writer epoch, once it wrote or claimed
+        self.where = describe(target)  # for messages: a URL's password hidden
+        self._engine = open_engine(target, what="live journal")
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise CandlerayError(
-                f"cannot open the live journal {self.path}: {exc}; check the folder is writable "
-                "(live.journal_dir) and that the file is a SQLite database"
-            ) from exc
+            create_tables(self._engine, META)
+            if self._engine.dialect.name == "sqlite":
+                adopt_unkeyed_tables(self._engine, name)
+        except SQLAlchemyError as exc:
+            self._engine.dispose()
+            raise connect_error(target, "live journal", exc) from exc
 
     def close(self) -> None:
-        self._db.close()
+        self._engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Journal({self.name!r} in {self.where})"
 
     # -- writing ------------------------------------------------------------------------------
+    def claim(self) -> int:
+        """Become the journal's one writer (a host at start): an earlier writer that is still
+        running somewhere gets a ``JournalError`` from its next write. Returns the epoch."""
+        try:
+            with writing(self._engine) as db:
+                return self._claim(db)
+        except SQLAlchemyError as exc:
+            raise self._write_error(exc) from exc
+
+    def _claim(self, db: Connection) -> int:
+        upsert(
+            db,
+            WRITERS,
+            ("journal",),
+            [{"journal": self.name, "epoch": 1, "claimed": time.time()}],
+            bump="epoch",
+        )
+        self._epoch = db.execute(
+            select(WRITERS.c.epoch).where(WRITERS.c.journal == self.name)
+        ).scalar_one()
+        return self._epoch
+
+    def _check_writer(self, db: Connection) -> None:
+        """Within a write: claim on the first one, else refuse if a newer writer claimed."""
+        if self._epoch is None:
+            self._claim(db)
+            return
+        newest = db.execute(
+            select(WRITERS.c.epoch).where(WRITERS.c.journal == self.name).with_for_update()
+        ).scalar()
+        if newest != self._epoch:
+            raise JournalError(
+                f"the live journal {self.name!r} in {self.where} was taken over by a newer "
+                f"host (writer {newest}, this one {self._epoch}): this host was declared dead "
+                "and restarted elsewhere, its sessions go on there; it writes nothing more "
+                "(stop it)"
+            )
+
+    def _write_error(self, exc: SQLAlchemyError) -> JournalError:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        return JournalError(
+            f"the live journal {self.name!r} in {self.where} did not take a write "
+            f"({reason}); nothing of it was committed and the sessions keep its records "
+            "for the next write: free disk space or fix the file's folder "
+            "(live.journal_dir), or bring the database server of run.database_url back"
+        )
+
     def write(self, steps: Iterable[tuple[str, list[Record]]]) -> None:
         """Append the records of many sessions' steps in one transaction (all or nothing)."""
         now = time.time()
-        db = self._db
+        j = self.name
+        # one row per key, the last one winning (as INSERT OR REPLACE in order would)
+        candles: dict[tuple[str, int], dict[str, Any]] = {}
+        states: dict[str, dict[str, Any]] = {}
+        events: list[dict[str, Any]] = []
+        for sid, records in steps:
+            for kind, t, data in records:
+                if kind == "candle":
+                    candles[(sid, int(t))] = {
+                        "journal": j,
+                        "session_id": sid,
+                        "time": int(t),
+                        **{k: float(data[k]) for k in ("open", "high", "low", "close", "volume")},
+                    }
+                elif kind == "state":
+                    last = data["last_time"]
+                    states[sid] = {
+                        "journal": j,
+                        "session_id": sid,
+                        "symbol": data["symbol"],
+                        "timeframe": data["timeframe"],
+                        "mode": data["mode"],
+                        "last_time": None if last is None else int(last),
+                        "state": json.dumps(data),
+                        "updated": now,
+                    }
+                else:
+                    events.append(
+                        {
+                            "journal": j,
+                            "session_id": sid,
+                            "time": int(t),
+                            "kind": kind,
+                            "data": json.dumps(data),
+                            "wall": now,
+                        }
+                    )
         try:
-            db.execute("BEGIN")
-            for sid, records in steps:
-                for kind, t, data in records:
-                    if kind == "candle":
-                        db.execute(
-                            "INSERT OR REPLACE INTO candles VALUES (?,?,?,?,?,?,?)",
-                            (
-                                sid,
-                                t,
-                                data["open"],
-                                data["high"],
-                                data["low"],
-                                data["close"],
-                                data["volume"],
-                            ),
-                        )
-                    elif kind == "state":
-                        db.execute(
-                            "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?)",
-                            (
-                                sid,
-                                data["symbol"],
-                                data["timeframe"],
-                                data["mode"],
-                                data["last_time"],
-                                json.dumps(data),
-                                now,
-                            ),
-                        )
-                    else:
-                        db.execute(
-                            "INSERT INTO events (session_id, time, kind, data, wall) VALUES (?,?,?,?,?)",
-                            (sid, t, kind, json.dumps(data), now),
-                        )
-            db.execute("COMMIT")
-        except BaseException as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise JournalError(
-                    f"the live journal {self.path} did not take a write ({exc}); nothing of it "
-                    "was committed and the sessions keep its records for the next write: free "
-                    "disk space or fix the file's folder (live.journal_dir)"
-                ) from exc
-            raise
+            with writing(self._engine) as db:
+                self._check_writer(db)
+                upsert(db, CANDLES, ("journal", "session_id", "time"), list(candles.values()))
+                upsert(db, SESSIONS, ("journal", "session_id"), list(states.values()))
+                execute_many(db, _INSERT_EVENT, events)
+        except SQLAlchemyError as exc:
+            raise self._write_error(exc) from exc
 
     def write_sessions(
         self,
@@ -141,7 +221,7 @@ class Journal:
         """The records each session holds (its state last) and ``extra`` steps, in one
         transaction. If it does not commit, each session takes its records back
         (``Session.return_records``) and the error is raised: the next write carries them, so
-        the file never lacks a step a session took. ``state``: write each session's state
+        the journal never lacks a step a session took. ``state``: write each session's state
         even if it has no new records (a session just started, with no warm-up)."""
         taken = []
         for s in sessions:
@@ -167,39 +247,50 @@ class Journal:
         self.write(training_records(batch, outcome, result))
 
     # -- reading ------------------------------------------------------------------------------
+    def _scalar(self, stmt: Any) -> Any:
+        with self._engine.connect() as db:
+            return db.execute(stmt).scalar()
+
     def session_ids(self) -> list[str]:
-        return [
-            r[0] for r in self._db.execute("SELECT session_id FROM sessions ORDER BY session_id")
-        ]
+        q = select(SESSIONS.c.session_id).where(SESSIONS.c.journal == self.name)
+        with self._engine.connect() as db:
+            return list(db.execute(q.order_by(SESSIONS.c.session_id)).scalars())
 
     def last_time(self, session_id: str) -> int | None:
         """Open time (ns) of the last candle the session processed; feed it only later ones."""
-        row = self._db.execute(
-            "SELECT last_time FROM sessions WHERE session_id=?", (session_id,)
-        ).fetchone()
-        return None if row is None else row[0]
+        return self._scalar(
+            select(SESSIONS.c.last_time).where(
+                SESSIONS.c.journal == self.name, SESSIONS.c.session_id == session_id
+            )
+        )
 
     def candles(
         self, session_id: str, since: int | None = None, limit: int | None = None
     ) -> list[Candle]:
         """The session's candles (oldest first), from ``since`` (ns) on, or the newest ``limit``."""
-        return _candles(self._db, session_id, since, limit)
+        with self._engine.connect() as db:
+            return read_candles(db, self.name, session_id, since, limit)
 
     def events(
         self, session_id: str, kind: str, since: int | None = None, limit: int | None = None
     ) -> list[tuple[int, dict[str, Any]]]:
         """The session's events of ``kind`` in the order written (the newest ``limit`` if given)."""
-        return _events(self._db, session_id, kind, since, limit)
+        with self._engine.connect() as db:
+            return read_events(db, self.name, session_id, kind, since, limit)
 
     def fed_until(self, session_id: str) -> int | None:
         """Open time (ns) of the last candle the session's feed gave it, taken or skipped as
         bad (NaN, broken rules): a resumed feed starts after it, so a skipped candle is not
         fed, and counted, a second time."""
-        row = self._db.execute(
-            "SELECT MAX(time) FROM events WHERE session_id=? AND kind='bad_data'", (session_id,)
-        ).fetchone()
+        bad = self._scalar(
+            select(func.max(EVENTS.c.time)).where(
+                EVENTS.c.journal == self.name,
+                EVENTS.c.session_id == session_id,
+                EVENTS.c.kind == "bad_data",
+            )
+        )
         last = self.last_time(session_id)
-        times = [t for t in (last, row[0]) if t is not None]
+        times = [t for t in (last, bad) if t is not None]
         return max(times) if times else None
 
     def stopped(self, session_id: str) -> bool:
@@ -209,9 +300,13 @@ class Journal:
     def train_counts(self, session_id: str, trend_window: int = 20) -> TrainCounts:
         """The session's training accounting, from its requests and the calls' outcomes."""
         c = TrainCounts(losses=deque(maxlen=trend_window))
-        c.requested = self._db.execute(
-            "SELECT COUNT(*) FROM events WHERE session_id=? AND kind='train_request'", (session_id,)
-        ).fetchone()[0]
+        c.requested = self._scalar(
+            select(func.count()).where(
+                EVENTS.c.journal == self.name,
+                EVENTS.c.session_id == session_id,
+                EVENTS.c.kind == "train_request",
+            )
+        )
         for _, d in self.events(session_id, "train_result"):
             done, dropped, timeout = _OUTCOMES[d["outcome"]]
             c.done += done * d["n"]
@@ -231,15 +326,17 @@ class Journal:
         Samples that were pending in the old host's queue died with it: they are journaled as
         dropped (outcome ``lost``), so ``requested = done + dropped`` still holds.
         """
-        row = self._db.execute(
-            "SELECT state FROM sessions WHERE session_id=?", (session_id,)
-        ).fetchone()
+        row = self._scalar(
+            select(SESSIONS.c.state).where(
+                SESSIONS.c.journal == self.name, SESSIONS.c.session_id == session_id
+            )
+        )
         if row is None:
             raise CandlerayError(
-                f"session {session_id!r} is not in the journal {self.path}; "
+                f"session {session_id!r} is not in the journal {self.name!r} in {self.where}; "
                 f"known: {self.session_ids()[:20]}"
             )
-        state = json.loads(row[0])
+        state = json.loads(row)
         cap = history_capacity(
             settings.window, settings.pivot_bars, state["timeframe"], settings.extra_timeframes
         )
@@ -274,23 +371,18 @@ class Journal:
         self, session_id: str, since: int | None = None, pivot_bars: int = 3
     ) -> dict[str, pd.DataFrame]:
         """What a chart draws from ``since`` (ns) on: candles, ghost candles, confirmed pivots,
-        signals and closed trades, each a DataFrame (times as UTC timestamps)."""
-        with self._reader() as db:
-            return _chart(db, session_id, since, pivot_bars)
+        signals and closed trades, each a DataFrame (times as UTC timestamps).
 
-    @contextlib.contextmanager
-    def _reader(self) -> Iterator[sqlite3.Connection]:
-        """A read connection of this call's own: the writer's is the host loop's, under its
-        lock, and a chart of a long session (seconds of reading) must not hold that up."""
+        One snapshot (candles and events of the same ticks), on a read connection of this
+        call's own: the writer is the host loop's, and a chart of a long session (seconds of
+        reading) must not hold that up."""
         try:
-            db = sqlite3.connect(self.path, isolation_level=None)
-            db.execute("BEGIN")  # one snapshot: candles and events of the same ticks
-        except sqlite3.Error as exc:
-            raise CandlerayError(f"cannot read the live journal {self.path}: {exc}") from exc
-        try:
-            yield db
-        finally:
-            db.close()
+            with snapshot(self._engine) as db:
+                return chart_frames(db, self.name, session_id, since, pivot_bars)
+        except SQLAlchemyError as exc:
+            raise CandlerayError(
+                f"cannot read the live journal {self.name!r} in {self.where}: {exc}"
+            ) from exc
 
 
 def training_records(
@@ -316,90 +408,3 @@ def training_records(
         )
         for sid, n in batch.per_session().items()
     ]
-
-
-def _candles(
-    db: sqlite3.Connection, session_id: str, since: int | None, limit: int | None
-) -> list[Candle]:
-    q = "SELECT time, open, high, low, close, volume FROM candles WHERE session_id=? AND time>=?"
-    rows = db.execute(
-        q + " ORDER BY time DESC" + (f" LIMIT {int(limit)}" if limit else ""),
-        (session_id, since if since is not None else -(2**62)),
-    ).fetchall()
-    return [Candle(*r) for r in reversed(rows)]
-
-
-def _events(
-    db: sqlite3.Connection, session_id: str, kind: str, since: int | None, limit: int | None
-) -> list[tuple[int, dict[str, Any]]]:
-    rows = db.execute(
-        "SELECT time, data FROM events WHERE session_id=? AND kind=? AND time>=? "
-        "ORDER BY id DESC" + (f" LIMIT {int(limit)}" if limit else ""),
-        (session_id, kind, since if since is not None else -(2**62)),
-    ).fetchall()
-    return [(t, json.loads(d)) for t, d in reversed(rows)]
-
-
-def _chart(
-    db: sqlite3.Connection, session_id: str, since: int | None, pivot_bars: int
-) -> dict[str, pd.DataFrame]:
-    """``Journal.chart`` on the connection ``db``."""
-    cs = _candles(db, session_id, since, None)
-    idx = pd.DatetimeIndex([pd.Timestamp(c.time, tz="UTC") for c in cs], name="time")
-    candles = pd.DataFrame(
-        [c.values() for c in cs],
-        index=idx,
-        columns=["open", "high", "low", "close", "volume"],
-        dtype="float64",
-    )
-    preds = _events(db, session_id, "prediction", since, None)
-    ts = lambda ns: pd.Timestamp(ns, tz="UTC")  # noqa: E731
-    ghosts = pd.DataFrame(
-        [
-            {
-                "time": ts(d["target"]),
-                "made_at": ts(t),
-                "open": d["ghost"][0],
-                "high": d["ghost"][1],
-                "low": d["ghost"][2],
-                "close": d["ghost"][3],
-                "version": d["version"],
-            }
-            for t, d in preds
-        ],
-        columns=["time", "made_at", "open", "high", "low", "close", "version"],
-    )
-    signals = pd.DataFrame(
-        [
-            {
-                "time": ts(t),
-                "action": d["action"],
-                "signal": d["signal"],
-                "p_hold": d["probs"][0],
-                "p_buy": d["probs"][1],
-                "p_sell": d["probs"][2],
-            }
-            for t, d in preds
-        ],
-        columns=["time", "action", "signal", "p_hold", "p_buy", "p_sell"],
-    )
-    trades = pd.DataFrame(
-        [
-            {**d, "entry_time": ts(d["entry_time"]), "exit_time": ts(d["exit_time"])}
-            for _, d in _events(db, session_id, "trade", since, None)
-        ]
-    )
-    piv = (
-        pivots(candles, pivot_bars)
-        if len(candles)
-        else pd.DataFrame(
-            columns=["bar", "time", "kind", "price", "confirmed_bar", "confirmed_time"]
-        )
-    )
-    return {
-        "candles": candles,
-        "ghosts": ghosts,
-        "pivots": piv,
-        "signals": signals,
-        "trades": trades,
-    }

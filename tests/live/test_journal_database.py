@@ -1,0 +1,115 @@
+"""run.database_url for journals: one PostgreSQL for every host's journal; unreachable servers
+and refused passwords are clear errors naming the setting; older journal files still resume."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+
+import pytest
+from live_support import FakePredictor, settings, synthetic
+from support import free_port
+
+from actors.hosts.host import host_journal
+from pipelines.errors import DatabaseError
+from pipelines.live import Journal, Session, iter_candles, tick
+
+
+@pytest.mark.parametrize("problem", ["unreachable", "password", "database"])
+def test_a_host_that_cannot_reach_its_database_says_so_at_start(problem, postgres, make_cfg):
+    """Not a hang, not a Ray traceback: the host's journal does not open, and the error names
+    run.database_url and what to check; the password never shows."""
+    url = {
+        "unreachable": f"postgresql+psycopg://candleray:pw@127.0.0.1:{free_port()}/candleray",
+        "password": postgres.url("candleray", password="wrong-pw"),
+        "database": postgres.url("no_such_db"),
+    }[problem]
+    cfg = make_cfg(f"run.database_url={url}")
+    with pytest.raises(DatabaseError, match=r"run\.database_url") as err:
+        host_journal(cfg, 0)
+    msg = str(err.value)
+    assert "wrong-pw" not in msg and "candleray-test-pw" not in msg
+    assert {"unreachable": "refused", "password": "password", "database": "no_such_db"}[
+        problem
+    ] in msg
+
+
+def test_starting_hosts_on_an_unreachable_database_fails_in_the_command(ray_cluster, make_cfg):
+    """``start_hosts`` (candleray live / serve) checks the journals' server before it creates
+    any host: the command gets the DatabaseError, no host is left failing to start."""
+    import ray
+
+    from actors import start_hosts
+    from actors.hosts.host import host_name
+
+    url = f"postgresql+psycopg://candleray:pw@127.0.0.1:{free_port()}/candleray"
+    cfg = make_cfg(f"run.database_url={url}", "live.hosts=1")
+    with pytest.raises(DatabaseError, match=r"run\.database_url"):
+        start_hosts(cfg)
+    with pytest.raises(ValueError):
+        ray.get_actor(host_name(cfg, 0), namespace=cfg.ray.namespace)
+
+
+def test_many_hosts_share_one_database_each_journal_its_own(postgres):
+    """Hosts starting together create the tables once between them (no catalog race), and
+    each journal sees only its own sessions though all write session ids alike."""
+    url = postgres.create_database(f"fresh_{uuid.uuid4().hex[:8]}")
+    journals: dict[int, Journal] = {}
+    errors: list[BaseException] = []
+
+    def open_(i: int) -> None:
+        try:
+            journals[i] = Journal(url, name=f"m-host-{i}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and len(journals) == 4
+    cands = list(iter_candles(synthetic(30)))
+    for i, j in journals.items():
+        s = Session("x", "SYN", "1h", "none", settings())
+        for c in cands[: 10 + i]:
+            tick([(s, c)], FakePredictor(), journal=j)
+    for i, j in journals.items():
+        assert j.session_ids() == ["x"]
+        assert j.last_time("x") == cands[9 + i].time
+        assert len(j.candles("x")) == 10 + i
+        j.close()
+
+
+def test_a_journal_file_of_an_earlier_version_is_taken_over_and_resumes(tmp_path):
+    """A file with the unnamed tables an earlier candleray wrote: its sessions resume."""
+    cands = list(iter_candles(synthetic(40)))
+    ref = Journal(tmp_path / "ref.sqlite", name="m-host-0")
+    s = Session("x", "SYN", "1h", "none", settings())
+    for c in cands:
+        tick([(s, c)], FakePredictor(), journal=ref)
+    old = tmp_path / "old.sqlite"
+    with sqlite3.connect(old) as db, sqlite3.connect(tmp_path / "ref.sqlite") as src:
+        db.executescript(
+            "CREATE TABLE sessions (session_id TEXT PRIMARY KEY, symbol TEXT, timeframe TEXT, "
+            "mode TEXT, last_time INTEGER, state TEXT, updated REAL);"
+            "CREATE TABLE candles (session_id TEXT, time INTEGER, open REAL, high REAL, low REAL,"
+            " close REAL, volume REAL, PRIMARY KEY (session_id, time)) WITHOUT ROWID;"
+            "CREATE TABLE events (id INTEGER PRIMARY KEY, session_id TEXT, time INTEGER, "
+            "kind TEXT, data TEXT, wall REAL);"
+        )
+        for table, cols in (
+            ("sessions", "session_id, symbol, timeframe, mode, last_time, state, updated"),
+            ("candles", "session_id, time, open, high, low, close, volume"),
+            ("events", "id, session_id, time, kind, data, wall"),
+        ):
+            rows = src.execute(f"SELECT {cols} FROM journal_{table}").fetchall()
+            marks = ",".join("?" * len(cols.split(",")))
+            db.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)
+    taken = Journal(old, name="m-host-0")
+    assert taken.session_ids() == ["x"] and taken.last_time("x") == cands[-1].time
+    restored, _ = taken.restore("x", settings())
+    assert restored.metrics.predictions == s.metrics.predictions > 0
+    assert len(taken.events("x", "prediction")) == len(ref.events("x", "prediction")) > 0
+    assert Journal(old, name="m-host-0").session_ids() == ["x"]  # once, not twice
