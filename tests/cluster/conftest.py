@@ -26,6 +26,9 @@ from support import free_port
 
 NODES = ("node_a", "node_b", "node_c")
 NODE_CPUS = 2  # logical CPUs per worker node
+# session hosts may run on these two only (live.host_resources={host_slot: 0.01}): a test kills
+# the one holding a host and sees it restart on the other (test_session_host_node_loss.py)
+HOST_SLOT = {"node_a": {"host_slot": 1}, "node_b": {"host_slot": 1}}
 # one unit of each on every node: a deployment whose replicas each ask a whole unit gets at most
 # one replica per node (tests/cluster/test_serve_node_loss.py spreads Serve this way)
 SLOTS = {"replica_slot": 1, "ingress_slot": 1}
@@ -54,7 +57,7 @@ class MultiNode:
         self.node_dir(name).mkdir(parents=True)
         self.nodes[name] = self.cluster.add_node(
             num_cpus=NODE_CPUS,
-            resources={name: 1, **SLOTS},
+            resources={name: 1, **SLOTS, **HOST_SLOT.get(name, {})},
             temp_dir=str(self.root / "ray"),
             env_vars={**self.env, "CANDLERAY_TEST_NODE": name},
         )
