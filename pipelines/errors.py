@@ -135,7 +135,8 @@ class ClusterError(CandlerayError):
     setting, what failed and how to fix it."""
 
 
-class DatabaseError(CandlerayError):
+class DatabaseError(UnavailableError):
     """The database of the session journals and annotations (``run.database_url``, or the
     SQLite files under ``run.home``) cannot be reached or used: unreachable server, refused
-    password, missing database. The message names the setting, what failed and the fix."""
+    password, missing database. The message names the setting, what failed and the fix (the
+    API answers 503: the server's side, not the request, is wrong)."""

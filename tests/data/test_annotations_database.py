@@ -45,3 +45,19 @@ def test_annotations_live_in_the_shared_database(postgres_url, make_cfg):
     assert other.import_json(store.export_json()) and len(other.find()) == len(store.find())
     assert other.remove([stored.id]) == 1
     assert not [x for x in store.find() if x.note == note]
+
+
+def test_annotations_on_an_unreachable_database_are_a_503_naming_the_setting(make_cfg):
+    """POST /annotations while the server is down: the API answers 503 (the server's side is
+    wrong, not the request) with the setting to check; nothing is stored anywhere else."""
+    from support import free_port
+
+    from pipelines.errors import DatabaseError
+    from serve.api import STATUS
+
+    url = f"postgresql+psycopg://candleray:pw@127.0.0.1:{free_port()}/candleray"
+    cfg = make_cfg(f"run.database_url={url}")
+    store = AnnotationStore(store_path(cfg), loader=candle_loader(cfg.data), tolerance=0.001)
+    with pytest.raises(DatabaseError, match=r"run\.database_url") as err:
+        store.find()
+    assert next(code for cls, code in STATUS if isinstance(err.value, cls)) == 503
