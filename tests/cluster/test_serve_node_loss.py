@@ -5,8 +5,9 @@ requests that failed meanwhile are counted (the README's serving guarantee).
 Every deployment of the app asks for a whole unit of a per-node slot resource (one unit per
 node, ``conftest.SLOTS``), so its two replicas sit on two different nodes whatever the app's
 topology; the ModelActor and the session host are pinned to ``node_c``, which is never the one
-killed. Serve runs an HTTP proxy on every node with a replica and on the head, all on the same
-port (``SO_REUSEPORT``): the dead node's proxy goes with it, the head's stays.
+killed. Serve runs an HTTP proxy on every node with a replica, all on the same port of this
+machine (``SO_REUSEPORT``), and the kernel spreads the client's connections over them as a load
+balancer would: the dead node's proxy goes with it, the others stay.
 """
 
 from __future__ import annotations
