@@ -43,7 +43,13 @@ from pipelines.data.features import denormalise
 from pipelines.data.labels import ACTIONS
 from pipelines.errors import InvalidInputError, ModeError
 from pipelines.live.config import SessionSettings, check_mode
-from pipelines.live.history import Candle, CandleHistory, check_candle, history_capacity
+from pipelines.live.history import (
+    Candle,
+    CandleHistory,
+    check_candle,
+    history_capacity,
+    windows_of_many,
+)
 from pipelines.live.metrics import SessionMetrics, settle
 from pipelines.live.paper import PaperBook, PaperState, Trade
 from pipelines.live.policy import due_samples
@@ -79,6 +85,17 @@ class LivePrediction:
     version: int
 
 
+@dataclass(frozen=True)
+class CandleStep:
+    """A candle ``begin_candle`` took: its due samples and the window ends (bars back) it needs."""
+
+    candle: Candle
+    due: tuple[tuple[int, int, str], ...]
+    backs: tuple[int, ...]
+    full: bool
+    window: int
+
+
 class Session:
     def __init__(
         self, session_id: str, symbol: str, timeframe: str, mode: str, settings: SessionSettings
@@ -105,6 +122,15 @@ class Session:
     # -- the step -----------------------------------------------------------------------------
     def on_candle(self, c: Candle) -> LiveWindow | None:
         """Take one closed candle; returns the window to predict, or None (see module doc)."""
+        step = self.begin_candle(c)
+        if step is None:
+            return None
+        built = windows_of_many([(self.history, step.backs)], step.window) if step.backs else []
+        return self.end_candle(step, *(built[0] if built else (None, None)))
+
+    def begin_candle(self, c: Candle) -> CandleStep | None:
+        """``on_candle`` up to the windows it needs (None: a bad candle, skipped); a tick builds
+        the windows of all its sessions in one call (``windows_of_many``), then ``end_candle``."""
         if self.ended:
             raise InvalidInputError(
                 f"{self.session_id} has ended (stopped or finished) and takes no more candles; "
@@ -135,7 +161,11 @@ class Session:
         )
         self._trades(self.book.open_bar(c.time, c.open))
         self._settle(c)
-        return self._window_and_samples(c)
+        s = self.settings
+        due, self.manual = due_samples(self.mode, self.history, s, self.manual, c.time)
+        full = self.history.has_window(s.window)
+        backs = tuple(b for b, _, _ in due) + ((0,) if full else ())
+        return CandleStep(c, tuple(due), backs, full, s.window)
 
     def prime(self, candles: list[Candle]) -> int:
         """Load past candles (e.g. from the source's history) before the first live one, so
@@ -292,14 +322,15 @@ class Session:
         self.metrics.add(s)
         self._record("settlement", c.time, {"made_at": p["time"], **s.as_dict()})
 
-    def _window_and_samples(self, c: Candle) -> LiveWindow | None:
-        """Queue the due samples and build the window to predict, in one feature pass."""
-        s, h = self.settings, self.history
-        due, self.manual = due_samples(self.mode, h, s, self.manual, c.time)
-        full = h.has_window(s.window)
-        backs = tuple(b for b, _, _ in due) + ((0,) if full else ())
-        if backs:
-            x, sigma, y = h.windows(s.window, backs, tuple(range(len(due))))
+    def end_candle(
+        self, step: CandleStep, x: np.ndarray | None, sigma: np.ndarray | None
+    ) -> LiveWindow | None:
+        """Queue the due samples and return the window to predict, from the windows (x, sigma)
+        ending ``step.backs`` bars before the newest (None when there are none)."""
+        c, due, h = step.candle, step.due, self.history
+        if step.backs:
+            assert x is not None and sigma is not None
+            y = h.targets(step.window, step.backs, tuple(range(len(due))), sigma)
             bars = h.candles()
             for k, (back, act, reason) in enumerate(due):
                 t = bars[-1 - back].time
@@ -308,9 +339,10 @@ class Session:
                 self._record(
                     "train_request", t, {"action": ACTIONS[act], "reason": reason, "due": c.time}
                 )
-        if not full:
+        if not step.full:
             self._close_bar(0)
             return None
+        assert x is not None and sigma is not None
         self.awaiting = {"time": c.time, "sigma": float(sigma[-1]), "anchor": c.close}
         return LiveWindow(self.session_id, c.time, x[-1], float(sigma[-1]), c.close)
 
