@@ -15,6 +15,7 @@ import json
 import logging
 from typing import Any
 
+from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
 from conf import Config, flatten, to_dict
@@ -145,12 +146,9 @@ class SweepRuns:
             )
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        for key, value in tags.items():
-
-            def set_tag(k: str = key, v: str = value) -> None:
-                self.client.set_tag(run_id, k, v)
-
-            call_mlflow(self.uri, "set tag", set_tag)
+        batch = [RunTag(k, str(v)) for k, v in tags.items()]
+        if batch:  # one write for all: the driver writes every run of the sweep
+            call_mlflow(self.uri, "set tags", lambda: self.client.log_batch(run_id, tags=batch))
 
     def log_checkpoint(self, run_id: str, folder: str) -> None:
         """The trial's best checkpoint as artifact ``checkpoint/`` of its child run (once)."""

@@ -44,12 +44,17 @@ log = logging.getLogger(__name__)
 
 # Tune's own output: its boxed tables and its warning that a trial checkpointing every epoch
 # snapshots the experiment often (each epoch's checkpoint is what --resume needs) are noise
-# beside the sweep's progress lines
+# beside the sweep's progress lines; so is the note that TensorBoard files need tensorboardX
+# (MLflow holds the results)
+_QUIET_LOGGERS = ("ray.tune.logger.tensorboardx", "ray.tune.callback")
 _TUNE_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
 _LIVE: dict[str, Sweep] = {}
+
+
+FINAL = ("finished", "stopped early", "failed")
 
 
 class SweepCallback(tune.Callback):
@@ -175,7 +180,7 @@ class Sweep:
         counts: dict[str, int] = {}
         for r in self.rows.values():
             counts[r.status] = counts.get(r.status, 0) + 1
-        total = max(len(self.trials), len(self.rows))
+        total = max(self.cfg.sweep.trials * self.space.grid_size(), len(self.rows))
         counts["pending"] = counts.get("pending", 0) + total - len(self.rows)
         parts = [
             f"{counts.get(k, 0)} {k}"
@@ -220,8 +225,6 @@ class Sweep:
                 history = self._metric_history(row.run_id)
                 if row.best_epoch in history:
                     row.best = history[row.best_epoch]
-            if trial.status == "ERROR":
-                row.status = "failed"
 
     def _metric_history(self, run_id: str) -> dict[int, float]:
         from pipelines.tracking import call_mlflow
@@ -238,12 +241,14 @@ class Sweep:
         for t in self.trials:  # failed as the loop ended, before Tune told its callbacks
             if t.status == "ERROR" and self._row(t).status != "failed":
                 self.trial_error(t)
-        ended = [t for t in self.trials if t.status in ("TERMINATED", "ERROR")]
+        # Tune's cleanup after Ctrl-C leaves its trials TERMINATED in memory (the saved state
+        # a resume reads says RUNNING), so what ended is what this sweep saw end
         for t in self.trials:
-            if t not in ended:
+            if self._row(t).status not in FINAL:
                 self._row(t).status = "interrupted"
+        ended = sum(r.status in FINAL for r in self.rows.values())
         # trials Tune had not created yet count too: the sweep has all of them or was stopped
-        interrupted = len(ended) < self.cfg.sweep.trials * self.space.grid_size()
+        interrupted = ended < self.cfg.sweep.trials * self.space.grid_size()
         best = self.best()
         tags: dict[str, str] = {}
         version = None
@@ -405,6 +410,9 @@ def run_sweep(
     check_metric(cfg.sweep.metric)
     for key, value in _TUNE_ENV.items():
         os.environ.setdefault(key, value)  # a variable the user set wins
+    if not logging.getLogger().isEnabledFor(logging.INFO):  # the command's -v shows them
+        for name in _QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
     datasets = prepare(cfg, space, say)
     sweep = Sweep(cfg, space, state, say=say)
     _LIVE[state.sweep_id] = sweep
