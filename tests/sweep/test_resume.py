@@ -12,6 +12,7 @@ non-interactive shell (CI) inherits it ignored.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import signal
@@ -147,11 +148,16 @@ def test_failed_trials_interrupt_and_resume_without_rerun_or_duplicates(tmp_path
         for r in done
     }
 
-    second = Command(["sweep", "--resume", *base], tmp_path)
+    second = Command(["sweep", "--resume", "--json", *base], tmp_path)
     rc, out, left = second.finish(RUN_S)
     assert rc == 0, out[-3000:]
     assert not left
     assert "resuming sweep" in out
+    # --json: one object on stdout (progress lines go to stderr, merged here)
+    result, _ = json.JSONDecoder().raw_decode(out[out.index("\n{\n") + 1 :])
+    assert not result["interrupted"] and len(result["trials"]) == 4
+    assert sorted(r["status"] for r in result["trials"]) == ["failed"] * 2 + ["finished"] * 2
+    assert result["registered"]["alias"] == "best" and "workflowType" in result["link"]
     parents = client.search_runs([exp.experiment_id], "tags.`candleray.kind` = 'sweep'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = client.search_runs([exp.experiment_id], "tags.`mlflow.parentRunId` != ''")
