@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -144,27 +145,30 @@ def main() -> None:
 
 def run(a: argparse.Namespace) -> None:
     folder = Path(tempfile.mkdtemp(prefix="journal-bench-"))
-    stores = ["sqlite-raw", "sqlite"] + (["postgres"] if a.database_url else [])
-    got: dict[str, list[float]] = {s: [] for s in stores}
-    for r in range(a.rounds):
-        for s in stores if r % 2 == 0 else reversed(stores):  # alternate who goes first
-            if s == "sqlite-raw":
-                raw = RawSqlite(folder / f"raw-{r}.sqlite")
-                got[s].append(one_round(raw.write, a.sessions, a.ticks))
-                raw.close()
-            else:
-                target = folder / f"j-{r}.sqlite" if s == "sqlite" else a.database_url
-                j = Journal(target, name=f"bench-{uuid.uuid4().hex[:8]}")
-                got[s].append(one_round(j.write, a.sessions, a.ticks))
-                j.close()
-    print(f"journal write of one tick, {a.sessions} sessions x (candle, prediction, state):")
-    for s in stores:
-        ratio = statistics.median(x / b for x, b in zip(got[s], got["sqlite-raw"], strict=True))
-        print(
-            f"  {s:<10} median {statistics.median(got[s]):7.2f} ms per tick "
-            f"({1e3 * a.sessions / statistics.median(got[s]):8.0f} sessions/s)  "
-            f"x{ratio:.2f} of sqlite-raw  rounds {[round(x, 2) for x in got[s]]}"
-        )
+    try:
+        stores = ["sqlite-raw", "sqlite"] + (["postgres"] if a.database_url else [])
+        got: dict[str, list[float]] = {s: [] for s in stores}
+        for r in range(a.rounds):
+            for s in stores if r % 2 == 0 else reversed(stores):  # alternate who goes first
+                if s == "sqlite-raw":
+                    raw = RawSqlite(folder / f"raw-{r}.sqlite")
+                    got[s].append(one_round(raw.write, a.sessions, a.ticks))
+                    raw.close()
+                else:
+                    target = folder / f"j-{r}.sqlite" if s == "sqlite" else a.database_url
+                    j = Journal(target, name=f"bench-{uuid.uuid4().hex[:8]}")
+                    got[s].append(one_round(j.write, a.sessions, a.ticks))
+                    j.close()
+        print(f"journal write of one tick, {a.sessions} sessions x (candle, prediction, state):")
+        for s in stores:
+            ratio = statistics.median(x / b for x, b in zip(got[s], got["sqlite-raw"], strict=True))
+            print(
+                f"  {s:<10} median {statistics.median(got[s]):7.2f} ms per tick "
+                f"({1e3 * a.sessions / statistics.median(got[s]):8.0f} sessions/s)  "
+                f"x{ratio:.2f} of sqlite-raw  rounds {[round(x, 2) for x in got[s]]}"
+            )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
