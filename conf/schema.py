@@ -193,7 +193,9 @@ class LiveConfig:
     rolling_window: int = 100  # settled candles in the rolling direction accuracy
     queue_capacity: int = 2048  # samples waiting for training; past it new samples are dropped
     trend_window: int = 20  # training results compared for a session's loss trend
-    journal_dir: str = "live"  # below run.home; one SQLite journal per model: <run.name>.sqlite
+    # below run.home: one SQLite journal per host, <run.name>-host-<i>.sqlite (none with
+    # run.database_url: the journals are rows of that database)
+    journal_dir: str = "live"
     # sessions per host at most (each costs its host ~1.5 MB, README); past it a start is a 429
     max_sessions: int = 500
     host_num_cpus: float = 0.25  # Ray CPUs per host: it mostly waits for candles
