@@ -61,7 +61,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     import ray
 
     from pipelines.cluster import init_ray
-    from pipelines.sweep.runner import check_metric, run_sweep
+    from pipelines.sweep.runner import check_metric, latest_unfinished, run_sweep
     from pipelines.sweep.space import load_space
 
     cfg = with_args(cfg, args)
@@ -70,7 +70,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             "candleray sweep compares its trials in MLflow; set tracking.enabled=true"
         )
     space = None
-    if not args.resume:
+    if args.resume:
+        latest_unfinished(cfg)  # nothing to resume: said before Ray starts
+    else:
         if not args.space:
             raise ConfigError("candleray sweep needs --space FILE (e.g. conf/sweeps/demo.yaml)")
         space = load_space(args.space, cfg)  # every problem before Ray or MLflow is touched

@@ -75,4 +75,10 @@ def test_the_command_refuses_before_anything_is_written(tmp_path, capsys):
     space.write_text("train.lr: {loguniform: [1.0e-4, 1.0e-2]}\n")
     code = cli.main(["sweep", "--space", str(space), "--metric", "loss", f"run.home={home}"])
     assert code == 2 and "holdout/total_loss" in capsys.readouterr().err
+    code = cli.main(["sweep", "--space", str(space), "tracking.enabled=false", f"run.home={home}"])
+    assert code == 2 and "tracking.enabled=true" in capsys.readouterr().err
+    code = cli.main(["sweep", f"run.home={home}"])
+    assert code == 2 and "--space" in capsys.readouterr().err
+    code = cli.main(["sweep", "--resume", f"run.home={home}", "run.name=never"])
+    assert code == 2 and "no unfinished sweep" in capsys.readouterr().err
     assert not (home / "mlflow.db").exists() and not (home / "sweeps").exists()
