@@ -145,8 +145,8 @@ class DistributedTrainer(Trainer):
         ]
         state = self._mirror_state()
         # starting processes that import torch is slow on a busy machine, and no hang: the
-        # start gets the whole call deadline, a step half of it
-        start_s = r.call_timeout_s
+        # start gets the placement and the call deadlines together, a step half of the latter
+        start_s = r.placement_timeout_s + r.call_timeout_s
         addr, port = self._get(self.ranks[0].address.remote(), "start", start_s)
         devices = self._get(
             [rk.join.remote(addr, port, state, self.step_timeout_s) for rk in self.ranks],
@@ -182,8 +182,8 @@ class DistributedTrainer(Trainer):
         except ray.exceptions.GetTimeoutError as exc:
             raise self._failed(
                 what,
-                f"no answer within {t:g}s (ray.call_timeout_s; a step gets half of it): a rank "
-                "hangs or did not start",
+                f"no answer within {t:g}s (a step gets half of ray.call_timeout_s, the start "
+                "ray.placement_timeout_s + ray.call_timeout_s): a rank hangs or did not start",
             ) from exc
         except ray.exceptions.RayActorError as exc:
             lines = str(exc).strip().splitlines()

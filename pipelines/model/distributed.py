@@ -3,10 +3,10 @@
 No Ray here: ``actors.model.ranks`` runs one ``RankTrainer`` per rank actor and feeds each the
 shard of a global batch. A step gives what ``Trainer.train_step`` gives on the whole batch:
 
-* the loss is the weighted mean over the *global* batch. Each rank sums its shard's weighted
-  per-sample losses; the global sum of weights is all-reduced before the backward pass, and
-  the local sum is scaled by ``world / global_weight`` so that DDP's gradient average (a sum
-  over ranks divided by ``world``) is the gradient of the global weighted mean;
+* the loss is the weighted mean over the *global* batch. Each rank back-propagates its
+  shard's sum of weighted per-sample losses; DDP's gradient all-reduce is a *sum* here (a comm
+  hook, not DDP's average), and the global weight sum, all-reduced while the backward pass
+  runs, divides it: the gradient of the global weighted mean, as one process computes it;
 * the hard-sample weights divide by the global mean loss (all-reduced first), so a sample's
   weight does not depend on which shard it landed in;
 * every metric comes from all-reduced sums and counts, so all ranks report the same figures.
@@ -70,7 +70,7 @@ class RankTrainer:
         # each shard gets masks of its own, as the samples of one big batch would
         torch.manual_seed(seed * 1_000 + rank)
         self.ddp: DistributedDataParallel | None = None
-        self.allreduce_s = 0.0  # time in the gradient all-reduce + sums, for the benchmark
+        self.allreduce_s = 0.0  # seconds in collectives (waits for other ranks included)
 
     def join(self, addr: str, port: int, state: dict[str, Any], timeout_s: float) -> None:
         """Join the group at ``addr:port`` (rank 0's), load ``state`` and wrap the model.
@@ -90,14 +90,28 @@ class RankTrainer:
         ids = [self.trainer.device.index or 0] if self.trainer.device.type == "cuda" else None
         # the state above is every rank's already: DDP's own broadcast of it would be redundant
         self.ddp = DistributedDataParallel(self.trainer.model, device_ids=ids, init_sync=False)
+        self.ddp.register_comm_hook(None, self._sum_gradients)
 
     def load(self, state: dict[str, Any]) -> None:
         """Take ``state`` (the ModelActor's, after a checkpoint load): every rank gets it."""
         self.trainer.load_state(state)
 
     def _allreduce(self, t: torch.Tensor) -> torch.Tensor:
+        began = time.perf_counter()
         dist.all_reduce(t)
+        self.allreduce_s += time.perf_counter() - began
         return t
+
+    def _sum_gradients(self, state, bucket):
+        """DDP comm hook: sum (not average) a bucket of gradients over the ranks, timed.
+
+        Unannotated on purpose: DDP compares the annotations with its types, and this module's
+        postponed (string) annotations never match them."""
+        buf = bucket.buffer()
+        self._allreduce(buf)
+        fut: torch.futures.Future = torch.futures.Future()
+        fut.set_result(buf)
+        return fut
 
     def step(self, x: Any, y_candle: Any, y_action: Any) -> dict[str, float]:
         """One optimizer step on this rank's shard of a global batch; the global metrics."""
@@ -108,7 +122,6 @@ class RankTrainer:
         t.model.train()
         per = t._per_sample(xt, yc, ya, model=self.ddp)
         base = t._base(per)
-        reduce_s = time.perf_counter()
         first = self._allreduce(
             torch.stack(
                 [
@@ -119,32 +132,38 @@ class RankTrainer:
         )
         w = t._sample_weights(per, base, (first[0] / first[1]).to(base.dtype))
         wb = w * base
-        sums = self._allreduce(
-            torch.stack(
-                [
-                    w.sum().double(),
-                    wb.detach().sum().double(),
-                    per["candle"].detach().sum().double(),
-                    per["action"].detach().sum().double(),
-                    per["dir_right"].sum().double(),
-                    per["dir_counted"].sum().double(),
-                    per["action_right"].sum().double(),
-                ]
-            )
+        sums = torch.stack(
+            [
+                w.sum().double(),
+                wb.detach().sum().double(),
+                per["candle"].detach().sum().double(),
+                per["action"].detach().sum().double(),
+                per["dir_right"].sum().double(),
+                per["dir_counted"].sum().double(),
+                per["action_right"].sum().double(),
+            ]
         )
+        # the sums travel while the backward pass runs: one wait fewer for the other ranks
+        pending = dist.all_reduce(sums, async_op=True)
+        t.optimizer.zero_grad(set_to_none=True)
+        wb.sum().backward()  # the comm hook sums the gradients over the ranks
+        began = time.perf_counter()
+        assert pending is not None
+        pending.wait()
+        self.allreduce_s += time.perf_counter() - began
         g = dict(zip(_SUMS, sums.tolist(), strict=True))
-        spent = time.perf_counter() - reduce_s
         total = g["wb"] / g["w"]
         if not np.isfinite(total):  # every rank sees the same sums, so all stop here together
-            raise InvalidInputError(
+            raise InvalidInputError(  # before the optimizer: nothing was applied
                 "the batch produced a non-finite loss, so its step was not applied "
                 "(targets too large? check the candles for outliers)"
             )
-        t.optimizer.zero_grad(set_to_none=True)
-        scale = self.world / sums[0].to(wb.dtype)
-        reduce_s = time.perf_counter()
-        (wb.sum() * scale).backward()  # DDP all-reduces (averages) the gradients here
-        self.allreduce_s += spent + time.perf_counter() - reduce_s
+        # summed gradients of the shards' weighted sums / the global weight sum: the
+        # gradient of the global weighted mean, as one process computes it
+        inv = 1.0 / g["w"]
+        for p in t.model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(inv)
         if t.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(t.model.parameters(), t.cfg.grad_clip)
         t.optimizer.step()

@@ -104,6 +104,10 @@ def test_live_steps_beside_a_two_rank_batch_run_are_each_applied_once(ray_cluste
     try:
         spec = spec_from_config(cfg)
         data = dataset(spec, 96)  # 6 batches of 16 an epoch, 2 per call
+        # the group starts first (slow on a loaded machine), so the calls below only queue
+        client.call(
+            "train_batch", data.x[:16], data.y_candle[:16], data.y_action[:16], timeout_s=180
+        )
         batch_run: dict[str, object] = {}
 
         def run() -> None:
@@ -122,6 +126,7 @@ def test_live_steps_beside_a_two_rank_batch_run_are_each_applied_once(ray_cluste
                 data.y_candle[i : i + 1],
                 data.y_action[i : i + 1],
                 kind="live",
+                timeout_s=180,  # a hang guard: each waits for the batch run's call in flight
             )
             for i in range(8)
         ]
@@ -133,7 +138,7 @@ def test_live_steps_beside_a_two_rank_batch_run_are_each_applied_once(ray_cluste
         assert all(m["samples"] == 1.0 for m in live)
         versions = [m["version"] for m in live]
         assert len(set(versions)) == 8  # each its own step, none lost or merged
-        assert client.call("metrics")["steps"] == batch_steps + 8
-        assert client.call("weights_version")[1] == batch_steps + 8
+        assert client.call("metrics")["steps"] == 1 + batch_steps + 8
+        assert client.call("weights_version")[1] == 1 + batch_steps + 8
     finally:
         ray.kill(client.handle, no_restart=True)
