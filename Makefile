@@ -57,6 +57,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/backtest_scale.py
 	$(BIN)/python bench/live_latency.py --actor-threads 1
 	$(BIN)/python bench/serve_latency.py
+	$(BIN)/python bench/serve_latency.py --knob throughput-optimized --rounds 3
 
 serve: $(STAMP)
 	$(BIN)/candleray serve

@@ -105,12 +105,12 @@ class Conn:
     def __init__(self, port: int) -> None:
         self.c = http.client.HTTPConnection("127.0.0.1", port)
 
-    def post(self, path: str, body: bytes) -> Any:
-        self.c.request("POST", path, body, {"Content-Type": "application/json"})
+    def post(self, path: str, body: bytes | None, method: str = "POST") -> Any:
+        self.c.request(method, path, body, {"Content-Type": "application/json"})
         r = self.c.getresponse()
         data = r.read()
         if r.status != 200:
-            raise RuntimeError(f"POST {path}: {r.status} {data[:300]!r}")
+            raise RuntimeError(f"{method} {path}: {r.status} {data[:300]!r}")
         return json.loads(data)
 
 
@@ -200,7 +200,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     grpc = app_cfg(topology="composed", predictor_transport="grpc")
     serve.run(build_app(grpc), name="grpc", route_prefix="/g")
     serve.run(NoOp.bind(), name="noop", route_prefix="/n")
-    single = serve.get_deployment_handle("Ingress", app_name="single")
 
     bars = _history_bars(f.window, d.timeframe, d.extra_timeframes)
     frames = windows_of_candles(64, bars, d.timeframe)
@@ -250,11 +249,18 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "no-op": "/n",
     }
     thr: dict[str, list[float]] = {k: [] for k in paths}
-    passes0 = single.info.remote().result()["forward_passes"]
+
+    # the single replica's own count, over HTTP: with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 a
+    # handle in this (sync) driver has no event loop for its router
+    def forward_passes() -> int:
+        # a fresh connection: Serve closes one left idle during the throughput rounds
+        return int(Conn(port).post("/s/health", None, "GET")["predictor"]["forward_passes"])
+
+    passes0 = forward_passes()
     for _ in range(args.rounds):
         for k, path in paths.items():
             thr[k].append(asyncio.run(clients(port, path, bodies, args.clients, args.seconds)))
-    passes = single.info.remote().result()["forward_passes"] - passes0
+    passes = forward_passes() - passes0
     answers = sum(thr["single"]) * args.seconds  # ≈ rate x window, summed over rounds
     serve.shutdown()
     ray.shutdown()

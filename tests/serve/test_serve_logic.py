@@ -99,6 +99,8 @@ def test_the_topology_is_single_by_default_and_a_bad_one_names_both():
     assert model_deployment(composed.serve) == "BatchedPredictor"
     with pytest.raises(ConfigError, match="serve.topology='mesh' must be 'single'.*'composed'"):
         load_config(None, ["serve.topology=mesh"], resolve_paths=False)
+    with pytest.raises(ConfigError, match="serve.predictor_transport='http' must be 'ray'.*'grpc'"):
+        load_config(None, ["serve.predictor_transport=http"], resolve_paths=False)
 
 
 # -- requests and batches ------------------------------------------------------------------
