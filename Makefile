@@ -52,6 +52,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/train_distributed.py
 	$(BIN)/python bench/backtest_speed.py
 	$(BIN)/python bench/backtest_model_speed.py
 	$(BIN)/python bench/backtest_scale.py
