@@ -211,9 +211,9 @@ class ServeConfig:
     # single: each HTTP ingress replica holds the batched model (one Serve hop per /predict);
     # composed: CPU ingress replicas -> predictor replicas (e.g. GPU ones) through a handle
     topology: str = "single"
-    # composed only: how the ingress calls the predictor, "grpc" (Serve's gRPC between replicas,
-    # by value: 2-3 ms less per /predict in 2 of 4 runs, bench/RESULTS.md) or "ray" (actor calls)
-    predictor_transport: str = "grpc"
+    # composed only: how the ingress calls the predictor, "ray" (actor calls, arrays by object
+    # ref) or "grpc" (Serve's gRPC between replicas, by value; no steady gain: bench/RESULTS.md)
+    predictor_transport: str = "ray"
     replicas: int = 1  # replicas that serve /predict: predictors (composed) or ingresses (single)
     replica_num_cpus: float = 0.25  # Ray CPUs per predictor replica (fractional on a laptop)
     replica_num_gpus: float = 0.0  # set 1 (or a fraction) to run replicas on GPUs
