@@ -39,6 +39,7 @@ import os
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -50,7 +51,7 @@ from actors.model.actor import ModelClient
 from actors.model.core import spec_from_config
 from conf import Config
 from pipelines.database import open_engine
-from pipelines.errors import CandlerayError
+from pipelines.errors import CandlerayError, DatabaseError
 from pipelines.live import Journal, journal_path
 from pipelines.placement import Request, exists, reserve
 
@@ -89,6 +90,31 @@ def host_journal(cfg: Config, index: int) -> Journal:
     return Journal(journal_path(cfg).with_name(f"{name}.sqlite"), name=name)
 
 
+def open_host_journal(
+    cfg: Config,
+    index: int,
+    *,
+    wait_s: float,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Journal:
+    """``host_journal``, waiting up to ``wait_s`` for a database server that does not answer
+    yet. A host that Ray restarts after a node loss must not die for good because the server
+    blinked at that moment (an actor whose start fails is not restarted again); a new host
+    does not wait (``start_hosts`` checked the server just before)."""
+    deadline = clock() + wait_s
+    delay = 1.0
+    while True:
+        try:
+            return host_journal(cfg, index)
+        except DatabaseError as exc:
+            if not cfg.run.database_url or clock() + delay > deadline:
+                raise
+            log.warning("host %d: %s; trying again in %.0f s", index, exc, delay)
+            sleep(delay)
+            delay = min(2 * delay, 10.0)
+
+
 @ray.remote(max_concurrency=8)
 class SessionHost:
     def __init__(self, cfg: Config, index: int) -> None:
@@ -110,7 +136,9 @@ class SessionHost:
             runs = SessionRuns(RayRunsSink(cfg.tracking.uri, experiment, name, cfg.ray.namespace))
         self._stop = threading.Event()
         self._wake = threading.Event()
-        journal = host_journal(cfg, index)
+        restarted = _restarted_by_ray()
+        wait_s = cfg.ray.placement_timeout_s if restarted else 0.0
+        journal = open_host_journal(cfg, index, wait_s=wait_s)
         # this host is the journal's writer now: one that was declared dead but still runs
         # (a node cut off from the cluster) can write nothing more beside it
         journal.claim()
@@ -126,7 +154,7 @@ class SessionHost:
         )
         # only a host Ray restarts (a crash, a lost node) resumes its sessions; a new host of
         # the run name stops what a dead run left running instead of replaying it unseen
-        self.core.restore(resume=_restarted_by_ray())
+        self.core.restore(resume=restarted)
         threading.Thread(target=self._loop, name="host-loop", daemon=True).start()
         threading.Thread(target=self._weights, name="host-weights", daemon=True).start()
 

@@ -113,3 +113,28 @@ def test_a_journal_file_of_an_earlier_version_is_taken_over_and_resumes(tmp_path
     assert restored.metrics.predictions == s.metrics.predictions > 0
     assert len(taken.events("x", "prediction")) == len(ref.events("x", "prediction")) > 0
     assert Journal(old, name="m-host-0").session_ids() == ["x"]  # once, not twice
+
+
+def test_a_restarted_host_waits_for_its_database_to_come_back(postgres, make_cfg):
+    """A host Ray restarts while the server does not answer yet (here: its database appears
+    during the wait) opens its journal once it does, instead of failing its start for good;
+    past the wait it is the DatabaseError."""
+    from actors.hosts.host import open_host_journal
+
+    db = f"late_{uuid.uuid4().hex[:8]}"
+    cfg = make_cfg(f"run.database_url={postgres.url(db)}")
+    now = [0.0]
+    waits: list[float] = []
+
+    def sleep(s: float) -> None:
+        waits.append(s)
+        now[0] += s
+        if len(waits) == 2:
+            postgres.create_database(db)  # the server is back
+
+    journal = open_host_journal(cfg, 0, wait_s=60, sleep=sleep, clock=lambda: now[0])
+    assert waits == [1.0, 2.0] and journal.session_ids() == []
+    journal.close()
+    missing = make_cfg(f"run.database_url={postgres.url('never_' + db)}")
+    with pytest.raises(DatabaseError, match=r"run\.database_url"):
+        open_host_journal(missing, 0, wait_s=5, sleep=sleep, clock=lambda: now[0])
