@@ -191,15 +191,20 @@ def to_dict(cfg: Any) -> dict:
     """Plain dict (lists for tuples) suitable for YAML, JSON and ``torch.save(weights_only)``.
 
     Fields marked secret (``field(metadata={"secret": True})``, e.g. ``serve.token``) come out
-    as None: this dict goes into checkpoints, MLflow params and reports, never a secret.
+    as None: this dict goes into checkpoints, MLflow params and reports, never a secret. A URL
+    marked ``{"secret": "password"}`` (``run.database_url``) keeps all but its password, which
+    comes out as ``***``: where the data lives stays on record, the credential does not.
     """
+
+    def field_value(f: dataclasses.Field, v: Any) -> Any:
+        secret = f.metadata.get("secret")
+        if secret == "password":
+            return None if v is None else _hide_password(v)
+        return None if secret else plain(v)
 
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            return {
-                f.name: None if f.metadata.get("secret") else plain(getattr(v, f.name))
-                for f in dataclasses.fields(v)
-            }
+            return {f.name: field_value(f, getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, (tuple, list)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
@@ -209,6 +214,19 @@ def to_dict(cfg: Any) -> dict:
     out = plain(cfg)
     assert isinstance(out, dict), f"to_dict takes a config dataclass, got {type(cfg).__name__}"
     return out
+
+
+def _hide_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return "***"  # not a URL at all: nothing of it is known to be safe to write out
+    if parsed.password is None:
+        return url
+    return parsed.render_as_string(hide_password=True)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -18,7 +18,8 @@ class RunConfig:
     home: str = ".candleray"  # relative paths below are resolved against this folder's parent (cwd)
     # None: journals and annotations in SQLite files under home (one node's disk); a cluster
     # names one database server every node reaches: postgresql+psycopg://user:pw@host:5432/db
-    database_url: str | None = None
+    # written out (checkpoints, MLflow params, reports) with its password as *** (to_dict)
+    database_url: str | None = field(default=None, metadata={"secret": "password"})
 
 
 @dataclass(frozen=True)

@@ -104,3 +104,16 @@ def test_a_secret_never_leaves_the_config_object():
     assert out["serve"]["token"] is None
     assert "s3cret-value" not in repr(out)
     assert config_from_dict(out).serve.token is None
+
+
+def test_the_database_password_never_leaves_the_config_object():
+    """run.database_url is written out (where the journals live), its password never."""
+    url = "postgresql+psycopg://cr:pw-s3cret@db.internal:5432/candleray"
+    cfg = load_config(None, [f"run.database_url={url}"], resolve_paths=False)
+    assert cfg.run.database_url == url
+    out = to_dict(cfg)
+    assert out["run"]["database_url"] == "postgresql+psycopg://cr:***@db.internal:5432/candleray"
+    assert "pw-s3cret" not in repr(out)
+    no_password = "postgresql+psycopg://cr@db.internal/candleray"  # PGPASSWORD on each node
+    cfg = load_config(None, [f"run.database_url={no_password}"], resolve_paths=False)
+    assert to_dict(cfg)["run"]["database_url"] == no_password
