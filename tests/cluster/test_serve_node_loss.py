@@ -193,6 +193,7 @@ def test_predict_keeps_answering_when_a_replica_node_dies(multi_node, s3_bucket,
             lambda: spread(mn, name),
             timeout=240,
         )
+        t_back = time.monotonic()
         wait_for(
             f"the last {LAST_OK} requests all answered",
             lambda: client.ok_since(t_kill) >= LAST_OK and client.last_all_ok(LAST_OK),
@@ -207,6 +208,11 @@ def test_predict_keeps_answering_when_a_replica_node_dies(multi_node, s3_bucket,
             kinds[got] += 1
         before = [got for t, got in client.results if t < t_kill]
         assert all(got == 200 for got in before), before  # the set-up itself was sound
+        # the point of two replicas: while the lost one was down the other answered, and the
+        # loss cost a few requests, not the whole outage (measured: 0 or 1 of ~500)
+        during = [got for t, got in after if t < t_back]
+        assert during.count(200) >= 1, f"no answer while a replica was down: {dict(kinds)}"
+        assert len(failed) <= max(5, len(after) // 10), (len(failed), len(after), dict(kinds))
         print(
             f"Serve replica node {victim} killed (replicas lost: {lost}): {len(failed)} of "
             f"{len(after)} /predict requests failed after the kill ({dict(kinds)}), the last "
