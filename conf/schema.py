@@ -121,9 +121,6 @@ class TrainConfig:
     holdout_fraction: float = 0.2  # share of all windows held out: those past one cut time
     trend_window: int = 50  # steps compared for the improving/flat/degrading trend
     batches_per_call: int = 32  # batches per call into the ModelActor during batch training
-
-
-# The metrics the trainer reports (pipelines.model.trainer.METRICS; a test keeps the two
     # data-parallel training (actors/model/ranks.py): 1 trains in the ModelActor itself; N > 1
     # shards each global batch across N DDP ranks (Ray actors in one placement group)
     workers: int = 1
@@ -131,6 +128,9 @@ class TrainConfig:
     worker_num_gpus: float = 0.0  # 1 per rank on a GPU cluster (NCCL); 0: CPU ranks (gloo)
     worker_resources: dict[str, float] = field(default_factory=dict)  # custom, per rank
     placement_strategy: str = "PACK"  # the ranks' placement group: PACK (one node) or SPREAD
+
+
+# The metrics the trainer reports (pipelines.model.trainer.METRICS; a test keeps the two
 # equal): the choices of checkpoint.best_metric. Losses: lower is better; accuracies: higher.
 BEST_METRICS = ("total_loss", "candle_loss", "action_loss", "candle_accuracy", "action_accuracy")
 
@@ -250,7 +250,9 @@ class SweepConfig:
 
     trials: int = 4  # samples drawn from the space; a grid is run this many times over
     scheduler: str = "asha"  # asha (stops poor trials early) | fifo (every trial runs all epochs)
-    metric: str = "holdout/total_loss"  # a held-out figure each epoch reports (pipelines/sweep/trial.py)
+    metric: str = (
+        "holdout/total_loss"  # a held-out figure each epoch reports (pipelines/sweep/trial.py)
+    )
     mode: str = "min"  # min | max
     max_concurrent: int = 2  # trials running at once; 0: as many as the resources allow
     grace_period: int = 1  # epochs every trial runs before ASHA may stop it
