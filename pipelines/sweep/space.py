@@ -224,6 +224,13 @@ def parse_space(data: Any, source: str, base: Config) -> Space:
                 f"space key {key!r} sets how a run trains through the ModelActor, which a trial "
                 "does not use (it trains in its own process); leave it out of the space"
             )
+        if key == "train.epochs":
+            raise ConfigError(
+                "space key 'train.epochs': a sweep's epochs are the base config's train.epochs "
+                "(ASHA's max_t, every trial's length and the 'stopped early' label use it), so "
+                "it cannot vary per trial; leave it out of the space and set it for the whole "
+                "sweep, e.g. candleray sweep --space FILE train.epochs=8"
+            )
         tp = _leaf_type(key)
         if not isinstance(spec, dict) or len(spec) != 1:
             raise ConfigError(

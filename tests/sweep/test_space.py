@@ -30,6 +30,7 @@ BAD = [
     ("ray.num_cpus: {choice: [1, 2]}", ["ray.num_cpus", "override"]),
     ("features.window: {randint: [8, 32]}", ["features.window", "dataset", "grid"]),
     ("[1, 2]", ["must map config keys"]),
+    ("train.epochs: {choice: [2, 4]}", ["train.epochs", "base config", "train.epochs=8"]),
 ]
 
 
