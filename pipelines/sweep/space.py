@@ -211,6 +211,7 @@ def parse_space(data: Any, source: str, base: Config) -> Space:
             f"got {type(data).__name__ if data else 'nothing'}"
         )
     dims = []
+    checked: list[tuple[str, str, tuple[Any, ...]]] = []
     for key, spec in data.items():
         key = str(key)
         if key.split(".")[0] not in SWEEPABLE:
@@ -264,7 +265,38 @@ def parse_space(data: Any, source: str, base: Config) -> Space:
                     f"space key {key!r}: {kind} value {value!r} is refused by the config: {exc}"
                 ) from exc
         dims.append(Dimension(key, kind, parsed))
+        checked.append((key, kind, probes))
+    _check_combinations(base, checked)
     return Space(source, tuple(dims))
+
+
+# about 1.5 ms a check: the whole cross-product up to this many, else every pair of keys
+MAX_COMBOS = 2_000
+
+
+def _check_combinations(base: Config, dims: list[tuple[str, str, tuple[Any, ...]]]) -> None:
+    """Values fine alone can be refused together (d_model=12 with n_heads=8): check the
+    cross-product of the finite values and range ends before any trial, or, past
+    MAX_COMBOS, every pair of keys' (settings validated against each other come in pairs)."""
+    if len(dims) < 2:
+        return
+    total = math.prod(len(p) for _, _, p in dims)
+    groups = [dims] if total <= MAX_COMBOS else list(itertools.combinations(dims, 2))
+    for group in groups:
+        if math.prod(len(p) for _, _, p in group) > MAX_COMBOS:
+            continue  # each value was checked alone
+        for combo in itertools.product(*(p for _, _, p in group)):
+            values = {key: v for (key, _, _), v in zip(group, combo, strict=True)}
+            try:
+                with_values(base, values)
+            except ConfigError as exc:
+                said = ", ".join(f"{k}={v!r}" for k, v in values.items())
+                raise ConfigError(
+                    f"space: the combination {said} is refused by the config: {exc}; "
+                    "every combination of the space's values can be drawn, so change the "
+                    "values so that each pair works (e.g. every model.d_model a multiple of "
+                    "every model.n_heads)"
+                ) from exc
 
 
 def load_space(path: str | Path, base: Config) -> Space:

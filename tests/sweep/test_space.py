@@ -31,6 +31,15 @@ BAD = [
     ("features.window: {randint: [8, 32]}", ["features.window", "dataset", "grid"]),
     ("[1, 2]", ["must map config keys"]),
     ("train.epochs: {choice: [2, 4]}", ["train.epochs", "base config", "train.epochs=8"]),
+    (
+        "model.d_model: {choice: [12, 64]}\nmodel.n_heads: {choice: [4, 8]}",
+        ["model.d_model=12, model.n_heads=8", "multiple of model.n_heads"],
+    ),
+    (
+        "train.lr: {loguniform: [1.0e-4, 1.0e-2]}\nmodel.d_model: {grid: [12, 64]}\n"
+        "model.n_heads: {randint: [4, 9]}",
+        ["model.d_model=12", "model.n_heads=8"],
+    ),
 ]
 
 
