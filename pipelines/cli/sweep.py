@@ -63,12 +63,14 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from pipelines.cluster import init_ray
     from pipelines.sweep.runner import check_metric, latest_unfinished, run_sweep
     from pipelines.sweep.space import load_space
+    from pipelines.sweep.state import check_storage
 
     cfg = with_args(cfg, args)
     if not cfg.tracking.enabled:
         raise ConfigError(
             "candleray sweep compares its trials in MLflow; set tracking.enabled=true"
         )
+    check_storage(cfg.sweep.storage)  # before Ray, MLflow or any folder
     space = None
     if args.resume:
         latest_unfinished(cfg)  # nothing to resume: said before Ray starts

@@ -37,7 +37,13 @@ from pipelines.sweep.space import (
     tune_space,
     with_values,
 )
-from pipelines.sweep.state import SweepState, TrialRow, check_metric, latest_unfinished
+from pipelines.sweep.state import (
+    SweepState,
+    TrialRow,
+    check_metric,
+    check_storage,
+    latest_unfinished,
+)
 from pipelines.sweep.trial import BEST_DIR, METRICS, run_trial
 
 log = logging.getLogger(__name__)
@@ -403,6 +409,7 @@ def run_sweep(
         say(f"resuming sweep {state.sweep_id} ({folder}); its config and space as started")
     else:
         assert space is not None
+        check_storage(cfg.sweep.storage)
         sweep_id = f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         folder = Path(cfg.sweep.storage) / sweep_id
         folder.mkdir(parents=True, exist_ok=False)

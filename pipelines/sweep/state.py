@@ -60,8 +60,21 @@ def check_metric(metric: str) -> None:
         )
 
 
+def check_storage(storage: str) -> None:
+    """A URI is refused: the sweep keeps its folder and state file through ``pathlib``, and
+    ``Path("s3://b/x")`` is the local folder ``s3:/b/x`` under the working directory, so an
+    s3:// storage would silently have written to the local disk."""
+    if "://" in storage:
+        raise ConfigError(
+            f"sweep.storage={storage!r}: a sweep keeps its trials in a local or mounted folder; "
+            "URIs (s3://...) are not supported yet. Set sweep.storage to a path (relative to "
+            "run.home, or on a multi-node cluster a folder every node mounts, e.g. NFS)"
+        )
+
+
 def latest_unfinished(cfg: Config) -> Path:
     """The newest sweep of ``run.name`` under ``sweep.storage`` that did not finish."""
+    check_storage(cfg.sweep.storage)
     root = Path(cfg.sweep.storage)
     found = sorted(
         (p for p in root.glob(f"{cfg.run.name}-*") if (p / SWEEP_FILE).exists()),
