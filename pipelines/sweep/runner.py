@@ -43,6 +43,7 @@ from pipelines.sweep.state import (
     check_metric,
     check_storage,
     latest_unfinished,
+    new_sweep_folder,
 )
 from pipelines.sweep.trial import BEST_DIR, METRICS, run_trial
 
@@ -410,9 +411,8 @@ def run_sweep(
     else:
         assert space is not None
         check_storage(cfg.sweep.storage)
-        sweep_id = f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        folder = Path(cfg.sweep.storage) / sweep_id
-        folder.mkdir(parents=True, exist_ok=False)
+        folder = new_sweep_folder(cfg)
+        sweep_id = folder.name
         state = SweepState(sweep_id, str(folder), space.to_dict(), space.source, to_dict(cfg))
     check_metric(cfg.sweep.metric)
     for key, value in _TUNE_ENV.items():

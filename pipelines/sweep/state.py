@@ -4,6 +4,9 @@ of its result table, and the checks of its settings that need the trial's metric
 from __future__ import annotations
 
 import json
+import re
+import secrets
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -72,16 +75,37 @@ def check_storage(storage: str) -> None:
         )
 
 
+def new_sweep_folder(cfg: Config) -> Path:
+    """``<run.name>-<date>-<time>``; a second sweep started in the same second gets a short
+    random suffix instead of crashing on the existing folder."""
+    sweep_id = f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder = Path(cfg.sweep.storage) / sweep_id
+    for _ in range(20):
+        try:
+            folder.mkdir(parents=True, exist_ok=False)
+            return folder
+        except FileExistsError:
+            folder = Path(cfg.sweep.storage) / f"{sweep_id}-{secrets.token_hex(2)}"
+    raise ConfigError(f"sweep.storage={cfg.sweep.storage}: could not create a new sweep folder")
+
+
 def latest_unfinished(cfg: Config) -> Path:
     """The newest sweep of ``run.name`` under ``sweep.storage`` that did not finish."""
     check_storage(cfg.sweep.storage)
     root = Path(cfg.sweep.storage)
+    # exactly <name>-<date>-<time>[-<suffix>]: a plain glob of "demo-*" would match demo-x's sweeps
+    own = re.compile(re.escape(cfg.run.name) + r"-\d{8}-\d{6}(?:-[0-9a-f]{4})?")
     found = sorted(
-        (p for p in root.glob(f"{cfg.run.name}-*") if (p / SWEEP_FILE).exists()),
+        (
+            p
+            for p in (root.iterdir() if root.is_dir() else ())
+            if own.fullmatch(p.name) and (p / SWEEP_FILE).exists()
+        ),
         key=lambda p: p.name,
     )
     for p in reversed(found):
-        if SweepState.load(p).status != "finished":
+        state = SweepState.load(p)
+        if state.status != "finished" and state.base.get("run", {}).get("name") == cfg.run.name:
             return p
     raise NotFoundError(
         f"--resume: no unfinished sweep of run.name={cfg.run.name!r} under {root}; "

@@ -10,8 +10,8 @@ import pytest
 from conf import to_dict
 from pipelines import cli
 from pipelines.config import load_config
-from pipelines.errors import ConfigError
-from pipelines.sweep.state import SweepState, latest_unfinished
+from pipelines.errors import ConfigError, NotFoundError
+from pipelines.sweep.state import SweepState, latest_unfinished, new_sweep_folder
 
 
 def _cfg(home: Path, name: str):
@@ -42,3 +42,29 @@ def test_an_s3_storage_is_refused_before_anything_is_written(tmp_path, monkeypat
     cfg = dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, storage="s3://b/x"))
     with pytest.raises(ConfigError, match="sweep.storage"):
         latest_unfinished(cfg)
+
+
+def test_resume_picks_only_its_own_run_names_sweeps(tmp_path):
+    demo, other = _cfg(tmp_path, "demo"), _cfg(tmp_path, "demo-x")
+    mine = _sweep(demo, "demo-20260101-000000")
+    _sweep(other, "demo-x-20260102-000000")  # newer, and "demo-*" would match it
+    assert latest_unfinished(demo) == mine
+    # a folder named like demo's whose state belongs to another run is not demo's
+    _sweep(other, "demo-20260103-000000")
+    assert latest_unfinished(demo) == mine
+    _sweep(demo, "demo-20260104-000000", status="finished")
+    assert latest_unfinished(demo) == mine
+    with pytest.raises(NotFoundError, match="run.name='nope'"):
+        latest_unfinished(_cfg(tmp_path, "nope"))
+
+
+def test_two_sweeps_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    import pipelines.sweep.state as st
+
+    monkeypatch.setattr(st.time, "strftime", lambda fmt: "20260101-000000")
+    cfg = _cfg(tmp_path, "demo")
+    first, second = new_sweep_folder(cfg), new_sweep_folder(cfg)
+    assert first != second and first.is_dir() and second.is_dir()
+    assert first.name == "demo-20260101-000000"
+    SweepState(second.name, str(second), {}, "s.yaml", to_dict(cfg)).save()
+    assert latest_unfinished(cfg) == second  # the suffixed one is still found by --resume
