@@ -178,7 +178,12 @@ class DistributedTrainer(Trainer):
                 exc.cause, TrainingRanksError
             ):
                 raise exc.cause from None
-            raise self._failed(what, f"{type(exc.cause).__name__}: {exc.cause}") from exc
+            cause = f"{type(exc.cause).__name__}: {exc.cause}"
+            if "timed out" in str(exc.cause).lower():
+                # a peer's collective gave up first (gloo/NCCL bound it by the step deadline
+                # too): the rank it waited for hangs, as when this deadline fires
+                raise self._failed(what, f"a rank hangs (a collective timed out: {cause})") from exc
+            raise self._failed(what, cause) from exc
         except ray.exceptions.GetTimeoutError as exc:
             raise self._failed(
                 what,
