@@ -44,6 +44,7 @@ from pipelines.sweep.state import (
     check_storage,
     latest_unfinished,
     new_sweep_folder,
+    record_result,
 )
 from pipelines.sweep.trial import BEST_DIR, METRICS, run_trial
 
@@ -135,13 +136,9 @@ class Sweep:
         epoch = int(result.get("epoch", 0))
         if row.first_epoch_s is None and row.started is not None:
             row.first_epoch_s = time.time() - row.started
-        row.epochs = epoch
         figures = {k: float(result[k]) for k in METRICS if k in result}
         self.runs.log_epoch(trial.trial_id, figures, epoch)
-        value = figures.get(self.metric, math.nan)
-        if int(result.get("best_epoch", 0)) == epoch:
-            row.best, row.best_epoch = value, epoch
-            row.direction_accuracy = figures.get("holdout/direction_accuracy")
+        value = record_result(row, result, self.metric)
         self.say(
             f"trial {trial.trial_id} {row.name}: epoch {epoch}/{self.epochs} "
             f"{self.metric} {value:.4f}"
@@ -220,8 +217,8 @@ class Sweep:
                 continue
             row = self._row(trial)
             last = trial.last_result or {}
-            row.epochs = int(last.get("epoch", 0))
-            row.best_epoch = int(last.get("best_epoch", 0))
+            if last:
+                record_result(row, last, self.metric)
             found = self.runs.find_child(trial.trial_id)
             if found is not None:
                 row.run_id = found.info.run_id
@@ -230,7 +227,7 @@ class Sweep:
                 row.error = found.data.tags.get(mr.ERROR_TAG, "")
                 row.reason = found.data.tags.get(mr.REASON_TAG, "")
                 history = self._metric_history(row.run_id)
-                if row.best_epoch in history:
+                if row.best is None and row.best_epoch in history:
                     row.best = history[row.best_epoch]
 
     def _metric_history(self, run_id: str) -> dict[int, float]:

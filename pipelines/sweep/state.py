@@ -4,6 +4,7 @@ of its result table, and the checks of its settings that need the trial's metric
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 import time
@@ -53,6 +54,25 @@ class SweepState:
     @classmethod
     def load(cls, folder: Path) -> SweepState:
         return cls(**json.loads((folder / SWEEP_FILE).read_text()))
+
+
+def record_result(row: TrialRow, result: dict[str, Any], metric: str) -> float:
+    """Take one epoch's report into ``row``; returns the epoch's ``metric``. The trial's best
+    so far comes with every report (value and epoch), so a trial resumed after its best epoch
+    keeps that best although the driver never saw that epoch's result this run."""
+    epoch = int(result.get("epoch", 0))
+    row.epochs = epoch
+    value = float(result.get(metric, math.nan))
+    best = result.get("best")
+    if best is not None and math.isfinite(float(best)):
+        row.best, row.best_epoch = float(best), int(result.get("best_epoch", epoch))
+        acc = result.get("best_direction_accuracy")
+        row.direction_accuracy = None if acc is None or not math.isfinite(acc) else float(acc)
+    elif "best_epoch" in result:  # a report from before "best" was sent: only the epoch
+        row.best_epoch = int(result["best_epoch"])
+        if row.best_epoch == epoch:
+            row.best, row.direction_accuracy = value, result.get("holdout/direction_accuracy")
+    return value
 
 
 def check_metric(metric: str) -> None:

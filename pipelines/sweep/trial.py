@@ -49,6 +49,10 @@ STATE = "trial.json"
 BEST_DIR = "best"  # a CheckpointStore folder holding the trial's best model
 
 
+def _or_nan(v: Any) -> float:
+    return math.nan if v is None else float(v)
+
+
 def better(value: float, best: float | None, mode: str) -> bool:
     if not math.isfinite(value):
         return False
@@ -151,6 +155,7 @@ def run_trial(
         if better(metrics[metric], state["best"], mode):
             state["best"], state["best_epoch"] = metrics[metric], epoch + 1
             state["best_step"] = trainer.step
+            state["best_direction_accuracy"] = metrics.get("holdout/direction_accuracy")
             buf = io.BytesIO()
             torch.save(trainer.state(), buf)
             best_blob = buf.getvalue()
@@ -169,7 +174,11 @@ def run_trial(
                     **metrics,
                     "epoch": epoch + 1,
                     "steps": trainer.step,
+                    # the best so far rides every report: after --resume the driver sees
+                    # only new results, and the best may predate the interruption
                     "best_epoch": state["best_epoch"],
+                    "best": math.nan if state["best"] is None else float(state["best"]),
+                    "best_direction_accuracy": _or_nan(state.get("best_direction_accuracy")),
                 },
                 checkpoint=tune.Checkpoint.from_directory(tmp),
             )

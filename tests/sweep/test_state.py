@@ -68,3 +68,32 @@ def test_two_sweeps_started_in_the_same_second_get_their_own_folders(tmp_path, m
     assert first.name == "demo-20260101-000000"
     SweepState(second.name, str(second), {}, "s.yaml", to_dict(cfg)).save()
     assert latest_unfinished(cfg) == second  # the suffixed one is still found by --resume
+
+
+def test_a_resumed_trial_keeps_its_best_from_before_the_interruption():
+    from pipelines.sweep.runner import Sweep
+    from pipelines.sweep.state import TrialRow, record_result
+
+    metric = "holdout/total_loss"
+
+    def report(epoch, loss, best, best_epoch):
+        return {
+            "epoch": epoch,
+            metric: loss,
+            "holdout/direction_accuracy": 0.5,
+            "best": best,
+            "best_epoch": best_epoch,
+            "best_direction_accuracy": 0.61,
+        }
+
+    # trial a: its best (0.40) at epoch 1, then interrupted; the resumed run sees epochs 3-4 only
+    a = TrialRow("a", "a", {})
+    for r in (report(3, 0.70, 0.40, 1), report(4, 0.65, 0.40, 1)):
+        assert record_result(a, r, metric) == r[metric]
+    assert (a.best, a.best_epoch, a.epochs, a.direction_accuracy) == (0.40, 1, 4, 0.61)
+    b = TrialRow("b", "b", {})  # trial b ran after the resume, best 0.50 at its last epoch
+    record_result(b, report(4, 0.50, 0.50, 4), metric)
+    sweep = Sweep.__new__(Sweep)
+    sweep.rows, sweep.mode = {"a": a, "b": b}, "min"
+    winner = sweep.best()
+    assert winner is not None and winner.trial_id == "a"
