@@ -260,7 +260,7 @@ class SweepConfig:
     trial_num_cpus: float = 1.0  # Ray CPUs per trial (also its torch threads)
     trial_num_gpus: float = 0.0  # GPUs per trial; a fraction (0.25) puts several on one GPU
     trial_resources: dict[str, float] = field(default_factory=dict)  # custom, per trial
-    storage: str = "sweeps"  # below run.home; on a multi-node cluster shared storage (s3://...)
+    storage: str = "sweeps"  # below run.home; multi-node: a folder all nodes mount (no URIs)
     model_name: str | None = None  # registered model of the best trial; None: <run.name>-sweep
 
 
