@@ -36,6 +36,19 @@ SETTING = "run.database_url"
 SCHEMES = ("postgresql", "postgresql+psycopg", "sqlite")
 FORMS = "postgresql+psycopg://user:password@host:5432/dbname, or sqlite:////abs/path.db"
 CONNECT_TIMEOUT_S = 10  # an unreachable server is an error after this long, not a hang
+# A writer locks its journal's journal_writers row each tick. A node that dies or is cut off
+# mid-transaction would keep that lock until TCP keepalive's default notices (~2 h), and the
+# host Ray restarts elsewhere would block in its claim for good. So: waiting for a lock or a
+# statement ends with an error after LOCK_TIMEOUT_S (a tick's write takes milliseconds; a
+# chart's read seconds), an open transaction left idle is ended by the server after
+# IDLE_IN_TRANSACTION_S, and a peer that stopped answering is noticed in ~25 s (keepalives
+# from 10 s idle, every 5 s, 3 lost) or when sent data is unacknowledged for TCP_USER_TIMEOUT_S.
+LOCK_TIMEOUT_S = 30.0
+IDLE_IN_TRANSACTION_S = 60.0
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 10, 5, 3
+TCP_USER_TIMEOUT_S = 30
+# SQLSTATEs of a wait that a timeout above ended: lock_not_available, query_canceled
+TIMEOUT_STATES = ("55P03", "57014")
 
 Target = str | Path | URL  # a SQLite file path, or a database URL
 
@@ -89,12 +102,18 @@ def _safe(url: str | URL | Path) -> str:
 
 
 def open_engine(
-    target: Target, *, what: str, pooled: bool = True, busy_timeout_s: float = 5.0
+    target: Target,
+    *,
+    what: str,
+    pooled: bool = True,
+    busy_timeout_s: float = 5.0,
+    lock_timeout_s: float = LOCK_TIMEOUT_S,
 ) -> Engine:
     """An engine on ``target`` (a SQLite path or a URL), connected once, so a bad URL, an
     unreachable server or a refused password fails here with a ``DatabaseError``.
     ``pooled=False``: a connection per use, closed after it (rare users: annotations).
-    ``busy_timeout_s``: how long a SQLite write waits for another writer's lock."""
+    ``busy_timeout_s``: how long a SQLite write waits for another writer's lock.
+    ``lock_timeout_s``: how long a PostgreSQL statement waits for a lock, or runs."""
     path = file_path(target)
     if path is None:
         url = parse_url(cast("str | URL", target))
@@ -117,7 +136,7 @@ def open_engine(
     else:
         engine = create_engine(
             url,
-            connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+            connect_args=postgres_connect_args(lock_timeout_s),
             pool_pre_ping=pooled,  # a server restarted between writes: reconnect, not fail
             **kwargs,
         )
@@ -128,6 +147,29 @@ def open_engine(
         engine.dispose()
         raise connect_error(target, what, exc) from exc
     return engine
+
+
+def postgres_connect_args(lock_timeout_s: float = LOCK_TIMEOUT_S) -> dict[str, Any]:
+    """psycopg's connect kwargs (libpq parameters, passed through): see LOCK_TIMEOUT_S."""
+    ms = max(1, int(lock_timeout_s * 1000))
+    idle_ms = max(ms, int(IDLE_IN_TRANSACTION_S * 1000))
+    return {
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "options": (
+            f"-c lock_timeout={ms} -c statement_timeout={ms} "
+            f"-c idle_in_transaction_session_timeout={idle_ms}"
+        ),
+        "keepalives": 1,
+        "keepalives_idle": KEEPALIVE_IDLE_S,
+        "keepalives_interval": KEEPALIVE_INTERVAL_S,
+        "keepalives_count": KEEPALIVE_COUNT,
+        "tcp_user_timeout": TCP_USER_TIMEOUT_S * 1000,
+    }
+
+
+def timed_out(exc: BaseException) -> bool:
+    """True if ``exc`` is a lock or statement wait that LOCK_TIMEOUT_S ended."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) in TIMEOUT_STATES
 
 
 def connect_error(target: Target, what: str, exc: BaseException) -> DatabaseError:

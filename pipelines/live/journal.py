@@ -26,10 +26,11 @@ Tables: ``journal_sessions`` (one row per session: its latest state), ``journal_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import pandas as pd
@@ -41,6 +42,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipelines.database import (
+    LOCK_TIMEOUT_S,
+    SETTING,
     Target,
     connect_error,
     create_tables,
@@ -49,10 +52,11 @@ from pipelines.database import (
     file_path,
     open_engine,
     snapshot,
+    timed_out,
     upsert,
     writing,
 )
-from pipelines.errors import CandlerayError, JournalError
+from pipelines.errors import CandlerayError, DatabaseError, JournalError
 from pipelines.live.config import SessionSettings
 from pipelines.live.history import Candle, history_capacity
 from pipelines.live.journal_tables import (
@@ -85,9 +89,13 @@ _OUTCOMES = {
 class Journal:
     """The journal ``name`` in ``target``: a SQLite file path (``name`` defaults to its stem,
     ``<run.name>-host-<i>``), or a database URL (``run.database_url``) that many hosts'
-    journals share, each under its own name."""
+    journals share, each under its own name. ``lock_timeout_s``: how long a PostgreSQL
+    statement waits for a lock (another writer's, or one a dead node's connection still
+    holds) before it fails instead of blocking."""
 
-    def __init__(self, target: Target, *, name: str | None = None) -> None:
+    def __init__(
+        self, target: Target, *, name: str | None = None, lock_timeout_s: float = LOCK_TIMEOUT_S
+    ) -> None:
         self.path = file_path(target)  # None: a database URL
         if name is None:
             if self.path is None:
@@ -99,7 +107,7 @@ class Journal:
         self.name = name
         self._epoch: int | None = None  # this handle's writer epoch, once it wrote or claimed
         self.where = describe(target)  # for messages: a URL's password hidden
-        self._engine = open_engine(target, what="live journal")
+        self._engine = open_engine(target, what="live journal", lock_timeout_s=lock_timeout_s)
         try:
             create_tables(self._engine, META)
             if self._engine.dialect.name == "sqlite":
@@ -117,12 +125,15 @@ class Journal:
     # -- writing ------------------------------------------------------------------------------
     def claim(self) -> int:
         """Become the journal's one writer (a host at start): an earlier writer that is still
-        running somewhere gets a ``JournalError`` from its next write. Returns the epoch."""
+        running somewhere gets a ``JournalError`` from its next write. Returns the epoch.
+        A ``DatabaseError`` if the database does not answer or the writers' row stays locked
+        past the lock timeout (the old writer's connection, on a node that died mid-write):
+        the caller may try again (a host does, within its start wait)."""
         try:
             with writing(self._engine) as db:
                 return self._claim(db)
         except SQLAlchemyError as exc:
-            raise self._write_error(exc) from exc
+            raise self._read_error(exc, "take over as its writer") from exc
 
     def _claim(self, db: Connection) -> int:
         upsert(
@@ -152,6 +163,31 @@ class Journal:
                 "and restarted elsewhere, its sessions go on there; it writes nothing more "
                 "(stop it)"
             )
+
+    def _read_error(self, exc: SQLAlchemyError, doing: str = "read") -> DatabaseError:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        if timed_out(exc):
+            hint = (
+                "a lock was held past the lock timeout, likely by the connection of a host "
+                "whose node died mid-write (the server ends it within about a minute)"
+            )
+        else:
+            hint = "the database did not answer"
+        return DatabaseError(
+            f"cannot {doing} the live journal {self.name!r} in {self.where} ({reason}): "
+            f"{hint}; check {SETTING} and that its server runs and is reachable from this "
+            "node (for SQLite files under run.home: the file and its folder)"
+        )
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """The one choke point of reads: a database error is a ``DatabaseError`` naming
+        run.database_url, as a connect's is, not SQLAlchemy's own."""
+        try:
+            with self._engine.connect() as db:
+                yield db
+        except SQLAlchemyError as exc:
+            raise self._read_error(exc) from exc
 
     def _write_error(self, exc: SQLAlchemyError) -> JournalError:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
@@ -248,12 +284,12 @@ class Journal:
 
     # -- reading ------------------------------------------------------------------------------
     def _scalar(self, stmt: Any) -> Any:
-        with self._engine.connect() as db:
+        with self._reading() as db:
             return db.execute(stmt).scalar()
 
     def session_ids(self) -> list[str]:
         q = select(SESSIONS.c.session_id).where(SESSIONS.c.journal == self.name)
-        with self._engine.connect() as db:
+        with self._reading() as db:
             return list(db.execute(q.order_by(SESSIONS.c.session_id)).scalars())
 
     def last_time(self, session_id: str) -> int | None:
@@ -268,14 +304,14 @@ class Journal:
         self, session_id: str, since: int | None = None, limit: int | None = None
     ) -> list[Candle]:
         """The session's candles (oldest first), from ``since`` (ns) on, or the newest ``limit``."""
-        with self._engine.connect() as db:
+        with self._reading() as db:
             return read_candles(db, self.name, session_id, since, limit)
 
     def events(
         self, session_id: str, kind: str, since: int | None = None, limit: int | None = None
     ) -> list[tuple[int, dict[str, Any]]]:
         """The session's events of ``kind`` in the order written (the newest ``limit`` if given)."""
-        with self._engine.connect() as db:
+        with self._reading() as db:
             return read_events(db, self.name, session_id, kind, since, limit)
 
     def fed_until(self, session_id: str) -> int | None:
@@ -380,9 +416,7 @@ class Journal:
             with snapshot(self._engine) as db:
                 return chart_frames(db, self.name, session_id, since, pivot_bars)
         except SQLAlchemyError as exc:
-            raise CandlerayError(
-                f"cannot read the live journal {self.name!r} in {self.where}: {exc}"
-            ) from exc
+            raise self._read_error(exc) from exc
 
 
 def training_records(

@@ -138,3 +138,66 @@ def test_a_restarted_host_waits_for_its_database_to_come_back(postgres, make_cfg
     missing = make_cfg(f"run.database_url={postgres.url('never_' + db)}")
     with pytest.raises(DatabaseError, match=r"run\.database_url"):
         open_host_journal(missing, 0, wait_s=5, sleep=sleep, clock=lambda: now[0])
+
+
+def test_a_writers_row_locked_by_a_dead_writer_fails_the_claim_instead_of_blocking(postgres):
+    """A host whose node died mid-write leaves its connection holding the journal's writers
+    row (here: a second connection in an open transaction, SELECT ... FOR UPDATE). The new
+    host's claim gives up at the lock timeout with a DatabaseError naming run.database_url,
+    not a constructor blocked for hours; once the lock goes, the claim succeeds."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = postgres.create_database(f"lock_{uuid.uuid4().hex[:8]}")
+    old = Journal(url, name="m-host-0")
+    first = old.claim()
+    u = make_url(url)
+    holder = psycopg.connect(
+        host=u.host, port=u.port, user=u.username, password=u.password, dbname=u.database
+    )
+    try:
+        holder.execute(
+            "SELECT epoch FROM journal_writers WHERE journal = %s FOR UPDATE", ("m-host-0",)
+        )
+        new = Journal(url, name="m-host-0", lock_timeout_s=0.5)
+        with pytest.raises(DatabaseError, match=r"run\.database_url") as err:
+            new.claim()
+        assert "lock" in str(err.value)
+        holder.rollback()  # the dead writer's transaction ends
+        assert new.claim() == first + 1
+    finally:
+        holder.close()
+    with pytest.raises(Exception, match="taken over"):  # the old writer writes nothing more
+        old.write([("x", [("stopped", 0, {})])])
+    old.close()
+    new.close()
+
+
+def test_reads_on_a_database_that_went_away_name_the_setting(postgres):
+    """A journal whose server (here: its database) is gone after it opened: each read is a
+    DatabaseError naming run.database_url, not SQLAlchemy's OperationalError."""
+    db = f"gone_{uuid.uuid4().hex[:8]}"
+    j = Journal(postgres.create_database(db), name="m-host-0")
+    assert j.session_ids() == []
+    import psycopg
+
+    j._engine.dispose()  # no pooled connection keeps the database from being dropped
+    with psycopg.connect(
+        host="127.0.0.1",
+        port=postgres.port,
+        user="candleray",
+        password="candleray-test-pw",
+        dbname="postgres",
+        autocommit=True,
+    ) as con:
+        con.execute(f'DROP DATABASE "{db}"')
+    for read in (
+        j.session_ids,
+        lambda: j.last_time("x"),
+        lambda: j.candles("x"),
+        lambda: j.events("x", "trade"),
+        lambda: j.chart("x"),
+    ):
+        with pytest.raises(DatabaseError, match=r"run\.database_url"):
+            read()
+    j.close()
