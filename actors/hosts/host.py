@@ -40,7 +40,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 
@@ -56,6 +56,7 @@ from pipelines.live import Journal, journal_path
 from pipelines.placement import Request, exists, reserve
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WEIGHTS_POLL_S = 0.1  # a newly published version reaches predictions within about this
 
@@ -102,11 +103,28 @@ def open_host_journal(
     yet. A host that Ray restarts after a node loss must not die for good because the server
     blinked at that moment (an actor whose start fails is not restarted again); a new host
     does not wait (``start_hosts`` checked the server just before)."""
+    return wait_for_database(
+        cfg, index, lambda: host_journal(cfg, index), wait_s=wait_s, sleep=sleep, clock=clock
+    )
+
+
+def wait_for_database(
+    cfg: Config,
+    index: int,
+    attempt: Callable[[], T],
+    *,
+    wait_s: float,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """``attempt()``, tried again while it raises a ``DatabaseError`` (a server that blinked,
+    a writers' row still locked by a dead node's connection) for up to ``wait_s``; then the
+    error. SQLite files are not waited for: their errors do not pass."""
     deadline = clock() + wait_s
     delay = 1.0
     while True:
         try:
-            return host_journal(cfg, index)
+            return attempt()
         except DatabaseError as exc:
             if not cfg.run.database_url or clock() + delay > deadline:
                 raise
@@ -140,8 +158,11 @@ class SessionHost:
         wait_s = cfg.ray.placement_timeout_s if restarted else 0.0
         journal = open_host_journal(cfg, index, wait_s=wait_s)
         # this host is the journal's writer now: one that was declared dead but still runs
-        # (a node cut off from the cluster) can write nothing more beside it
-        journal.claim()
+        # (a node cut off from the cluster) can write nothing more beside it. Its connection
+        # may still hold the writers' row (a node that died mid-write): the claim fails at
+        # the lock timeout until the server ends that connection, so every host waits here
+        claim_wait_s = cfg.ray.placement_timeout_s
+        wait_for_database(cfg, index, journal.claim, wait_s=claim_wait_s)
         self.core = HostCore(
             cfg,
             index,
@@ -154,7 +175,11 @@ class SessionHost:
         )
         # only a host Ray restarts (a crash, a lost node) resumes its sessions; a new host of
         # the run name stops what a dead run left running instead of replaying it unseen
-        self.core.restore(resume=restarted)
+        # a blip after connecting must not kill the host for good either. Run again, a
+        # restore skips what it journaled stopped and resumes the rest from the journal
+        wait_for_database(
+            cfg, index, lambda: self.core.restore(resume=restarted), wait_s=claim_wait_s
+        )
         threading.Thread(target=self._loop, name="host-loop", daemon=True).start()
         threading.Thread(target=self._weights, name="host-weights", daemon=True).start()
 

@@ -201,3 +201,43 @@ def test_reads_on_a_database_that_went_away_name_the_setting(postgres):
         with pytest.raises(DatabaseError, match=r"run\.database_url"):
             read()
     j.close()
+
+
+def test_a_host_retries_a_locked_claim_within_its_start_wait(postgres, make_cfg):
+    """The host's claim runs in the same wait-for-the-database loop as its connect: a writers
+    row still locked by a dead node's connection is tried again (here the lock goes during
+    the second wait) instead of failing the host's start for good; a lock that outlasts the
+    wait is the DatabaseError naming run.database_url."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from actors.hosts.host import wait_for_database
+
+    url = postgres.create_database(f"relock_{uuid.uuid4().hex[:8]}")
+    cfg = make_cfg(f"run.database_url={url}")
+    journal = Journal(url, name="m-host-0", lock_timeout_s=0.3)
+    first = journal.claim()
+    u = make_url(url)
+    holder = psycopg.connect(
+        host=u.host, port=u.port, user=u.username, password=u.password, dbname=u.database
+    )
+    lock = "SELECT epoch FROM journal_writers WHERE journal = 'm-host-0' FOR UPDATE"
+    now = [0.0]
+    waits: list[float] = []
+
+    def sleep(s: float) -> None:
+        waits.append(s)
+        now[0] += s
+        if len(waits) == 2:
+            holder.rollback()
+
+    try:
+        holder.execute(lock)
+        got = wait_for_database(cfg, 0, journal.claim, wait_s=60, sleep=sleep, clock=lambda: now[0])
+        assert got == first + 1 and waits == [1.0, 2.0]
+        holder.execute(lock)
+        with pytest.raises(DatabaseError, match=r"run\.database_url"):
+            wait_for_database(cfg, 0, journal.claim, wait_s=3, sleep=sleep, clock=lambda: now[0])
+    finally:
+        holder.close()
+        journal.close()
