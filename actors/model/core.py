@@ -238,10 +238,16 @@ class ModelCore(TrainingCalls, CheckpointCalls):
 
     def close(self, status: str = "FINISHED", wait_s: float | None = None) -> dict[str, Any]:
         """Register the best checkpoint, flush and end the run (FINISHED or FAILED); waits
-        like ``flush_tracking`` and returns the same status."""
-        if self._tracking is None:
-            return {"enabled": False}
-        self._register_best()
-        self._send_metrics()
-        self._track("set_terminated", status)  # flushes first
-        return {"enabled": True, **self._tracking.join(self._writer_wait_s(wait_s))}
+        like ``flush_tracking`` and returns the same status. The data-parallel ranks go too
+        (their processes, and the GPUs their placement group holds), whatever the run's end."""
+        try:
+            if self._tracking is None:
+                return {"enabled": False}
+            self._register_best()
+            self._send_metrics()
+            self._track("set_terminated", status)  # flushes first
+            return {"enabled": True, **self._tracking.join(self._writer_wait_s(wait_s))}
+        finally:
+            shutdown = getattr(self.trainer, "shutdown", None)  # DistributedTrainer's
+            if shutdown is not None:
+                shutdown()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import ray
 import torch
 
 from actors.model.core import ModelCore
@@ -92,6 +93,14 @@ def test_ranks_stay_identical_after_every_kind_of_call(ray_cluster, make_cfg):
         identical()
         assert core.snapshot.version == 1 + 5 + 2 * 5 + 1
         assert all(bool(torch.isfinite(v).all()) for v in core.snapshot.state.values())
+        # a closed core keeps no rank running nor any resources reserved for them
+        ranks, pg = list(trainer.ranks), trainer._pg
+        assert len(ranks) == 2 and pg is not None
+        core.close()
+        for rank in ranks:
+            with pytest.raises(ray.exceptions.RayActorError):
+                ray.get(rank.pid.remote(), timeout=120)
+        assert ray.util.placement_group_table(pg)["state"] == "REMOVED"
     finally:
         trainer.shutdown()
 
