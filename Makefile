@@ -32,11 +32,16 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 # Debian's PostgreSQL server binaries for the journal/annotation/MLflow-store tests (the tests
-# start their own server in a temp folder; nothing is enabled as a system service)
+# start their own server in a temp folder). Debian's package would also create and start a
+# 'main' cluster on port 5432 (a system service nobody asked for, on a port others may use):
+# postgresql-common's createcluster.conf says not to, written before the install, kept by it
+PG_NO_CLUSTER = mkdir -p /etc/postgresql-common && \
+	echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf
 database:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
-		[ "$$(id -u)" = 0 ] || { echo "PostgreSQL is missing: run 'sudo apt-get install -y postgresql'"; exit 1; }; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+		[ "$$(id -u)" = 0 ] || { echo "PostgreSQL is missing: run 'sudo sh -c \"$(PG_NO_CLUSTER)\"' then 'sudo apt-get install -y -o Dpkg::Options::=--force-confold postgresql'"; exit 1; }; \
+		$(PG_NO_CLUSTER) && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o Dpkg::Options::=--force-confold postgresql >/dev/null; }
 
 demo: $(STAMP)
 	$(BIN)/candleray demo
