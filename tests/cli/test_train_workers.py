@@ -40,3 +40,25 @@ def test_train_with_two_ranks_runs_end_to_end(ray_cluster, make_cfg, tmp_path, c
     run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").get_run(run_id)
     assert run.data.params["train.workers"] == "2"
     assert run.data.params["train.placement_strategy"] == "PACK"
+    # the params alone would pass with train.workers ignored: two rank actors of one group
+    # really trained, and the run's end left neither running. The GCS's own table: the state
+    # API needs the dashboard, which the session cluster does not start
+    import time
+
+    from ray._private.state import actors
+
+    def ranks() -> dict[str, str]:
+        pattern = rf"{re.escape(cfg.run.name)}\.rank\d\.\w+"
+        return {
+            a["Name"]: a["State"]
+            for a in actors().values()
+            if re.fullmatch(pattern, a.get("Name") or "")
+        }
+
+    got = ranks()
+    assert len({name.rsplit(".", 1)[1] for name in got}) == 1 and len(got) == 2, got
+    deadline = time.monotonic() + 120  # a hang guard: a kill reaches the GCS asynchronously
+    while set(got.values()) != {"DEAD"} and time.monotonic() < deadline:
+        time.sleep(0.2)
+        got = ranks()
+    assert set(got.values()) == {"DEAD"}, got
