@@ -21,6 +21,10 @@ from support import free_port
 
 USER = "candleray"
 PASSWORD = "candleray-test-pw"
+# free_port() only says a port was free a moment ago: a second test run on the machine may
+# take it before the server binds it, so a start that fails to bind tries another port
+START_TRIES = 5
+BIND_FAILED = ("could not bind", "Address already in use")
 
 
 def find_bin() -> Path | None:
@@ -91,24 +95,24 @@ def start() -> PgServer:
     pwfile.write_text(PASSWORD + "\n")
     if os.geteuid() == 0:
         shutil.chown(pwfile, "postgres", "postgres")
-    server = PgServer(pg_bin, root, free_port())
-    server._run(
-        str(pg_bin / "initdb"),
-        "-D",
-        str(server.data),
-        "-U",
-        USER,
-        f"--pwfile={pwfile}",
-        "--auth-local=scram-sha-256",
-        "--auth-host=scram-sha-256",
-        "-E",
-        "UTF8",
-        "--no-sync",
-    )
-    opts = (
-        f"-c listen_addresses=127.0.0.1 -p {server.port} -k {root} "
-        "-c fsync=off -c full_page_writes=off -c max_connections=200"
-    )
+    server = PgServer(pg_bin, root, 0)
+    try:
+        server._run(
+            str(pg_bin / "initdb"),
+            "-D",
+            str(server.data),
+            "-U",
+            USER,
+            f"--pwfile={pwfile}",
+            "--auth-local=scram-sha-256",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
+    except subprocess.CalledProcessError as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        raise RuntimeError(f"initdb failed: {exc.stderr!r}") from exc
     # the watchdog first: from here on, a dead test process takes the server with it
     server.watchdog = subprocess.Popen(
         [
@@ -122,24 +126,7 @@ def start() -> PgServer:
         stderr=subprocess.DEVNULL,
         **_as_postgres(),
     )
-    try:
-        server._run(
-            str(pg_bin / "pg_ctl"),
-            "-D",
-            str(server.data),
-            "-l",
-            str(root / "server.log"),
-            "-o",
-            opts,
-            "-w",
-            "-t",
-            "120",
-            "start",
-        )
-    except subprocess.CalledProcessError as exc:
-        log = (root / "server.log").read_text() if (root / "server.log").exists() else ""
-        server.stop()
-        raise RuntimeError(f"PostgreSQL did not start: {exc.stderr!r}\n{log[-3000:]}") from exc
+    _start_on_a_free_port(server)
     deadline = time.monotonic() + 60
     while True:  # pg_ctl -w waits for the socket; a login proves the password works
         try:
@@ -150,3 +137,35 @@ def start() -> PgServer:
                 server.stop()
                 raise
             time.sleep(0.2)
+
+
+def _start_on_a_free_port(server: PgServer) -> None:
+    log_path = server.root / "server.log"
+    for attempt in range(START_TRIES):
+        server.port = free_port()
+        opts = (
+            f"-c listen_addresses=127.0.0.1 -p {server.port} -k {server.root} "
+            "-c fsync=off -c full_page_writes=off -c max_connections=200"
+        )
+        seen = log_path.stat().st_size if log_path.exists() else 0  # pg_ctl -l appends
+        try:
+            server._run(
+                str(server.bin / "pg_ctl"),
+                "-D",
+                str(server.data),
+                "-l",
+                str(log_path),
+                "-o",
+                opts,
+                "-w",
+                "-t",
+                "120",
+                "start",
+            )
+            return
+        except subprocess.CalledProcessError as exc:
+            log = log_path.read_bytes()[seen:].decode(errors="replace") if log_path.exists() else ""
+            if attempt + 1 < START_TRIES and any(m in log for m in BIND_FAILED):
+                continue
+            server.stop()
+            raise RuntimeError(f"PostgreSQL did not start: {exc.stderr!r}\n{log[-3000:]}") from exc

@@ -241,3 +241,27 @@ def test_a_host_retries_a_locked_claim_within_its_start_wait(postgres, make_cfg)
     finally:
         holder.close()
         journal.close()
+
+
+@pytest.mark.slow
+def test_the_test_server_starts_on_another_port_when_its_port_was_taken(postgres, monkeypatch):
+    """Two test runs on one machine: the port free_port() gave is taken before the server
+    binds it. The start tries another port instead of failing every database test."""
+    import socket
+
+    import pg_server
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = iter([taken.getsockname()[1], free_port()])
+    monkeypatch.setattr(pg_server, "free_port", lambda: next(ports))
+    try:
+        server = pg_server.start()
+        try:
+            assert server.port != taken.getsockname()[1]
+            assert Journal(server.url("candleray"), name="m-host-0").session_ids() == []
+        finally:
+            server.stop()
+    finally:
+        taken.close()
