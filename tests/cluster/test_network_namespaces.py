@@ -157,7 +157,18 @@ def bridge_s3(net, s3_bucket) -> Iterator[str]:
 # no machine of a real cluster can. The driver's machine is a node itself (0 CPUs): Ray's
 # drivers need a raylet where they run (or Ray Client).
 PRIVATE = ["unshare", "--pid", "--fork", "--mount", "--mount-proc", "sh", "-c"]
-SETUP = 'mount -t tmpfs tmpfs /tmp && mkdir -p "$HOME" || exit 90\n'
+# the checkout (and its venv) stay visible when they live under /tmp, as a CI clone may: bound
+# aside before the private /tmp hides them, bound back, and the aside mount dropped
+REPO = Path(__file__).resolve().parents[2]
+KEEP = f"{REPO}" if REPO.is_relative_to("/tmp") else ""
+SETUP = (
+    f'KEEP="{KEEP}"\n'
+    'if [ -n "$KEEP" ]; then mkdir -p /run/crhost && mount --bind /tmp /run/crhost || exit 90; fi\n'
+    "mount -t tmpfs tmpfs /tmp || exit 90\n"
+    'if [ -n "$KEEP" ]; then mkdir -p "$KEEP" && mount --bind "/run/crhost${KEEP#/tmp}" "$KEEP" '
+    "&& umount -l /run/crhost || exit 90; fi\n"
+    'mkdir -p "$HOME" || exit 90\n'
+)
 
 DRIVER = (
     SETUP
