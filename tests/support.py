@@ -1,10 +1,17 @@
 """Helpers shared by tests: a free local port, the tiny model/data setups as overrides, a
-random training batch, and a subprocess's output read line by line as it comes."""
+random training batch, a subprocess's output read line by line as it comes, and a
+``candleray`` command in a session of its own (what it leaves running counted)."""
 
+import contextlib
+import os
 import queue
+import signal
 import socket
 import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,3 +91,89 @@ class Output:
     @property
     def text(self) -> str:
         return "".join(self.seen)
+
+
+CANDLERAY = str(Path(sys.executable).with_name("candleray"))
+
+
+def in_session(sid: int) -> list[str]:
+    """The processes of session ``sid`` still running (zombies are gone for good)."""
+    left = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            if os.getsid(int(p.name)) != sid or "State:\tZ" in (p / "status").read_text():
+                continue
+            cmdline = (p / "cmdline").read_bytes().replace(b"\0", b" ")[:120]
+            left.append(f"{p.name} {cmdline.decode(errors='replace')}")
+        except (ProcessLookupError, PermissionError, FileNotFoundError):
+            continue
+    return left
+
+
+class SessionCommand:
+    """``candleray ...`` as a user starts it: a session of its own (so every process it and its
+    Ray cluster start can be counted afterwards), SIGINT at its default (a background job of a
+    non-interactive shell, this test's parent in CI, inherits it ignored), output read by a
+    thread."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        def default_sigint() -> None:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+        self.proc = subprocess.Popen(
+            [CANDLERAY, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=default_sigint,
+        )
+        self.output = Output(self.proc)
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        """Until a line holding ``text`` is printed; fails (and kills it) after ``timeout``."""
+        import pytest
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.output.next_line(timeout=1)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            if text in line:
+                return
+        self.kill()
+        pytest.fail(f"{text!r} never printed:\n{self.output.text[-4000:]}")
+
+    def finish(self, timeout: float, after: str = "") -> tuple[int, str, list[str]]:
+        """Its exit code, its whole output, and what is left in its session once every process
+        had its chance to go (a condition with a deadline, not a sleep); nothing is left after."""
+        import pytest
+
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"still running {timeout:.0f}s{after}:\n{self.output.text[-4000:]}")
+        while self.output.next_line(timeout=30) is not None:
+            pass
+        deadline = time.monotonic() + 60
+        while (left := in_session(self.proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        self.kill()  # a failed test leaves nothing either
+        return rc, self.output.text, left
+
+    def stop(self, sig: int, timeout: float) -> tuple[int, str, list[str]]:
+        """Send ``sig``, then ``finish``."""
+        self.proc.send_signal(sig)
+        return self.finish(timeout, after=f" after {sig!r}")
+
+    def kill(self) -> None:
+        for entry in in_session(self.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.split()[0]), signal.SIGKILL)

@@ -11,23 +11,15 @@ non-interactive shell (CI) inherits it ignored.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import queue
 import signal
-import subprocess
-import sys
-import threading
-import time
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from support import SessionCommand
 
 pytestmark = [pytest.mark.slow]
 
-CANDLERAY = str(Path(sys.executable).with_name("candleray"))
 RUN_S = 420.0  # Ray's start and four trials on a loaded 2-core machine
 TINY = [
     "data.symbols=[synthetic:SYN0]",
@@ -44,82 +36,12 @@ TINY = [
 ]
 
 
-def in_session(sid: int) -> list[str]:
-    left = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            if os.getsid(int(p.name)) != sid or "State:\tZ" in (p / "status").read_text():
-                continue
-            left.append(f"{p.name} {(p / 'cmdline').read_bytes()[:100]!r}")
-        except (ProcessLookupError, PermissionError, FileNotFoundError):
-            continue
-    return left
-
-
-class Command:
-    def __init__(self, args: list[str], cwd: Path) -> None:
-        self.proc = subprocess.Popen(
-            [CANDLERAY, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=cwd,
-            start_new_session=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.out: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def wait_for(self, text: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=1)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            self.out.append(line)
-            if text in line:
-                return
-        self.kill()
-        pytest.fail(f"{text!r} never printed:\n{''.join(self.out)[-4000:]}")
-
-    def finish(self, timeout: float) -> tuple[int, str, list[str]]:
-        try:
-            rc = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail(f"still running after {timeout:.0f}s:\n{''.join(self.out)[-4000:]}")
-        while (line := self.lines.get(timeout=30)) is not None:
-            self.out.append(line)
-        deadline = time.monotonic() + 60
-        while (left := in_session(self.proc.pid)) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        self.kill()
-        return rc, "".join(self.out), left
-
-    def kill(self) -> None:
-        for entry in in_session(self.proc.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.split()[0]), signal.SIGKILL)
-
-
 def test_failed_trials_interrupt_and_resume_without_rerun_or_duplicates(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("train.lr: {grid: [1.0e-3, 3.0e-3]}\nmodel.device: {grid: [cpu, 'cuda:99']}\n")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     base = [f"run.home={tmp_path}", "run.name=swr", f"tracking.uri={uri}", *TINY]
-    first = Command(
+    first = SessionCommand(
         ["sweep", "--space", str(space), "--trials", "1", "--scheduler", "fifo"]
         + ["--max-concurrent", "1", *base],
         tmp_path,
@@ -148,7 +70,7 @@ def test_failed_trials_interrupt_and_resume_without_rerun_or_duplicates(tmp_path
         for r in done
     }
 
-    second = Command(["sweep", "--resume", "--json", *base], tmp_path)
+    second = SessionCommand(["sweep", "--resume", "--json", *base], tmp_path)
     rc, out, left = second.finish(RUN_S)
     assert rc == 0, out[-3000:]
     assert not left
