@@ -93,6 +93,23 @@ class Output:
         return "".join(self.seen)
 
 
+def tiny_sweep_overrides(length: int, epochs: int) -> list[str]:
+    """One short synthetic symbol and a tiny model for sweep trials (one CPU each)."""
+    return [
+        "data.symbols=[synthetic:SYN0]",
+        f"data.synthetic.length={length}",
+        "data.extra_timeframes=[]",
+        "features.window=16",
+        "model.d_model=16",
+        "model.n_heads=2",
+        "model.n_layers=1",
+        "model.dim_feedforward=32",
+        "train.batch_size=32",
+        f"train.epochs={epochs}",
+        "sweep.trial_num_cpus=1",
+    ]
+
+
 CANDLERAY = str(Path(sys.executable).with_name("candleray"))
 
 

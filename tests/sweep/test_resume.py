@@ -16,24 +16,12 @@ import signal
 
 import pytest
 from mlflow.tracking import MlflowClient
-from support import SessionCommand
+from support import SessionCommand, tiny_sweep_overrides
 
 pytestmark = [pytest.mark.slow]
 
 RUN_S = 420.0  # Ray's start and four trials on a loaded 2-core machine
-TINY = [
-    "data.symbols=[synthetic:SYN0]",
-    "data.synthetic.length=400",
-    "data.extra_timeframes=[]",
-    "features.window=16",
-    "model.d_model=16",
-    "model.n_heads=2",
-    "model.n_layers=1",
-    "model.dim_feedforward=32",
-    "train.batch_size=32",
-    "train.epochs=2",
-    "sweep.trial_num_cpus=1",
-]
+TINY = tiny_sweep_overrides(length=400, epochs=2)
 
 
 def test_failed_trials_interrupt_and_resume_without_rerun_or_duplicates(tmp_path):

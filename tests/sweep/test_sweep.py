@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from support import tiny_sweep_overrides
 
 from pipelines import cli
 
@@ -29,19 +30,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("CANDLERAY_ARTIFACTS", Path(__file__).parents[1] / "artifacts"))
 LRS = [3.0e-3, 2.0e-3, 1.0e-3, 1.0e-7]  # the poor one last: ASHA judges it against the rest
 EPOCHS = 3
-TINY = [
-    "data.symbols=[synthetic:SYN0]",
-    "data.synthetic.length=600",
-    "data.extra_timeframes=[]",
-    "features.window=16",
-    "model.d_model=16",
-    "model.n_heads=2",
-    "model.n_layers=1",
-    "model.dim_feedforward=32",
-    "train.batch_size=32",
-    f"train.epochs={EPOCHS}",
-    "sweep.trial_num_cpus=1",
-]
+TINY = tiny_sweep_overrides(length=600, epochs=EPOCHS)
 
 
 @pytest.fixture(scope="module")
